@@ -1,0 +1,1 @@
+"""Everything a user runs: the `troupe` command line and the Python API."""

@@ -1,0 +1,1 @@
+"""The RL roles, one module per role, and the pure libraries they call."""
