@@ -1,0 +1,124 @@
+"""Pure RL algorithms: advantage estimators, KL estimators and controllers, losses.
+
+Everything here is a function of torch tensors (or a small stateful KL controller)
+with no I/O, no processes and no distributed calls, so it runs and tests on a CPU in
+milliseconds. The controller role calls the advantage and KL-penalty functions; the
+trainer and critic roles call the losses. Formulas and config blocks are in
+docs/algorithms.md.
+"""
+
+from roles.algorithms.advantage_registry import (
+    ADVANTAGE_ESTIMATOR_NAMES,
+    AdvantageConfig,
+    AdvantageEstimator,
+    AdvantageInputs,
+    DrGRPOConfig,
+    GAEConfig,
+    GRPOConfig,
+    ReinforcePlusPlusBaselineConfig,
+    ReinforcePlusPlusConfig,
+    RLOOConfig,
+    compute_advantages,
+    get_advantage_estimator,
+)
+from roles.algorithms.advantages import (
+    AdvantageOutput,
+    broadcast_to_tokens,
+    compute_discounted_returns,
+    compute_gae,
+    compute_grpo_advantages,
+    compute_reinforce_plus_plus_advantages,
+    compute_reinforce_plus_plus_baseline_advantages,
+    compute_rloo_advantages,
+)
+from roles.algorithms.aggregation import LOSS_AGG_MODES, LossAggMode, aggregate_loss
+from roles.algorithms.entropy import entropy_from_logits, logprobs_from_logits
+from roles.algorithms.groups import GroupIds, GroupStats, group_stats
+from roles.algorithms.kl import (
+    KL_ESTIMATOR_NAMES,
+    KLConfig,
+    KLEstimatorName,
+    KLLossOutput,
+    KLPenaltyOutput,
+    apply_kl_penalty,
+    compute_kl,
+    compute_kl_loss,
+    kl_abs,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    place_scores_on_last_token,
+    straight_through_kl,
+)
+from roles.algorithms.kl_control import (
+    AdaptiveKLController,
+    AdaptiveKLControllerConfig,
+    FixedKLController,
+    FixedKLControllerConfig,
+    KLController,
+    KLControllerConfig,
+    build_kl_controller,
+)
+from roles.algorithms.masked import masked_mean, masked_sum, masked_whiten
+from roles.algorithms.policy_loss import PolicyLossConfig, PolicyLossOutput, ppo_policy_loss
+from roles.algorithms.value_loss import ValueLossConfig, ValueLossOutput, clipped_value_loss
+
+__all__ = [
+    "ADVANTAGE_ESTIMATOR_NAMES",
+    "KL_ESTIMATOR_NAMES",
+    "LOSS_AGG_MODES",
+    "AdaptiveKLController",
+    "AdaptiveKLControllerConfig",
+    "AdvantageConfig",
+    "AdvantageEstimator",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "DrGRPOConfig",
+    "FixedKLController",
+    "FixedKLControllerConfig",
+    "GAEConfig",
+    "GRPOConfig",
+    "GroupIds",
+    "GroupStats",
+    "KLConfig",
+    "KLController",
+    "KLControllerConfig",
+    "KLEstimatorName",
+    "KLLossOutput",
+    "KLPenaltyOutput",
+    "LossAggMode",
+    "PolicyLossConfig",
+    "PolicyLossOutput",
+    "RLOOConfig",
+    "ReinforcePlusPlusBaselineConfig",
+    "ReinforcePlusPlusConfig",
+    "ValueLossConfig",
+    "ValueLossOutput",
+    "aggregate_loss",
+    "apply_kl_penalty",
+    "broadcast_to_tokens",
+    "build_kl_controller",
+    "clipped_value_loss",
+    "compute_advantages",
+    "compute_discounted_returns",
+    "compute_gae",
+    "compute_grpo_advantages",
+    "compute_kl",
+    "compute_kl_loss",
+    "compute_reinforce_plus_plus_advantages",
+    "compute_reinforce_plus_plus_baseline_advantages",
+    "compute_rloo_advantages",
+    "entropy_from_logits",
+    "group_stats",
+    "kl_abs",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_whiten",
+    "place_scores_on_last_token",
+    "ppo_policy_loss",
+    "straight_through_kl",
+]

@@ -1,0 +1,215 @@
+"""Choosing an advantage estimator by name, with its parameters, from a topology.
+
+The estimators in `advantages` have the signatures their papers suggest (GAE needs
+values, GRPO needs group ids, ...). The controller instead holds one batch and one
+config, so every estimator is wrapped here behind one call shape:
+
+    estimator(inputs: AdvantageInputs, **parameters) -> AdvantageOutput
+
+and `compute_advantages(config, inputs)` runs the one a config names. Group-based
+estimators take each response's score as the masked sum of its token-level rewards
+(the outcome score on the last token, plus any per-token KL penalty), and report as
+returns that score copied onto the valid tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Literal, Union
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from roles.algorithms import advantages as estimators
+from roles.algorithms.advantages import AdvantageOutput, broadcast_to_tokens
+from roles.algorithms.groups import GroupIds
+from roles.algorithms.masked import masked_sum
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """Everything an estimator may read from one rollout batch.
+
+    Attributes:
+        token_level_rewards: [B, T] reward per token.
+        response_mask: [B, T] 0/1 (float or bool).
+        values: [B, T] critic values; required by "gae", ignored otherwise.
+        group_ids: [B] group (prompt) id per response; required by the group-based
+            estimators, ignored otherwise.
+    """
+
+    token_level_rewards: torch.Tensor
+    response_mask: torch.Tensor
+    values: torch.Tensor | None = None
+    group_ids: GroupIds | None = None
+
+    def scores(self) -> torch.Tensor:
+        """[B] per-response score: the masked sum of token-level rewards."""
+        return masked_sum(self.token_level_rewards, self.response_mask, dim=-1)
+
+    def require_group_ids(self, estimator: str) -> GroupIds:
+        """Returns group_ids, or raises a ValueError naming the estimator that needs them."""
+        if self.group_ids is None:
+            raise ValueError(
+                f"advantage estimator {estimator!r} needs group_ids (one prompt id per response); none given"
+            )
+        return self.group_ids
+
+
+AdvantageEstimator = Callable[..., AdvantageOutput]
+
+
+def _gae(inputs: AdvantageInputs, *, gamma: float, lam: float, whiten: bool) -> AdvantageOutput:
+    if inputs.values is None:
+        raise ValueError("advantage estimator 'gae' needs values [B, T] from a critic; none given (or choose 'grpo')")
+    return estimators.compute_gae(inputs.token_level_rewards, inputs.values, inputs.response_mask, gamma, lam, whiten)
+
+
+def _with_score_returns(inputs: AdvantageInputs, advantages: torch.Tensor) -> AdvantageOutput:
+    return AdvantageOutput(advantages=advantages, returns=broadcast_to_tokens(inputs.scores(), inputs.response_mask))
+
+
+def _grpo(inputs: AdvantageInputs, *, eps: float, unbiased_std: bool) -> AdvantageOutput:
+    group_ids = inputs.require_group_ids("grpo")
+    advantages = estimators.compute_grpo_advantages(
+        inputs.scores(), group_ids, inputs.response_mask, normalize_by_std=True, unbiased_std=unbiased_std, eps=eps
+    )
+    return _with_score_returns(inputs, advantages)
+
+
+def _drgrpo(inputs: AdvantageInputs) -> AdvantageOutput:
+    group_ids = inputs.require_group_ids("drgrpo")
+    advantages = estimators.compute_grpo_advantages(
+        inputs.scores(), group_ids, inputs.response_mask, normalize_by_std=False
+    )
+    return _with_score_returns(inputs, advantages)
+
+
+def _rloo(inputs: AdvantageInputs) -> AdvantageOutput:
+    group_ids = inputs.require_group_ids("rloo")
+    advantages = estimators.compute_rloo_advantages(inputs.scores(), group_ids, inputs.response_mask)
+    return _with_score_returns(inputs, advantages)
+
+
+def _reinforce_plus_plus(inputs: AdvantageInputs, *, gamma: float) -> AdvantageOutput:
+    return estimators.compute_reinforce_plus_plus_advantages(inputs.token_level_rewards, inputs.response_mask, gamma)
+
+
+def _reinforce_plus_plus_baseline(inputs: AdvantageInputs) -> AdvantageOutput:
+    group_ids = inputs.require_group_ids("reinforce_plus_plus_baseline")
+    advantages = estimators.compute_reinforce_plus_plus_baseline_advantages(
+        inputs.scores(), group_ids, inputs.response_mask
+    )
+    return _with_score_returns(inputs, advantages)
+
+
+_ESTIMATORS: Mapping[str, AdvantageEstimator] = {
+    "gae": _gae,
+    "grpo": _grpo,
+    "drgrpo": _drgrpo,
+    "rloo": _rloo,
+    "reinforce_plus_plus": _reinforce_plus_plus,
+    "reinforce_plus_plus_baseline": _reinforce_plus_plus_baseline,
+}
+
+#: The names `get_advantage_estimator` and `AdvantageConfig.type` accept.
+ADVANTAGE_ESTIMATOR_NAMES: tuple[str, ...] = tuple(_ESTIMATORS)
+
+
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
+    """Returns the estimator registered under `name`.
+
+    The estimator is called as `estimator(inputs, **parameters)`, where the
+    parameters are the fields of the matching config class (without `type`).
+
+    Raises:
+        ValueError: `name` is unknown; the message lists the known names.
+    """
+    try:
+        return _ESTIMATORS[name]
+    except KeyError:
+        known = ", ".join(repr(known_name) for known_name in ADVANTAGE_ESTIMATOR_NAMES)
+        raise ValueError(f"unknown advantage estimator {name!r}; choose one of {known}") from None
+
+
+class _EstimatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class GAEConfig(_EstimatorConfig):
+    """PPO with a critic: generalised advantage estimation."""
+
+    type: Literal["gae"] = "gae"
+    """Selects GAE."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount factor per policy token."""
+    lam: float = Field(1.0, ge=0.0, le=1.0)
+    """GAE lambda: 1 = Monte-Carlo return minus value, 0 = one-step TD error."""
+    whiten: bool = True
+    """Whiten advantages over the valid tokens of the batch, as PPO implementations do
+    by default (the bare function `compute_gae` defaults to False)."""
+
+
+class GRPOConfig(_EstimatorConfig):
+    """GRPO: score minus group mean, divided by group std."""
+
+    type: Literal["grpo"] = "grpo"
+    """Selects GRPO."""
+    eps: float = Field(estimators.GRPO_STD_EPS, gt=0.0)
+    """Added to the group std before dividing."""
+    unbiased_std: bool = True
+    """Bessel-corrected group std (n - 1, as torch.std); False divides by n."""
+
+
+class DrGRPOConfig(_EstimatorConfig):
+    """Dr.GRPO: score minus group mean, no std normalisation."""
+
+    type: Literal["drgrpo"] = "drgrpo"
+    """Selects Dr.GRPO (pair it with loss_agg_mode seq-mean-token-sum-norm)."""
+
+
+class RLOOConfig(_EstimatorConfig):
+    """RLOO: score minus the mean of the other responses of its group."""
+
+    type: Literal["rloo"] = "rloo"
+    """Selects RLOO."""
+
+
+class ReinforcePlusPlusConfig(_EstimatorConfig):
+    """REINFORCE++: discounted token returns whitened over the batch."""
+
+    type: Literal["reinforce_plus_plus"] = "reinforce_plus_plus"
+    """Selects REINFORCE++."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount factor per policy token."""
+
+
+class ReinforcePlusPlusBaselineConfig(_EstimatorConfig):
+    """REINFORCE++ with a group-mean baseline, then batch whitening."""
+
+    type: Literal["reinforce_plus_plus_baseline"] = "reinforce_plus_plus_baseline"
+    """Selects REINFORCE++ with a group baseline."""
+
+
+#: One of the estimator configs, chosen by its `type` field.
+AdvantageConfig = Annotated[
+    Union[
+        GAEConfig, GRPOConfig, DrGRPOConfig, RLOOConfig, ReinforcePlusPlusConfig, ReinforcePlusPlusBaselineConfig
+    ],
+    Field(discriminator="type"),
+]
+
+
+def compute_advantages(config: AdvantageConfig, inputs: AdvantageInputs) -> AdvantageOutput:
+    """Runs the estimator `config.type` with the config's parameters.
+
+    Args:
+        config: one of the estimator configs.
+        inputs: the batch; see AdvantageInputs for what each estimator requires.
+
+    Returns:
+        AdvantageOutput(advantages [B, T], returns [B, T]).
+    """
+    parameters = config.model_dump(exclude={"type"})
+    return get_advantage_estimator(config.type)(inputs, **parameters)

@@ -1,0 +1,96 @@
+"""Per-group statistics of per-sequence scores, for group-relative estimators.
+
+GRPO, RLOO and REINFORCE++-baseline sample several responses per prompt and compare
+each response with the others of its prompt. The group of a response is given by a
+group id per row: an integer tensor, or a list of any hashable ids (for example
+prompt uids). Groups may have any size and their rows need not be contiguous, so the
+statistics are computed with scatter-adds over a dense group index rather than by
+reshaping to [num_groups, group_size].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple, Union
+
+import torch
+
+#: A group id per row: an integer tensor [B] or a sequence of B hashable ids.
+GroupIds = Union[torch.Tensor, Sequence[Hashable]]
+
+
+class GroupStats(NamedTuple):
+    """Statistics of the group each row belongs to, broadcast back to rows.
+
+    Attributes:
+        mean: [B] mean score of the row's group.
+        std: [B] standard deviation of the row's group (biased or unbiased as
+            requested); 0 for groups of size 1.
+        size: [B] number of rows in the row's group, as a float.
+        total: [B] sum of the scores of the row's group.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    size: torch.Tensor
+    total: torch.Tensor
+
+
+def dense_group_index(group_ids: GroupIds, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Maps arbitrary group ids to a dense index 0..G-1 per row.
+
+    Args:
+        group_ids: integer tensor [B] or a sequence of B hashable ids.
+        batch_size: B, the number of scores the ids belong to.
+        device: where the returned index lives.
+
+    Returns:
+        int64 tensor [B]; rows with equal ids get equal indices.
+    """
+    if isinstance(group_ids, torch.Tensor):
+        if group_ids.dim() != 1 or group_ids.shape[0] != batch_size:
+            raise ValueError(
+                f"group_ids must have shape [B]=[{batch_size}], got {tuple(group_ids.shape)}; pass one id per sequence"
+            )
+        if group_ids.is_floating_point() or group_ids.is_complex():
+            raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}; cast with .long()")
+        _, index = torch.unique(group_ids, return_inverse=True)
+        return index.to(device=device, dtype=torch.int64)
+    if len(group_ids) != batch_size:
+        raise ValueError(
+            f"group_ids has {len(group_ids)} entries but there are {batch_size} scores; pass one id per sequence"
+        )
+    dense: dict[Hashable, int] = {}
+    index = [dense.setdefault(group_id, len(dense)) for group_id in group_ids]
+    return torch.tensor(index, dtype=torch.int64, device=device)
+
+
+def group_stats(scores: torch.Tensor, group_ids: GroupIds, unbiased_std: bool = True) -> GroupStats:
+    """Computes each row's group mean, standard deviation, size and sum.
+
+    For a group g with n_g members and scores r_j:
+        mean_g = (1 / n_g) * sum_j r_j
+        std_g  = sqrt(sum_j (r_j - mean_g)^2 / (n_g - 1))   if unbiased_std (as torch.std)
+        std_g  = sqrt(sum_j (r_j - mean_g)^2 / n_g)         otherwise
+    A group of size 1 has std 0 under both choices.
+
+    Args:
+        scores: [B] per-sequence scores.
+        group_ids: integer tensor [B] or a sequence of B hashable ids.
+        unbiased_std: use Bessel's correction (n_g - 1) in the standard deviation.
+
+    Returns:
+        GroupStats with [B] tensors, one value per row.
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must have shape [B], got {tuple(scores.shape)}; sum token-level rewards over T first")
+    index = dense_group_index(group_ids, scores.shape[0], scores.device)
+    num_groups = int(index.max().item()) + 1 if index.numel() > 0 else 0
+    zeros = scores.new_zeros(num_groups)
+    total = zeros.index_add(0, index, scores)
+    size = zeros.index_add(0, index, torch.ones_like(scores))
+    mean = total / size
+    squared_deviation = zeros.index_add(0, index, (scores - mean[index]) ** 2)
+    divisor = (size - 1.0).clamp(min=1.0) if unbiased_std else size
+    std = torch.where(size > 1, (squared_deviation / divisor).sqrt(), torch.zeros_like(size))
+    return GroupStats(mean=mean[index], std=std[index], size=size[index], total=total[index])

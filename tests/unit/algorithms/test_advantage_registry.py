@@ -1,0 +1,110 @@
+"""Choosing an advantage estimator by name or by config."""
+
+import pytest
+import torch
+import yaml
+from pydantic import TypeAdapter, ValidationError
+from torch.testing import assert_close
+
+from roles.algorithms import (
+    ADVANTAGE_ESTIMATOR_NAMES,
+    AdvantageConfig,
+    AdvantageInputs,
+    GAEConfig,
+    GRPOConfig,
+    compute_advantages,
+    compute_gae,
+    compute_grpo_advantages,
+    get_advantage_estimator,
+)
+
+CONFIG_ADAPTER = TypeAdapter(AdvantageConfig)
+
+# Two prompts, two responses each; outcome scores sit on the last valid token.
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+REWARDS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+INPUTS = AdvantageInputs(token_level_rewards=REWARDS, response_mask=MASK, group_ids=[0, 0, 1, 1])
+
+
+def test_every_documented_name_is_registered():
+    assert ADVANTAGE_ESTIMATOR_NAMES == (
+        "gae",
+        "grpo",
+        "drgrpo",
+        "rloo",
+        "reinforce_plus_plus",
+        "reinforce_plus_plus_baseline",
+    )
+    for name in ADVANTAGE_ESTIMATOR_NAMES:
+        assert callable(get_advantage_estimator(name))
+
+
+def test_unknown_estimator_name_lists_the_known_names():
+    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'; choose one of 'gae', 'grpo'"):
+        get_advantage_estimator("ppo")
+
+
+def test_grpo_config_scores_are_the_masked_sum_of_token_rewards():
+    result = compute_advantages(GRPOConfig(), INPUTS)
+
+    expected = compute_grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), [0, 0, 1, 1], MASK)
+    assert_close(result.advantages, expected)
+    assert_close(result.returns, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+
+
+def test_gae_config_defaults_to_whitened_advantages():
+    values = torch.full((4, 3), 0.5)
+    inputs = AdvantageInputs(token_level_rewards=REWARDS, response_mask=MASK, values=values)
+
+    result = compute_advantages(GAEConfig(gamma=0.9, lam=0.95), inputs)
+
+    expected = compute_gae(REWARDS, values, MASK, gamma=0.9, lam=0.95, whiten=True)
+    assert_close(result.advantages, expected.advantages)
+    assert_close(result.returns, expected.returns)
+
+
+def test_gae_without_values_says_a_critic_is_needed():
+    with pytest.raises(ValueError, match="'gae' needs values"):
+        compute_advantages(GAEConfig(), INPUTS)
+
+
+@pytest.mark.parametrize("name", ["grpo", "drgrpo", "rloo", "reinforce_plus_plus_baseline"])
+def test_group_estimators_without_group_ids_name_the_missing_argument(name):
+    inputs = AdvantageInputs(token_level_rewards=REWARDS, response_mask=MASK)
+
+    with pytest.raises(ValueError, match=f"{name!r} needs group_ids"):
+        compute_advantages(CONFIG_ADAPTER.validate_python({"type": name}), inputs)
+
+
+@pytest.mark.parametrize("name", ["drgrpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"])
+def test_each_config_runs_and_zeroes_masked_tokens(name):
+    result = compute_advantages(CONFIG_ADAPTER.validate_python({"type": name}), INPUTS)
+
+    assert result.advantages.shape == (4, 3)
+    assert_close(result.advantages[~MASK.bool()], torch.zeros(3))
+    assert result.advantages.abs().sum() > 0
+
+
+def test_advantage_config_is_chosen_by_type_from_yaml():
+    document = yaml.safe_load(
+        """
+        advantage:
+          type: grpo
+          unbiased_std: false
+        """
+    )
+
+    config = CONFIG_ADAPTER.validate_python(document["advantage"])
+
+    assert config == GRPOConfig(unbiased_std=False)
+
+
+def test_advantage_config_rejects_a_parameter_of_another_estimator():
+    with pytest.raises(ValidationError, match="lam"):
+        CONFIG_ADAPTER.validate_python({"type": "grpo", "lam": 0.95})
+
+
+def test_advantage_config_rejects_an_unknown_type():
+    with pytest.raises(ValidationError, match="'gae', 'grpo', 'drgrpo', 'rloo'"):
+        CONFIG_ADAPTER.validate_python({"type": "ppo"})
+

@@ -1,0 +1,64 @@
+"""REINFORCE++ and REINFORCE++ with a group baseline."""
+
+import torch
+from torch.testing import assert_close
+
+from roles.algorithms import (
+    compute_discounted_returns,
+    compute_reinforce_plus_plus_advantages,
+    compute_reinforce_plus_plus_baseline_advantages,
+    masked_whiten,
+)
+
+
+def test_reinforce_plus_plus_matches_hand_worked_example():
+    # gamma = 0.5
+    # row 0: rewards [0, 0, 1], all valid  -> G = [0.25, 0.5, 1]
+    # row 1: rewards [0, 2, 0], last padded -> G = [1, 2, 0]
+    # valid G = [0.25, 0.5, 1, 1, 2]: mean 0.95, population variance 1.8 / 5 = 0.36, std 0.6
+    # A = (G - 0.95) / 0.6 = [-1.16667, -0.75, 0.08333, 0.08333, 1.75]
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+    result = compute_reinforce_plus_plus_advantages(rewards, mask, gamma=0.5)
+
+    assert_close(result.returns, torch.tensor([[0.25, 0.5, 1.0], [1.0, 2.0, 0.0]]))
+    assert_close(result.advantages, torch.tensor([[-7 / 6, -0.75, 1 / 12], [1 / 12, 1.75, 0.0]]))
+
+
+def test_discounted_returns_skip_observation_tokens():
+    # The observation token's reward (5) is ignored and costs no discount step:
+    # G2 = 1, G1 (masked) = 0, G0 = 0 + 0.5 * G2 = 0.5
+    rewards = torch.tensor([[0.0, 5.0, 1.0]])
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+
+    assert_close(compute_discounted_returns(rewards, mask, gamma=0.5), torch.tensor([[0.5, 0.0, 1.0]]))
+
+
+def test_reinforce_plus_plus_counts_kl_penalties_in_the_returns():
+    # Outcome 1 on the last token, per-token KL penalty 0.1 on each token, gamma 1:
+    # G = [1 - 0.3, 1 - 0.2, 1 - 0.1]
+    rewards = torch.tensor([[-0.1, -0.1, 0.9]])
+
+    result = compute_reinforce_plus_plus_advantages(rewards, torch.ones(1, 3), gamma=1.0)
+
+    assert_close(result.returns, torch.tensor([[0.7, 0.8, 0.9]]))
+
+
+def test_reinforce_plus_plus_baseline_matches_hand_worked_example():
+    # scores [1, 0, 1, 1], groups [0, 0, 1, 1]
+    # step 1: c = [0.5, -0.5, 0, 0]
+    # step 2: row 0 has 2 tokens, the others 1 -> valid values [0.5, 0.5, -0.5, 0, 0]
+    # step 3: mean 0.1, population variance 0.7 / 5 = 0.14, std 0.374166
+    #         A = [1.069045, 1.069045, -1.603567, -0.267261, -0.267261]
+    scores = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    mask = torch.tensor([[1, 1], [1, 0], [1, 0], [1, 0]])
+
+    advantages = compute_reinforce_plus_plus_baseline_advantages(scores, [0, 0, 1, 1], mask)
+
+    expected = torch.tensor([[1.069045, 1.069045], [-1.603567, 0.0], [-0.267261, 0.0], [-0.267261, 0.0]])
+    assert_close(advantages, expected)
+
+
+def test_masked_whiten_of_no_valid_token_is_zero_not_nan():
+    assert_close(masked_whiten(torch.randn(2, 3), torch.zeros(2, 3)), torch.zeros(2, 3))
