@@ -1,0 +1,284 @@
+"""The launcher and test harness that run inside the code sandbox.
+
+`roles/rewards/sandbox.py` starts this file as
+``python -I -S sandbox_harness.py SPEC_FD STATUS_FD VERDICT_FD`` in a new session,
+with a scrubbed environment, as root or as the current user. One process, three
+phases:
+
+1. Set-up (trusted, possibly root): read the run's spec (program, tests, nonce,
+   limits) from the SPEC_FD pipe and close it; enter a new network namespace; enter
+   a new mount namespace with private tmpfs mounts over the work directory and the
+   world-writable directories; set the rlimits; drop to the run's own uid.
+2. Report: write which isolation took effect to STATUS_FD and close it. A run whose
+   report never arrives is the sandbox's failure, never the program's.
+3. Run the untrusted program, then each test snippet in the program's namespace, and
+   write ``<nonce> ...`` to VERDICT_FD. The exit status is never read.
+
+Why one process: after the privilege drop nothing is exec'd, so the interpreter is
+never re-read from a directory the sandbox uid cannot traverse, and nothing can be
+swapped in between the phases. Why ``-I -S``: no environment variable, user site or
+``.pth`` file runs code while the process is still privileged; site-packages are
+added after the drop when the spec asks for them.
+
+Standard library only: this file runs before anything else is importable.
+"""
+
+import builtins
+import ctypes
+import json
+import os
+import resource
+import stat
+import sys
+import traceback
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+PR_SET_NO_NEW_PRIVS = 38
+# Directories any user may write to on common distributions. Each gets a private
+# tmpfs, so nothing the program writes there is seen by, or outlives, the sandbox.
+SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+ERROR_TEXT_LIMIT = 300
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source, target, fstype, flags, options=None) -> None:
+    def encode(text):
+        return None if text is None else text.encode()
+
+    _check(_libc.mount(encode(source), encode(target), encode(fstype), flags, encode(options)), f"mount {target}")
+
+
+def _try_unshare(flag: int, name: str, notes: list) -> bool:
+    try:
+        _check(_libc.unshare(flag), f"unshare({name})")
+    except OSError as error:
+        # Expected without CAP_SYS_ADMIN (rootless containers, CI runners as a user):
+        # run without this layer and say so in the report.
+        notes.append(str(error))
+        return False
+    return True
+
+
+def _is_within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _first_untraversable_ancestor(path: str):
+    """The outermost directory above ``path`` that other users cannot enter (``/root``
+    for an interpreter under ``/root/.pyenv``), or None."""
+    current = ""
+    for part in path.strip("/").split("/")[:-1]:
+        current += "/" + part
+        if not os.stat(current).st_mode & stat.S_IXOTH:
+            return current
+    return None
+
+
+def _cover_with_tmpfs(target: str, options: str, keep: list) -> None:
+    """Mount a fresh tmpfs over ``target``, then bind each ``keep`` path back in place."""
+    handles = [os.open(path, os.O_PATH) for path in keep]  # still reachable once hidden
+    try:
+        _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        for path, handle in zip(keep, handles):
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+    finally:
+        for handle in handles:
+            os.close(handle)
+
+
+def isolate_filesystem(work_dir: str, read_paths: list, owner: tuple, size_bytes: int) -> None:
+    """In a new mount namespace: private tmpfs over the world-writable directories and
+    over ``work_dir``; directories that hide ``read_paths`` from other users (the
+    interpreter under a 0700 home) are covered too, with ``read_paths`` bound back."""
+    # Without this, mounts below would propagate into the host's namespace.
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    covers = {}
+    for directory in SHARED_WRITABLE_DIRS:
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            if os.stat(directory).st_mode & stat.S_IWOTH:
+                covers[directory] = "1777"
+    for path in read_paths:
+        blocker = _first_untraversable_ancestor(path)
+        if blocker is not None and blocker not in covers:
+            covers[blocker] = "0755"
+    covered = []
+    for target in sorted(covers):
+        if any(_is_within(target, outer) for outer in covered):
+            continue  # inside a tmpfs already mounted: its paths were rebuilt there
+        keep = [path for path in read_paths if _is_within(path, target)]
+        _cover_with_tmpfs(target, f"size={size_bytes},mode={covers[target]}", keep)
+        covered.append(target)
+    os.makedirs(work_dir, exist_ok=True)
+    uid, gid = owner
+    _mount("tmpfs", work_dir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_bytes},mode=0700,uid={uid},gid={gid}")
+    os.chdir(work_dir)  # the old cwd is the directory underneath the new tmpfs
+
+
+def _threads_owned_by(uid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue  # the process exited while we looked
+        if int(fields["Uid"].split()[0]) == uid:
+            count += int(fields["Threads"])
+    return count
+
+
+def apply_limits(limits: dict, own_uid: bool) -> None:
+    """Set the rlimits. RLIMIT_NPROC counts every thread of the real uid: with a uid of
+    its own the sandbox starts from one; sharing the caller's uid, from the caller's count."""
+    limits = dict(limits)
+    if not own_uid:
+        limits["RLIMIT_NPROC"] += _threads_owned_by(os.getuid())
+    for name, value in limits.items():
+        # One second between the soft CPU limit (SIGXCPU, which a program may ignore)
+        # and the hard one (SIGKILL).
+        hard = value + 1 if name == "RLIMIT_CPU" else value
+        resource.setrlimit(getattr(resource, name), (value, hard))
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def set_up(spec: dict) -> dict:
+    """Apply every isolation layer the machine permits; return what took effect."""
+    os.umask(0o022)
+    notes = []
+    report = {"network_isolated": False, "filesystem_isolated": False, "privileges_dropped": False}
+    report["network_isolated"] = _try_unshare(CLONE_NEWNET, "CLONE_NEWNET", notes)
+    uid, gid = (spec["uid"], spec["gid"]) if spec["uid"] is not None else (os.getuid(), os.getgid())
+    if _try_unshare(CLONE_NEWNS, "CLONE_NEWNS", notes):
+        read_paths = sorted({os.path.realpath(path) for path in _interpreter_paths() if os.path.isdir(path)})
+        isolate_filesystem(spec["work_dir"], read_paths, (uid, gid), spec["tmpfs_bytes"])
+        report["filesystem_isolated"] = True
+    apply_limits(spec["limits"], own_uid=spec["uid"] is not None)
+    if spec["uid"] is not None:
+        drop_privileges(uid, gid)
+        report["privileges_dropped"] = True
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    stdlib = os.path.dirname(os.__file__)
+    if not os.access(stdlib, os.R_OK | os.X_OK):
+        raise PermissionError(
+            f"the standard library {stdlib} is not readable by uid {os.getuid()}: "
+            "install Python in a world-readable place or set python_executable"
+        )
+    import site  # under -S importing it runs nothing
+
+    if spec["site_packages"]:
+        site.main()
+    else:
+        site.setquit()  # exit() and quit(), which many programs end with
+    report["notes"] = notes
+    return report
+
+
+def _interpreter_paths() -> list:
+    executable_dir = os.path.dirname(os.path.abspath(sys.executable))
+    return [sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(executable_dir)]
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        message = str(error)
+        text = type(error).__name__ + (f": {message}" if message else "")
+    except BaseException:  # an exception's __str__ is program code and may raise anything
+        text = "an exception that could not be printed"
+    return text.replace("\n", " ")[:ERROR_TEXT_LIMIT]
+
+
+def run_untrusted(nonce: str, program: str, tests: list, module_name: str, verdict_fd: int) -> None:
+    """Run the program, then each test in its namespace; write the verdict; exit.
+
+    Verdict, one line each: ``<nonce> <number of tests>``, ``program ok`` or
+    ``program error <text>``, then (program ok only) ``pass`` or ``fail <text>`` per test.
+    """
+    # The program can replace builtins, module attributes (os.write, sys.settrace)
+    # and this module's globals, but not the locals of this running frame: everything
+    # used once the program has started is bound here first.
+    run, compile_source, exit_now = exec, compile, os._exit
+    write, seek, truncate = os.write, os.lseek, os.ftruncate
+    settrace, setprofile = sys.settrace, sys.setprofile
+    any_error, program_exit = BaseException, SystemExit
+    describe, enumerate_, len_, type_, int_ = _describe, enumerate, len, type, int
+    stdout = sys.stdout
+    sys.argv = ["program.py"]
+    with open("program.py", "w", encoding="utf-8") as source:  # lets tracebacks quote the program
+        source.write(program)
+    namespace = {"__name__": module_name, "__file__": "program.py", "__builtins__": builtins}
+    program_error = None
+    try:
+        run(compile_source(program, "program.py", "exec"), namespace)
+    except program_exit as stop:
+        # sys.exit(0) is how many stdin/stdout programs finish; the tests still run.
+        if not (stop.code is None or (type_(stop.code) is int_ and stop.code == 0)):
+            program_error = describe(stop)
+    except any_error as error:
+        program_error = describe(error)
+    outcomes = []
+    if program_error is None:
+        for index, test in enumerate_(tests):
+            # A tracer left behind by the program could jump over statements of a test.
+            settrace(None)
+            setprofile(None)
+            try:
+                run(compile_source(test, f"<test {index}>", "exec"), namespace)
+            except any_error as error:
+                outcomes.append("fail " + describe(error))
+            else:
+                outcomes.append("pass")
+    try:
+        stdout.flush()
+    except any_error:
+        pass  # the program closed or broke its stdout: that shows up as its output
+    lines = [f"{nonce} {len_(tests)}", "program ok" if program_error is None else "program error " + program_error]
+    lines.extend(outcomes)
+    data = "\n".join(lines).encode("utf-8", "replace")
+    # Overwrite whatever the program may have written to this descriptor.
+    seek(verdict_fd, 0, 0)
+    truncate(verdict_fd, 0)
+    while data:
+        data = data[write(verdict_fd, data) :]
+    exit_now(0)
+
+
+def main() -> None:
+    spec_fd, status_fd, verdict_fd = (int(argument) for argument in sys.argv[1:4])
+    with os.fdopen(spec_fd, "rb") as spec_pipe:
+        spec = json.loads(spec_pipe.read())
+    try:
+        report = set_up(spec)
+    except Exception:  # any set-up failure is the sandbox's, not the program's: say so
+        report = {"error": traceback.format_exc(limit=3)[-2000:]}
+    os.write(status_fd, json.dumps(report).encode())
+    os.close(status_fd)
+    if "error" in report:
+        os._exit(70)
+    run_untrusted(spec["nonce"], spec["program"], spec["tests"], spec["module_name"], verdict_fd)
+
+
+if __name__ == "__main__":
+    main()

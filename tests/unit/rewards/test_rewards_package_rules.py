@@ -1,0 +1,65 @@
+"""The rewards package stays free of transport code, and its configs stay strict and documented."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from pydantic import BaseModel
+
+import roles.rewards as rewards
+
+PACKAGE_DIR = pathlib.Path(rewards.__file__).parent
+FORBIDDEN_IMPORTS = ("zmq", "asyncio", "torch.distributed")
+SANDBOX_MODULES = ("sandbox", "code.py")  # written separately; they run untrusted code in processes
+CONFIG_CLASSES = [value for value in vars(rewards).values() if isinstance(value, type) and issubclass(value, BaseModel)]
+
+
+def imported_modules(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda path: path.name)
+def test_module_imports_no_transport_or_event_loop_library(path):
+    for module in imported_modules(path):
+        assert not module.startswith(FORBIDDEN_IMPORTS), f"{path.name} imports {module}"
+
+
+def test_only_the_symbolic_checker_starts_processes():
+    starters = {
+        path.name
+        for path in PACKAGE_DIR.glob("*.py")
+        if {"subprocess", "multiprocessing"} & set(imported_modules(path)) and not path.name.startswith(SANDBOX_MODULES)
+    }
+    assert starters <= {"symbolic.py"}
+
+
+def test_every_public_config_is_found():
+    assert {config.__name__ for config in CONFIG_CLASSES} == {
+        "ArithmeticRewardConfig",
+        "CodeRewardConfig",
+        "CustomRewardConfig",
+        "Gsm8kRewardConfig",
+        "MathRewardConfig",
+        "RewardModelRewardConfig",
+        "RewardsConfig",
+    }
+
+
+@pytest.mark.parametrize("config_class", CONFIG_CLASSES, ids=lambda config_class: config_class.__name__)
+def test_config_forbids_unknown_keys_and_documents_every_field(config_class):
+    assert config_class.model_config.get("extra") == "forbid"
+    for name, field in config_class.model_fields.items():
+        assert field.description, f"{config_class.__name__}.{name} has no docstring"
+
+
+def test_importing_the_package_loads_neither_torch_nor_sympy_nor_the_sandbox():
+    code = "import sys, roles.rewards; print(sorted(m for m in ('torch', 'sympy', 'roles.rewards.code') if m in sys.modules))"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+    assert output.strip() == "[]"
