@@ -1,0 +1,373 @@
+"""`Actor`: async handlers per message type, `ask` / `tell`, lifecycle hooks.
+
+An actor is a class with one handler per message type it accepts::
+
+    class Doubler(Actor):
+        @handler
+        async def double(self, request: DoubleRequest) -> DoubleReply:
+            return DoubleReply(value=request.value * 2)
+
+`run()` binds the actor's ROUTER, optionally registers it with the registry, calls
+`on_start`, and serves until `stop()`. Handlers run one at a time by default
+(`RuntimeSettings.concurrency`), in arrival order.
+
+Error routing (the rules pykka made familiar):
+* a handler that raises while answering an ask: the asker gets a `RemoteError`
+  carrying the remote traceback, and the actor keeps serving;
+* a handler that raises while handling a tell: the actor crashes: it stops, and
+  `run()` raises `ActorCrashed`, so its process exits non-zero and the supervisor
+  decides;
+* messages still queued when an actor stops, and asks arriving while it stops,
+  get an `ActorDeadError` at once; asks pending on an actor whose process died
+  fail with `ActorDeadError` as soon as the connection drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import traceback
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from protocols.control import Failure, Ok, Pong
+from protocols.membership import ActorRecord, MembershipEvent
+from protocols.messages import kind_of, message_type
+from runtime import transport
+from runtime._compat import TaskGroup
+from runtime.compute import ComputeWorker
+from runtime.errors import ActorError
+from runtime.inbox import Delivery, Inbox
+from runtime.membership import Membership
+from runtime.msglog import MessageLog
+from runtime.outbox import ActorRef, Outbox, Target
+from runtime.settings import RuntimeSettings
+from runtime.tracing import current_trace_id
+
+Handler = Callable[[Any, Any], typing.Awaitable[Any]]
+
+
+class ActorCrashed(ActorError):
+    """A tell handler raised: the actor stopped. The handler's exception is the cause."""
+
+
+def handler(fn: Handler) -> Handler:
+    """Mark an async method as the handler of the message type its parameter is annotated with."""
+    if not asyncio.iscoroutinefunction(fn):
+        raise TypeError(f"handler {fn.__qualname__} must be an async def")
+    fn.__troupe_handler__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _collect_handlers(cls: type) -> dict[str, Handler]:
+    handlers: dict[str, Handler] = {}
+    for klass in reversed(cls.__mro__):
+        for attribute in vars(klass).values():
+            if not getattr(attribute, "__troupe_handler__", False):
+                continue
+            hints = typing.get_type_hints(attribute)
+            parameters = [name for name in attribute.__code__.co_varnames[1 : attribute.__code__.co_argcount]]
+            if len(parameters) != 1 or parameters[0] not in hints:
+                raise TypeError(
+                    f"handler {attribute.__qualname__} must take exactly one parameter annotated with a message type"
+                )
+            message_class = hints[parameters[0]]
+            kind = getattr(message_class, "KIND", None)
+            if kind is None or message_type(kind) is not message_class:
+                raise TypeError(f"handler {attribute.__qualname__}: {message_class!r} is not a registered message type")
+            handlers[kind] = attribute
+    return handlers
+
+
+class Actor:
+    """Base class of every actor.
+
+    Args:
+        name: unique actor name, conventionally ``<role>-<instance>``.
+        role: the role (defaults to the class's `role`).
+        instance: instance number within the role.
+        settings: runtime settings (deadlines, flow control, logging).
+        run: run name, stamped on log lines.
+        run_dir: where ``logs/<name>.jsonl`` goes (None: no log file).
+    """
+
+    role: ClassVar[str] = "actor"
+    _handlers: ClassVar[dict[str, Handler]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = _collect_handlers(cls)
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        instance: int = 0,
+        settings: RuntimeSettings | None = None,
+        run: str = "",
+        run_dir: Path | str | None = None,
+    ) -> None:
+        self.name = name
+        self.role = role or type(self).role
+        self.instance = instance
+        self.settings = settings or RuntimeSettings()
+        self.run_name = run
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        log_path = self.run_dir / "logs" / f"{name}.jsonl" if self.run_dir is not None else None
+        self.log = MessageLog(log_path, run, name, self.role, enabled=self.settings.log_messages)
+        self.compute = ComputeWorker(name)
+        self.endpoint: str | None = None
+        self.membership: Membership | None = None
+        self._inbox: Inbox | None = None
+        self._outbox: Outbox | None = None
+        self._group: TaskGroup | None = None
+        self._background: list[asyncio.Task[Any]] = []
+        self._stop_requested = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._busy = 0
+        self._crash: BaseException | None = None
+
+    # ------------------------------------------------------------ hooks
+    async def on_start(self) -> None:
+        """Called once the actor can send and receive, before it is marked ready."""
+
+    async def on_stop(self) -> None:
+        """Called when the actor stops, after its last handler finished; it can still send."""
+
+    async def on_membership(self, event: MembershipEvent) -> None:
+        """Called for each membership event after `watch_membership()`."""
+
+    # --------------------------------------------------------- messaging
+    async def ask(self, target: Target, msg: Any, timeout: float | None = None) -> Any:
+        """Send `msg` to `target` and return its reply (see `Outbox.ask` for the errors)."""
+        return await self._require_outbox().ask(target, msg, timeout)
+
+    async def tell(self, target: Target, msg: Any, timeout: float | None = None) -> None:
+        """Send `msg` to `target` without waiting for a reply."""
+        await self._require_outbox().tell(target, msg, timeout)
+
+    async def lookup(self, name: str | None = None, role: str | None = None) -> list[ActorRecord]:
+        """Registered actors matching `name` and/or `role`."""
+        return await self._require_membership().lookup(name=name, role=role)
+
+    async def watch_membership(self) -> list[ActorRecord]:
+        """Start receiving membership events (`on_membership`); returns the current members."""
+        return await self._require_membership().watch()
+
+    def stop(self) -> None:
+        """Ask the actor to stop; `run()` returns once it has."""
+        self._stop_requested.set()
+
+    def start_background(self, coroutine: typing.Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run `coroutine` in the actor's task group until the actor stops (then it is cancelled).
+
+        If it raises, the actor stops with that error.
+        """
+        if self._group is None:
+            raise ActorError(f"{self.name} is not running: start background work from on_start")
+        task = self._group.create_task(coroutine, name=f"{self.name}-{name}")
+        self._background.append(task)
+        return task
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where this actor's asks and tells go out (only while running)."""
+        return self._require_outbox()
+
+    def _require_outbox(self) -> Outbox:
+        if self._outbox is None:
+            raise ActorError(f"{self.name} is not running: call ask/tell from a handler or on_start")
+        return self._outbox
+
+    def _require_membership(self) -> Membership:
+        if self.membership is None:
+            raise ActorError(f"{self.name} was started without a registry; pass registry= to run()")
+        return self.membership
+
+    # ------------------------------------------------------------ running
+    async def run(
+        self,
+        endpoint: str = transport.DEFAULT_ENDPOINT,
+        registry: str | None = None,
+        on_ready: Callable[[Actor], Any] | None = None,
+    ) -> None:
+        """Serve until `stop()` is called (returns) or a tell handler fails (raises ActorCrashed).
+
+        Args:
+            endpoint: where to bind; ``tcp://127.0.0.1:*`` picks a free port,
+                ``ipc:///path`` uses a Unix socket.
+            registry: the registry's endpoint; when given, the actor registers,
+                heartbeats, and can resolve other actors by name.
+            on_ready: called with the actor once it is serving (and registered).
+        """
+        pong = Pong(name=self.name, role=self.role, pid=os.getpid())
+        background = self._background
+        try:
+            async with TaskGroup() as group:
+                self._group = group
+                self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with)
+                self.endpoint = self._inbox.endpoint
+                resolve = None
+                if registry is not None:
+                    self.membership = Membership(self, ActorRef("registry", registry))
+                    resolve = self.membership.resolve
+                self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, resolve)
+                background.append(group.create_task(
+                    self.log.flush_periodically(self.settings.log_flush_interval_s), name=f"{self.name}-log"
+                ))
+                consumers = [
+                    group.create_task(self._consume(), name=f"{self.name}-handler-{i}")
+                    for i in range(self.settings.concurrency)
+                ]
+                if self.membership is not None:
+                    await self.membership.register(self.record(state="starting"))
+                    background.append(group.create_task(self.membership.heartbeat_loop(), name=f"{self.name}-heartbeat"))
+                await self.on_start()
+                if self.membership is not None:
+                    await self.membership.set_state("ready")
+                self.log.lifecycle("actor.started", endpoint=self.endpoint, pid=os.getpid())
+                if on_ready is not None:
+                    on_ready(self)
+                await self._stop_requested.wait()
+                await self._shut_down(consumers)
+                for task in background:
+                    task.cancel()
+                self._close_sockets()
+        finally:
+            self._close_sockets()
+            self.compute.shutdown(wait=False)
+            self.log.lifecycle("actor.stopped", crashed=self._crash is not None)
+            self.log.close()
+        if self._crash is not None:
+            raise ActorCrashed(f"{self.name} crashed: {self._crash!r}") from self._crash
+
+    def record(self, state: str = "ready") -> ActorRecord:
+        """What the registry should know about this actor."""
+        assert self.endpoint is not None
+        return ActorRecord(
+            name=self.name, role=self.role, instance=self.instance, endpoint=self.endpoint,
+            pid=os.getpid(), host=socket.gethostname(), state=state, registered_at=time.time(),
+        )
+
+    async def _shut_down(self, consumers: list[asyncio.Task[Any]]) -> None:
+        assert self._inbox is not None
+        reason = f"{self.name} stopped" + (" after a crash" if self._crash is not None else "")
+        self._inbox.accepting = False
+        self._inbox.refuse_queued(reason)
+        if self._crash is None:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.settings.stop_grace_s)
+            except asyncio.TimeoutError:
+                pass  # handlers still running are cancelled below; their askers get ActorDead
+        for consumer in consumers:
+            consumer.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
+        self._inbox.refuse_queued(reason)
+        await self.on_stop()
+        if self.membership is not None:
+            await self.membership.deregister()
+
+    def _crash_with(self, error: BaseException) -> None:
+        """Stop because of `error` (a failed tell, or a fault in the runtime itself)."""
+        if self._crash is None:
+            self._crash = error
+        self.stop()
+
+    def _close_sockets(self) -> None:
+        if self._inbox is not None:
+            self._inbox.close()
+        if self._outbox is not None:
+            self._outbox.close()
+
+    # ----------------------------------------------------------- handling
+    async def _consume(self) -> None:
+        assert self._inbox is not None
+        while True:
+            delivery = await self._inbox.mailbox.get()
+            self._busy += 1
+            self._idle.clear()
+            try:
+                await self._handle(delivery)
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.set()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        inbox = self._inbox
+        assert inbox is not None
+        envelope = delivery.envelope
+        started = time.monotonic()
+        queue_s = started - delivery.received_at
+        if envelope.deadline is not None and time.time() > envelope.deadline:
+            await self._fail(delivery, "DeadlineExceeded", "the deadline passed while the message was queued", queue_s, 0.0)
+            return
+        method = self._handlers.get(envelope.kind)
+        if method is None:
+            known = ", ".join(sorted(self._handlers)) or "none"
+            await self._fail(delivery, "UnknownKind", f"{self.name} has no handler for {envelope.kind} (it handles: {known})", queue_s, 0.0)
+            return
+        token = current_trace_id.set(envelope.trace_id)
+        try:
+            result = await method(self, delivery.message)
+        except asyncio.CancelledError:
+            inbox.refuse_in_progress(delivery, f"{self.name} stopped while handling the message")
+            raise
+        except Exception as error:  # routed to the asker, or crashes the actor for a tell
+            handle_s = time.monotonic() - started
+            if envelope.expects_reply:
+                failure = Failure(type(error).__name__, str(error), traceback.format_exc())
+                self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
+                await inbox.reply(delivery, failure)
+            else:
+                self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
+                await inbox.finish(delivery)
+                self._crash_with(error)
+            return
+        finally:
+            current_trace_id.reset(token)
+        handle_s = time.monotonic() - started
+        if not envelope.expects_reply:
+            self._log_done(delivery, "handled", queue_s, handle_s)
+            await inbox.finish(delivery)
+            return
+        reply = Ok() if result is None else result
+        try:
+            kind_of(reply)
+        except Exception as error:  # a handler bug, reported to the asker rather than sent as garbage
+            await self._fail(delivery, "ProtocolError", f"handler returned {type(result).__name__}, not a message: {error}", queue_s, handle_s)
+            return
+        self._log_done(delivery, "handled", queue_s, handle_s)
+        await inbox.reply(delivery, reply)
+
+    async def _fail(self, delivery: Delivery, reason: str, text: str, queue_s: float, handle_s: float) -> None:
+        """A message that could not be handled: the asker gets a Failure; a tell is logged and dropped."""
+        assert self._inbox is not None
+        self._log_done(delivery, "failed", queue_s, handle_s, f"{reason}: {text}")
+        if delivery.envelope.expects_reply:
+            await self._inbox.reply(delivery, Failure(reason, text))
+        else:
+            await self._inbox.finish(delivery)
+
+    def _log_done(self, delivery: Delivery, event: str, queue_s: float, handle_s: float, error: str | None = None) -> None:
+        envelope = delivery.envelope
+        self.log.message_event(
+            event, envelope.sender, envelope.kind, envelope.message_id, envelope.correlation_id,
+            envelope.trace_id, envelope.nbytes, queue_s, handle_s, error,
+        )
+
+    # ----------------------------------------------------- built-in handlers
+    @handler
+    async def _membership_changed(self, event: MembershipEvent) -> None:
+        if self.membership is not None:
+            self.membership.apply(event)
+        await self.on_membership(event)
+
+
+Actor._handlers = _collect_handlers(Actor)

@@ -1,0 +1,77 @@
+"""`Client`: ask and tell from code that is not an actor (a CLI, a test, a notebook).
+
+    async with Client("cli", registry=registry_endpoint) as client:
+        records = (await client.ask("registry", Lookup(role="trainer"))).records
+
+A client has no mailbox: it cannot be asked, only ask. Its message events go to
+``logs/<name>.jsonl`` when a run directory is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from protocols.membership import Lookup, LookupResult
+from runtime.errors import ActorDeadError, ActorError
+from runtime.msglog import MessageLog
+from runtime.outbox import ActorRef, Outbox, Target
+from runtime.settings import RuntimeSettings
+
+
+class Client:
+    """An outbox for code that is not an actor, used as an async context manager."""
+
+    def __init__(
+        self,
+        name: str = "client",
+        *,
+        registry: str | None = None,
+        settings: RuntimeSettings | None = None,
+        run: str = "",
+        run_dir: Path | str | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings or RuntimeSettings()
+        self.registry = ActorRef("registry", registry) if registry is not None else None
+        log_path = Path(run_dir) / "logs" / f"{name}.jsonl" if run_dir is not None else None
+        self.log = MessageLog(log_path, run, name, "client", enabled=self.settings.log_messages)
+        self._outbox: Outbox | None = None
+        self._fault: BaseException | None = None
+
+    async def __aenter__(self) -> Client:
+        resolve = self._resolve if self.registry is not None else None
+        self._outbox = Outbox(self.name, self.settings, self.log, self._broken, resolve)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
+        self.log.close()
+
+    async def ask(self, target: Target, msg: Any, timeout: float | None = None) -> Any:
+        return await self._require().ask(target, msg, timeout)
+
+    async def tell(self, target: Target, msg: Any, timeout: float | None = None) -> None:
+        await self._require().tell(target, msg, timeout)
+
+    def _require(self) -> Outbox:
+        if self._fault is not None:
+            raise ActorError(f"client {self.name} is broken") from self._fault
+        if self._outbox is None:
+            raise RuntimeError("use the client inside `async with Client(...) as client:`")
+        return self._outbox
+
+    def _broken(self, error: BaseException) -> None:
+        """A socket of the client failed: fail every pending ask, refuse further use."""
+        self._fault = error
+        if self._outbox is not None:
+            for link in self._outbox.links.values():
+                link.fail_pending(ActorError(f"client {self.name} failed: {error!r}"))
+
+    async def _resolve(self, name: str) -> ActorRef:
+        assert self.registry is not None
+        result: LookupResult = await self.ask(self.registry, Lookup(name=name))
+        if not result.records:
+            raise ActorDeadError(f"no actor named {name!r} is registered")
+        return ActorRef(result.records[0].name, result.records[0].endpoint)

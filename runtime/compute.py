@@ -1,0 +1,45 @@
+"""A dedicated worker thread for blocking work.
+
+Model compute (generate, forward, backward) blocks for seconds. Running it on the
+event loop would stop heartbeats, control messages and weight-sync phases. Each
+actor owns one `ComputeWorker`: one thread, so compute calls run one at a time in
+submission order (torch already parallelises inside an op), while the loop stays
+free. torch releases the GIL inside its kernels, so the loop keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ComputeWorker:
+    """Runs blocking callables on one dedicated thread and awaits their results."""
+
+    def __init__(self, name: str = "compute") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
+        self._closed = False
+
+    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` on the worker thread (with the caller's context vars).
+
+        If the awaiting task is cancelled, the call still runs to completion on the
+        thread (threads cannot be interrupted); its result is discarded.
+        """
+        if self._closed:
+            raise RuntimeError("the compute worker is shut down")
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop accepting work; with `wait`, block until the running call finishes."""
+        self._closed = True
+        self._executor.shutdown(wait=wait, cancel_futures=True)

@@ -1,0 +1,129 @@
+"""The entry point of an actor process: ``python -m runtime.host``.
+
+    python -m runtime.host --actor package.module:ActorClass --name stage-0 \
+        [--role stage] [--instance 0] [--bind tcp://127.0.0.1:*] [--registry ENDPOINT] \
+        [--run NAME] [--run-dir DIR] [--options JSON] [--settings JSON] [--ready-fd FD]
+
+It builds the actor, serves it until SIGTERM/SIGINT (a graceful stop) and exits
+0; a crashed actor (a failed tell handler) exits 1; bad arguments exit 2. Once
+the actor serves, one JSON line ``{"name", "endpoint", "pid"}`` is written to the
+ready file descriptor. The process asks the kernel to send it SIGTERM if its
+parent dies, so a killed launcher leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import importlib
+import json
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from runtime.actor import Actor, ActorCrashed
+from runtime.settings import RuntimeSettings
+
+EXIT_CRASHED = 1
+EXIT_BAD_ARGUMENTS = 2
+_PR_SET_PDEATHSIG = 1
+
+
+def load_actor_class(target: str) -> type[Actor]:
+    """Import ``package.module:ClassName`` and check it is an Actor subclass."""
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"actor {target!r} must be written package.module:ClassName")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"module {module_name} has no attribute {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Actor)):
+        raise ValueError(f"{target} is not a subclass of runtime.actor.Actor")
+    return cls
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent exits (Linux); a no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def run_event_loop(main: Any, settings: RuntimeSettings) -> Any:
+    """Run `main()` on uvloop when configured and installed, else on asyncio."""
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # optional speed-up only
+            pass
+        else:
+            return uvloop.run(main())
+    return asyncio.run(main())
+
+
+def serve(actor: Actor, endpoint: str, registry: str | None, ready_fd: int | None) -> int:
+    """Run `actor` in this process until a signal stops it; returns the exit code."""
+
+    def announce(ready: Actor) -> None:
+        if ready_fd is None:
+            return
+        line = json.dumps({"name": ready.name, "endpoint": ready.endpoint, "pid": os.getpid()}) + "\n"
+        os.write(ready_fd, line.encode())
+        os.close(ready_fd)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, actor.stop)
+        await actor.run(endpoint, registry=registry, on_ready=announce)
+
+    try:
+        run_event_loop(main, actor.settings)
+    except ActorCrashed:
+        traceback.print_exc()
+        return EXIT_CRASHED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtime.host", description="Run one actor in this process.")
+    parser.add_argument("--actor", required=True, help="package.module:ActorClass")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--role", default=None)
+    parser.add_argument("--instance", type=int, default=0)
+    parser.add_argument("--bind", default="tcp://127.0.0.1:*")
+    parser.add_argument("--registry", default=None, help="the registry's endpoint")
+    parser.add_argument("--run", default="")
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--options", default="{}", help="JSON object of keyword arguments for the actor class")
+    parser.add_argument("--settings", default="{}", help="JSON object of RuntimeSettings fields")
+    parser.add_argument("--ready-fd", type=int, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    die_with_parent()
+    try:
+        cls = load_actor_class(args.actor)
+        options = json.loads(args.options)
+        if not isinstance(options, dict):
+            raise ValueError("--options must be a JSON object")
+        settings = RuntimeSettings.model_validate_json(args.settings)
+        actor = cls(
+            args.name, role=args.role, instance=args.instance, settings=settings,
+            run=args.run, run_dir=args.run_dir, **options,
+        )
+    except Exception as error:  # report any construction problem as bad arguments, with the reason
+        print(f"runtime.host: cannot start {args.actor} as {args.name}: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+    return serve(actor, args.bind, args.registry, args.ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

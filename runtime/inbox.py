@@ -1,0 +1,247 @@
+"""Receiving: one ROUTER socket, a bounded mailbox, replies and credit.
+
+Receiving never blocks on handlers: for each message it decodes, answers
+liveness pings at once, refuses what cannot be handled (undecodable, unknown
+kind, mailbox full, actor stopping) with a typed failure the asker sees, and puts
+the rest in the mailbox. The actor's consumer tasks take deliveries from the
+mailbox, run handlers, and call `reply` / `finish`, which return flow-control
+credit to the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from collections.abc import Callable
+
+import zmq
+
+from protocols.control import Credit, Failure, Ping
+from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id
+from protocols.errors import ProtocolError
+from protocols.messages import from_payload, kind_of, to_payload
+from protocols.codec import unpack_limited
+from runtime import transport
+from runtime.flow import CreditOwed
+from runtime.msglog import MessageLog
+from runtime.settings import RuntimeSettings
+
+
+@dataclass
+class Delivery:
+    """A message waiting in (or taken from) the mailbox."""
+
+    routing_id: bytes
+    envelope: Envelope
+    message: Any
+    received_at: float  # time.monotonic()
+
+
+class Inbox:
+    """An actor's receiving end.
+
+    Args:
+        name: the actor's name (the sender of replies).
+        endpoint: where to bind (``tcp://127.0.0.1:*`` picks a free port).
+        pong: the reply to a `Ping`, answered without entering the mailbox.
+        on_error: called if receiving fails (a bug, not bad input): the actor stops.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: RuntimeSettings,
+        log: MessageLog,
+        endpoint: str,
+        pong: Any,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.log = log
+        self.pong = pong
+        router, self.endpoint = transport.bind_router(endpoint, settings.max_message_bytes)
+        self.socket = transport.LoopSocket(router, self._accept, on_error)
+        self.mailbox: asyncio.Queue[Delivery] = asyncio.Queue(settings.mailbox_capacity)
+        self.credit: dict[bytes, CreditOwed] = {}
+        self.accepting = True
+
+    # --------------------------------------------------------------- arrival
+    def _accept(self, frames: list[zmq.Frame]) -> None:
+        routing_id = frames[0].bytes
+        data = [frame.buffer for frame in frames[1:]]
+        try:
+            envelope = decode_envelope(data, self.settings.max_message_bytes)
+        except ProtocolError as error:
+            self._refuse_undecodable(routing_id, data, sum(view.nbytes for view in data), error)
+            return
+        self.log.message_event(
+            "receive", envelope.sender, envelope.kind, envelope.message_id, envelope.correlation_id,
+            envelope.trace_id, envelope.nbytes,
+        )
+        if envelope.kind == Ping.KIND:
+            self._send_now(routing_id, self._reply_envelope(envelope, self.pong, (1, envelope.nbytes)), envelope.sender)
+            return
+        if not self.accepting:
+            self._refuse(routing_id, envelope, "ActorDead", f"{self.name} is stopping and accepts no new messages")
+            return
+        try:
+            message = from_payload(envelope.kind, envelope.payload)
+        except ProtocolError as error:
+            self._refuse(routing_id, envelope, "ProtocolError", str(error))
+            return
+        try:
+            self.mailbox.put_nowait(Delivery(routing_id, envelope, message, time.monotonic()))
+        except asyncio.QueueFull:
+            self._refuse(
+                routing_id, envelope, "MailboxFull",
+                f"{self.name}'s mailbox holds {self.settings.mailbox_capacity} messages; the sender ignored flow control",
+            )
+            return
+        self.credit.setdefault(routing_id, CreditOwed()).held_messages += 1
+
+    def _refuse_undecodable(self, routing_id: bytes, data: list[memoryview], wire_bytes: int, error: ProtocolError) -> None:
+        self.log.message_event("failed", "?", "?", "?", None, None, wire_bytes, error=f"ProtocolError: {error}")
+        # Answer the asker if the header at least says who it is and that it waits.
+        try:
+            header = unpack_limited(data[0]) if data else None
+        except ProtocolError:
+            return
+        if not isinstance(header, dict) or header.get("expects_reply") is not True:
+            return
+        message_id, sender = header.get("message_id"), header.get("sender")
+        if not isinstance(message_id, str) or not isinstance(sender, str):
+            return
+        stub = Envelope(kind="?", message_id=message_id, sender=sender, sent_at=0.0, expects_reply=True, nbytes=wire_bytes)
+        failure = Failure("ProtocolError", f"{self.name} could not decode the message: {error}")
+        self._send_now(routing_id, self._reply_envelope(stub, failure, (1, wire_bytes)), sender)
+
+    def _refuse(self, routing_id: bytes, envelope: Envelope, reason: str, text: str) -> None:
+        self.log.message_event(
+            "failed", envelope.sender, envelope.kind, envelope.message_id, envelope.correlation_id,
+            envelope.trace_id, envelope.nbytes, error=f"{reason}: {text}",
+        )
+        credits = (1, envelope.nbytes)
+        if envelope.expects_reply:
+            self._send_now(routing_id, self._reply_envelope(envelope, Failure(reason, text), credits), envelope.sender)
+        else:
+            self._send_now(routing_id, self._credit_envelope(credits), envelope.sender)
+
+    # -------------------------------------------------------------- leaving
+    async def reply(self, delivery: Delivery, message: Any) -> None:
+        """Answer an ask (the reply carries the sender's credit back)."""
+        credits = self._release(delivery)
+        envelope = self._reply_envelope(delivery.envelope, message, credits)
+        frames, nbytes = encode_envelope(envelope)
+        peer = delivery.envelope.sender
+        try:
+            await self.socket.send_async([delivery.routing_id, *frames])
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EHOSTUNREACH:
+                raise
+            # The asker disconnected; its ask has already failed on its side.
+            self._log_sent(envelope, peer, nbytes, error="EHOSTUNREACH: the asker is gone")
+            return
+        self._log_sent(envelope, peer, nbytes)
+
+    async def finish(self, delivery: Delivery) -> None:
+        """A tell was handled: return credit now if enough is owed or nothing is queued."""
+        owed = self.credit[delivery.routing_id]
+        owed.held_messages -= 1
+        owed.owed_messages += 1
+        owed.owed_bytes += delivery.envelope.nbytes
+        if owed.owed_messages < self.settings.credit_batch and not self.mailbox.empty():
+            return
+        for routing_id in [r for r, o in self.credit.items() if o.owed_messages]:
+            envelope = self._credit_envelope(self._take(routing_id))
+            frames, nbytes = encode_envelope(envelope)
+            peer = delivery.envelope.sender if routing_id == delivery.routing_id else "?"
+            try:
+                await self.socket.send_async([routing_id, *frames])
+            except zmq.ZMQError as error:
+                if error.errno != zmq.EHOSTUNREACH:
+                    raise
+                # The sender disconnected; there is no one to return credit to.
+                self._log_sent(envelope, peer, nbytes, error="EHOSTUNREACH: the sender is gone")
+                continue
+            self._log_sent(envelope, peer, nbytes)
+
+    def refuse_queued(self, reason: str) -> None:
+        """Empty the mailbox: asks get ActorDead, tells are dropped (and logged)."""
+        while not self.mailbox.empty():
+            delivery = self.mailbox.get_nowait()
+            self.refuse_in_progress(delivery, reason)
+
+    def refuse_in_progress(self, delivery: Delivery, reason: str) -> None:
+        """A delivery will not be handled (the actor is stopping): tell its sender."""
+        owed = self.credit[delivery.routing_id]
+        owed.held_messages -= 1
+        if owed.held_messages == 0 and owed.owed_messages == 0:
+            del self.credit[delivery.routing_id]
+        self._refuse(delivery.routing_id, delivery.envelope, "ActorDead", reason)
+
+    def close(self) -> None:
+        self.accepting = False
+        self.socket.close()
+
+    # -------------------------------------------------------------- helpers
+    def _release(self, delivery: Delivery) -> tuple[int, int]:
+        owed = self.credit[delivery.routing_id]
+        owed.held_messages -= 1
+        owed.owed_messages += 1
+        owed.owed_bytes += delivery.envelope.nbytes
+        return self._take(delivery.routing_id)
+
+    def _take(self, routing_id: bytes) -> tuple[int, int]:
+        owed = self.credit[routing_id]
+        credits = owed.take()
+        if owed.held_messages == 0:
+            del self.credit[routing_id]
+        return credits
+
+    def _reply_envelope(
+        self, request: Envelope, message: Any, credits: tuple[int, int], correlate: bool = True
+    ) -> Envelope:
+        return Envelope(
+            kind=kind_of(message),
+            message_id=new_id(),
+            sender=self.name,
+            sent_at=time.time(),
+            payload=to_payload(message),
+            correlation_id=request.message_id if correlate else None,
+            trace_id=request.trace_id,
+            credits=credits,
+        )
+
+    def _credit_envelope(self, credits: tuple[int, int]) -> Envelope:
+        return Envelope(kind=Credit.KIND, message_id=new_id(), sender=self.name, sent_at=time.time(), credits=credits)
+
+    def _send_now(self, routing_id: bytes, envelope: Envelope, peer: str) -> None:
+        """Send from synchronous code; a send that has to wait completes in the background."""
+        frames, nbytes = encode_envelope(envelope)
+        try:
+            waiter = self.socket.send([routing_id, *frames])
+        except zmq.ZMQError as error:  # the peer is gone: its ask has failed or runs into its deadline
+            self._log_sent(envelope, peer, nbytes, error=f"{zmq.strerror(error.errno)}: could not send")
+            return
+        if waiter is not None:
+            waiter.add_done_callback(lambda done: self._log_sent(envelope, peer, nbytes, _send_error(done)))
+            return
+        self._log_sent(envelope, peer, nbytes)
+
+    def _log_sent(self, envelope: Envelope, peer: str, nbytes: int, error: str | None = None) -> None:
+        self.log.message_event(
+            "send" if error is None else "failed", peer, envelope.kind, envelope.message_id,
+            envelope.correlation_id, envelope.trace_id, nbytes, error=error,
+        )
+
+
+def _send_error(done: asyncio.Future[None]) -> str | None:
+    """The error text of a finished queued send, or None if it went out."""
+    if done.cancelled():
+        return "cancelled"
+    error = done.exception()
+    return None if error is None else f"{type(error).__name__}: {error}"

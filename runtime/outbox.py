@@ -1,0 +1,281 @@
+"""Sending: `ask` and `tell` over one DEALER link per peer.
+
+A `Link` is this process's connection to one peer endpoint. It carries requests
+out and replies and credit back, tracks the asks waiting for replies, and watches
+the connection: when the peer's process goes away (stopped or killed), the asks
+pending on it fail with `ActorDeadError` at once instead of waiting out their
+deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from protocols.control import Failure, Ok
+from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id
+from protocols.errors import ProtocolError
+from protocols.messages import from_payload, kind_of, to_payload
+from runtime import transport
+from runtime.errors import ActorDeadError, DeadlineExceeded, RemoteError
+from runtime.flow import SendWindow
+from runtime.msglog import MessageLog
+from runtime.settings import RuntimeSettings
+from runtime.tracing import trace_id_for_send
+
+
+@dataclass(frozen=True)
+class ActorRef:
+    """Where an actor listens. `name` is used in logs and errors."""
+
+    name: str
+    endpoint: str
+
+
+Target = ActorRef | str
+"""An `ActorRef`, an endpoint (``"tcp://127.0.0.1:5555"``) or a registered actor name."""
+
+
+def _expire(future: asyncio.Future[Envelope], text: str) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(text))
+
+
+@dataclass
+class _PendingAsk:
+    future: asyncio.Future[Envelope]
+    sent_at: float  # time.monotonic() when sent
+
+
+class Link:
+    """One DEALER connection to one peer, with its credit window and pending asks.
+
+    Args:
+        on_message: called with each message that comes back (replies, credit).
+        on_connection: called with each monitor event number (connected, disconnected).
+        on_error: called if servicing either socket fails.
+    """
+
+    def __init__(
+        self,
+        ref: ActorRef,
+        settings: RuntimeSettings,
+        on_message: Callable[[Link, list[zmq.Frame]], None],
+        on_connection: Callable[[Link, int], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.ref = ref
+        dealer = transport.connect_dealer(ref.endpoint)
+        watcher = transport.monitor(dealer)
+        self.socket = transport.LoopSocket(dealer, lambda frames: on_message(self, frames), on_error)
+        self.monitor = transport.LoopSocket(
+            watcher, lambda frames: on_connection(self, transport.parse_event(frames)), on_error
+        )
+        self.window = SendWindow(settings.window_messages, settings.window_bytes)
+        self.pending: dict[str, _PendingAsk] = {}
+        self.connected: bool | None = None
+        """None until the first connection, then whether the peer is connected now."""
+
+    def fail_pending(self, error: Exception, sent_before: float | None = None) -> None:
+        """Fail the asks waiting on this link (those sent before `sent_before`, if given)."""
+        for message_id, pending in list(self.pending.items()):
+            if sent_before is None or pending.sent_at <= sent_before:
+                self.pending.pop(message_id, None)
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+
+    def close(self) -> None:
+        transport.close_monitored(self.socket, self.monitor)
+
+
+class Outbox:
+    """Sends asks and tells from one actor (or client) to any number of peers.
+
+    Args:
+        name: the sender's name, stamped on every message.
+        settings: runtime settings (deadlines, windows).
+        log: the message log to record send/receive events in.
+        on_error: called when servicing a socket fails (a bug, not bad input):
+            the owner stops.
+        resolve: turns a registered actor name into an `ActorRef` (None: names
+            cannot be resolved, only refs and endpoints are accepted).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: RuntimeSettings,
+        log: MessageLog,
+        on_error: Callable[[BaseException], None],
+        resolve: Callable[[str], Awaitable[ActorRef]] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.log = log
+        self.on_error = on_error
+        self.resolve = resolve
+        self.links: dict[str, Link] = {}
+        self.closed = False
+
+    # ----------------------------------------------------------------- API
+    async def ask(self, target: Target, msg: Any, timeout: float | None = None) -> Any:
+        """Send `msg` and wait for the reply message.
+
+        Raises:
+            RemoteError: the handler raised (with its remote traceback), or the
+                receiver refused the message (ProtocolError, MailboxFull, ...).
+            ActorDeadError: the target stopped, died, or is unknown.
+            DeadlineExceeded: no reply (or no send credit) within `timeout` seconds.
+        """
+        timeout = self.settings.ask_timeout_s if timeout is None else timeout
+        started = time.monotonic()
+        ref, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, expects_reply=True)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Envelope] = loop.create_future()
+        link.pending[envelope.message_id] = _PendingAsk(future, time.monotonic())
+        # A plain timer is several times cheaper than asyncio.timeout() on this path.
+        remaining = max(0.0, timeout - (time.monotonic() - started))
+        timer = loop.call_later(remaining, _expire, future, f"ask {envelope.kind} to {ref.name}: no reply within {timeout:g} s")
+        try:
+            await self._send(link, envelope, frames, nbytes)
+            reply = await future
+        finally:
+            timer.cancel()
+            link.pending.pop(envelope.message_id, None)
+        return self._unwrap_reply(ref, reply)
+
+    async def tell(self, target: Target, msg: Any, timeout: float | None = None) -> None:
+        """Send `msg` without waiting for a reply (only for flow-control credit).
+
+        Raises:
+            DeadlineExceeded: no send credit within `timeout` seconds.
+            ActorDeadError: `target` is a name the registry does not know.
+        """
+        timeout = self.settings.send_timeout_s if timeout is None else timeout
+        _, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, expects_reply=False)
+        await self._send(link, envelope, frames, nbytes)
+
+    def peer_gone(self, endpoint: str, reason: str) -> None:
+        """The peer at `endpoint` is known to be dead: fail its asks and drop the link."""
+        link = self.links.pop(endpoint, None)
+        if link is not None:
+            link.fail_pending(ActorDeadError(f"{link.ref.name} is dead: {reason}"))
+            link.close()
+
+    def close(self) -> None:
+        """Close every link; asks still waiting fail with ActorDeadError."""
+        self.closed = True
+        for link in self.links.values():
+            link.fail_pending(ActorDeadError(f"{self.name} is stopping; the ask to {link.ref.name} was abandoned"))
+            link.close()
+        self.links.clear()
+
+    # ------------------------------------------------------------ internals
+    async def _prepare(
+        self, target: Target, msg: Any, timeout: float, expects_reply: bool
+    ) -> tuple[ActorRef, Link, Envelope, list[Any], int]:
+        if self.closed:
+            raise ActorDeadError(f"{self.name} is stopped and cannot send")
+        ref = await self._resolve(target)
+        now = time.time()
+        envelope = Envelope(
+            kind=kind_of(msg),
+            message_id=new_id(),
+            sender=self.name,
+            sent_at=now,
+            payload=to_payload(msg),
+            trace_id=trace_id_for_send(),
+            deadline=now + timeout,
+            expects_reply=expects_reply,
+        )
+        frames, nbytes = encode_envelope(envelope)
+        link = self._link(ref)
+        if link.connected is False:
+            # ZeroMQ would queue the message until something listens there again;
+            # the caller learns now that the actor is gone.
+            raise ActorDeadError(f"{ref.name} ({ref.endpoint}) disconnected and has not come back")
+        try:
+            await link.window.acquire(nbytes, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{'ask' if expects_reply else 'tell'} {envelope.kind} to {ref.name}: no flow-control credit "
+                f"within {timeout:g} s ({link.window.messages} messages, {link.window.bytes} bytes in flight; "
+                "the receiver is slow or gone)"
+            ) from None
+        return ref, link, envelope, frames, nbytes
+
+    async def _send(self, link: Link, envelope: Envelope, frames: list[Any], nbytes: int) -> None:
+        try:
+            await link.socket.send_async(frames)
+        except BaseException:
+            link.window.release(1, nbytes)
+            raise
+        self.log.message_event(
+            "send", link.ref.name, envelope.kind, envelope.message_id, None, envelope.trace_id, nbytes
+        )
+
+    async def _resolve(self, target: Target) -> ActorRef:
+        if isinstance(target, ActorRef):
+            return target
+        if "://" in target:
+            return ActorRef(target, target)
+        if self.resolve is None:
+            raise ActorDeadError(f"cannot find actor {target!r}: no registry is configured; pass an ActorRef or endpoint")
+        return await self.resolve(target)
+
+    def _link(self, ref: ActorRef) -> Link:
+        link = self.links.get(ref.endpoint)
+        if link is None:
+            link = Link(ref, self.settings, self._accept_reply, self._connection_changed, self.on_error)
+            self.links[ref.endpoint] = link
+        return link
+
+    def _unwrap_reply(self, ref: ActorRef, reply: Envelope) -> Any:
+        message = from_payload(reply.kind, reply.payload)
+        if isinstance(message, Failure):
+            if message.error_type == "ActorDead":
+                raise ActorDeadError(f"{ref.name}: {message.message}")
+            raise RemoteError(ref.name, message.error_type, message.message, message.traceback)
+        return None if isinstance(message, Ok) else message
+
+    def _accept_reply(self, link: Link, frames: list[zmq.Frame]) -> None:
+        try:
+            envelope = decode_envelope([frame.buffer for frame in frames], self.settings.max_message_bytes)
+        except ProtocolError as error:
+            # A peer that sends garbage back must not take this actor down; the ask it
+            # belonged to (if any) runs into its deadline.
+            self.log.message_event("failed", link.ref.name, "?", "?", None, None, 0, error=f"ProtocolError: {error}")
+            return
+        if envelope.credits is not None:
+            link.window.release(*envelope.credits)
+        self.log.message_event(
+            "receive", link.ref.name, envelope.kind, envelope.message_id, envelope.correlation_id,
+            envelope.trace_id, envelope.nbytes,
+        )
+        if envelope.correlation_id is None:
+            return  # credit only
+        pending = link.pending.pop(envelope.correlation_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(envelope)
+
+    def _connection_changed(self, link: Link, event: int) -> None:
+        if event == zmq.EVENT_CONNECTED:
+            link.connected = True
+        elif event == zmq.EVENT_DISCONNECTED:
+            link.connected = False
+            lost_at = time.monotonic()
+            # Replies the peer sent before it went away may still sit in the socket:
+            # give them a moment to be read before failing what is left.
+            asyncio.get_running_loop().call_later(self.settings.disconnect_grace_s, self._peer_lost, link, lost_at)
+
+    def _peer_lost(self, link: Link, lost_at: float) -> None:
+        link.fail_pending(
+            ActorDeadError(f"{link.ref.name} ({link.ref.endpoint}) disconnected: its process stopped or died"),
+            sent_before=lost_at,
+        )
+        link.window.reset()

@@ -1,0 +1,49 @@
+"""Runtime settings shared by every actor of a run."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocols.envelope import DEFAULT_MAX_MESSAGE_BYTES
+
+
+class RuntimeSettings(BaseModel):
+    """How actors talk: deadlines, flow control, limits, heartbeats and logging."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    ask_timeout_s: float = Field(30.0, gt=0)
+    """Default deadline of an `ask`, in seconds, when the caller gives none."""
+    send_timeout_s: float = Field(30.0, gt=0)
+    """Default time a `tell` may wait for flow-control credit before it fails."""
+    window_messages: int = Field(64, ge=1)
+    """Messages one sender may have in flight to one receiver (queued or being handled)."""
+    window_bytes: int = Field(512 << 20, ge=1)
+    """Bytes one sender may have in flight to one receiver. A single larger message is
+    still allowed when nothing else is in flight, so it never deadlocks."""
+    credit_batch: int = Field(8, ge=1)
+    """A receiver returns credit for tells after this many are handled, or when idle."""
+    mailbox_capacity: int = Field(4096, ge=1)
+    """Most messages an actor holds at once, over all senders; beyond it asks are refused
+    with MailboxFull and tells are dropped and logged (only senders that ignore credit
+    can get there)."""
+    stop_grace_s: float = Field(10.0, ge=0)
+    """How long a stopping actor lets running handlers finish before cancelling them
+    (their askers then get ActorDeadError)."""
+    concurrency: int = Field(1, ge=1)
+    """Handlers an actor runs at once. 1 keeps actor state free of interleaving."""
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    """Largest message an actor accepts; larger ones are refused with a ProtocolError."""
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    """How often a registered actor tells the registry it is alive."""
+    heartbeat_timeout_s: float = Field(5.0, gt=0)
+    """After this long without a heartbeat the registry declares the actor left."""
+    disconnect_grace_s: float = Field(0.05, ge=0)
+    """After a peer's connection drops, replies already received get this long to be
+    read before pending asks to that peer fail with ActorDeadError."""
+    log_messages: bool = True
+    """Write one JSON line per message event to logs/<instance>.jsonl in the run directory."""
+    log_flush_interval_s: float = Field(0.2, gt=0)
+    """How often buffered log lines are written out."""
+    event_loop: str = Field("uvloop", pattern="^(uvloop|asyncio)$")
+    """Event loop for actor processes: uvloop where installed, else asyncio."""

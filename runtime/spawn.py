@@ -1,0 +1,139 @@
+"""Start actors in their own OS processes and stop them again.
+
+`spawn_actor` runs ``python -m runtime.host`` for one actor and returns once the
+actor serves (its endpoint read from a ready pipe), or raises `SpawnError` with
+the exit code when it does not come up in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from runtime.settings import RuntimeSettings
+from runtime.transport import DEFAULT_ENDPOINT
+
+
+class SpawnError(RuntimeError):
+    """An actor process exited or stalled before it was ready."""
+
+
+@dataclass
+class ActorProcess:
+    """A running actor process."""
+
+    name: str
+    endpoint: str
+    process: asyncio.subprocess.Process
+    _stderr: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash, for tests of failure)."""
+        if self.process.returncode is None:
+            self.process.kill()
+
+    async def wait(self, timeout: float | None = None) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM (a graceful stop), then SIGKILL if it has not exited within `timeout`."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except asyncio.TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+        return self.process.returncode  # type: ignore[return-value]
+
+
+async def spawn_actor(
+    actor: str,
+    name: str,
+    *,
+    role: str | None = None,
+    instance: int = 0,
+    bind: str = DEFAULT_ENDPOINT,
+    registry: str | None = None,
+    run: str = "",
+    run_dir: Path | str | None = None,
+    options: dict[str, Any] | None = None,
+    settings: RuntimeSettings | None = None,
+    env: dict[str, str] | None = None,
+    stderr_path: Path | str | None = None,
+    ready_timeout: float = 60.0,
+) -> ActorProcess:
+    """Start `actor` (``package.module:ActorClass``) as `name` in a new process.
+
+    Args:
+        stderr_path: file for the process's stderr (None: inherit this process's).
+        ready_timeout: seconds to wait for the actor to serve.
+
+    Raises:
+        SpawnError: the process exited, or was not ready within `ready_timeout`
+            (it is killed then).
+    """
+    read_fd, write_fd = os.pipe()
+    command = [
+        sys.executable, "-m", "runtime.host", "--actor", actor, "--name", name, "--instance", str(instance),
+        "--bind", bind, "--run", run, "--options", json.dumps(options or {}),
+        "--settings", (settings or RuntimeSettings()).model_dump_json(), "--ready-fd", str(write_fd),
+    ]
+    if role is not None:
+        command += ["--role", role]
+    if registry is not None:
+        command += ["--registry", registry]
+    if run_dir is not None:
+        command += ["--run-dir", str(run_dir)]
+    stderr = open(stderr_path, "ab") if stderr_path is not None else None  # noqa: SIM115 - closed in stop()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command, pass_fds=(write_fd,), env={**os.environ, **(env or {})}, stderr=stderr,
+        )
+    finally:
+        os.close(write_fd)
+    try:
+        line = await _read_ready_line(read_fd, process, ready_timeout)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if stderr is not None:
+            stderr.close()
+        raise
+    ready = json.loads(line)
+    return ActorProcess(name=name, endpoint=ready["endpoint"], process=process, _stderr=stderr)
+
+
+async def _read_ready_line(read_fd: int, process: asyncio.subprocess.Process, timeout: float) -> str:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except asyncio.TimeoutError:
+        raise SpawnError(f"actor process {process.pid} was not ready within {timeout:g} s") from None
+    finally:
+        transport.close()
+    if not line:
+        code = await process.wait()
+        raise SpawnError(f"actor process {process.pid} exited with code {code} before it was ready")
+    return line.decode()
