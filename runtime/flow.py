@@ -34,17 +34,26 @@ class SendWindow:
             return False
         return self.messages == 0 or self.bytes + nbytes <= self.window_bytes
 
+    def try_acquire(self, nbytes: int) -> bool:
+        """Spend credit for one message of `nbytes` if there is room now."""
+        if not self.has_room(nbytes):
+            return False
+        self.messages += 1
+        self.bytes += nbytes
+        return True
+
     async def acquire(self, nbytes: int, timeout: float) -> None:
         """Spend credit for one message of `nbytes`, waiting up to `timeout` seconds.
 
         Raises:
             TimeoutError: no credit came back in time.
         """
-        if not self.has_room(nbytes):
-            async with deadline(timeout):
-                while not self.has_room(nbytes):
-                    self._returned.clear()
-                    await self._returned.wait()
+        if self.try_acquire(nbytes):
+            return
+        async with deadline(timeout):
+            while not self.has_room(nbytes):
+                self._returned.clear()
+                await self._returned.wait()
         self.messages += 1
         self.bytes += nbytes
 

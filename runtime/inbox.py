@@ -138,7 +138,9 @@ class Inbox:
         frames, nbytes = encode_envelope(envelope)
         peer = delivery.envelope.sender
         try:
-            await self.socket.send_async([delivery.routing_id, *frames])
+            waiter = self.socket.send([delivery.routing_id, *frames])
+            if waiter is not None:
+                await waiter
         except zmq.ZMQError as error:
             if error.errno != zmq.EHOSTUNREACH:
                 raise

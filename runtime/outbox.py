@@ -10,6 +10,7 @@ deadlines.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,9 +42,15 @@ Target = ActorRef | str
 """An `ActorRef`, an endpoint (``"tcp://127.0.0.1:5555"``) or a registered actor name."""
 
 
-def _expire(future: asyncio.Future[Envelope], text: str) -> None:
+def _refund_if_unsent(window: SendWindow, nbytes: int, sent: asyncio.Future[None]) -> None:
+    """A queued message that ZeroMQ finally refused never reaches the receiver: take its credit back."""
+    if sent.cancelled() or sent.exception() is not None:
+        window.release(1, nbytes)
+
+
+def _expire(future: asyncio.Future[Envelope], kind: str, target: str, timeout: float) -> None:
     if not future.done():
-        future.set_exception(DeadlineExceeded(text))
+        future.set_exception(DeadlineExceeded(f"ask {kind} to {target}: no reply within {timeout:g} s"))
 
 
 @dataclass
@@ -140,9 +147,11 @@ class Outbox:
         link.pending[envelope.message_id] = _PendingAsk(future, time.monotonic())
         # A plain timer is several times cheaper than asyncio.timeout() on this path.
         remaining = max(0.0, timeout - (time.monotonic() - started))
-        timer = loop.call_later(remaining, _expire, future, f"ask {envelope.kind} to {ref.name}: no reply within {timeout:g} s")
+        timer = loop.call_later(remaining, _expire, future, envelope.kind, ref.name, timeout)
         try:
-            await self._send(link, envelope, frames, nbytes)
+            waiter = self._send(link, envelope, frames, nbytes)
+            if waiter is not None:
+                await waiter
             reply = await future
         finally:
             timer.cancel()
@@ -158,7 +167,9 @@ class Outbox:
         """
         timeout = self.settings.send_timeout_s if timeout is None else timeout
         _, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, expects_reply=False)
-        await self._send(link, envelope, frames, nbytes)
+        waiter = self._send(link, envelope, frames, nbytes)
+        if waiter is not None:
+            await waiter
 
     def peer_gone(self, endpoint: str, reason: str) -> None:
         """The peer at `endpoint` is known to be dead: fail its asks and drop the link."""
@@ -181,7 +192,7 @@ class Outbox:
     ) -> tuple[ActorRef, Link, Envelope, list[Any], int]:
         if self.closed:
             raise ActorDeadError(f"{self.name} is stopped and cannot send")
-        ref = await self._resolve(target)
+        ref = target if isinstance(target, ActorRef) else await self._resolve(target)
         now = time.time()
         envelope = Envelope(
             kind=kind_of(msg),
@@ -200,7 +211,8 @@ class Outbox:
             # the caller learns now that the actor is gone.
             raise ActorDeadError(f"{ref.name} ({ref.endpoint}) disconnected and has not come back")
         try:
-            await link.window.acquire(nbytes, timeout)
+            if not link.window.try_acquire(nbytes):
+                await link.window.acquire(nbytes, timeout)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"{'ask' if expects_reply else 'tell'} {envelope.kind} to {ref.name}: no flow-control credit "
@@ -209,15 +221,19 @@ class Outbox:
             ) from None
         return ref, link, envelope, frames, nbytes
 
-    async def _send(self, link: Link, envelope: Envelope, frames: list[Any], nbytes: int) -> None:
+    def _send(self, link: Link, envelope: Envelope, frames: list[Any], nbytes: int) -> asyncio.Future[None] | None:
+        """Send now; returns a future to await when ZeroMQ had to queue the message."""
         try:
-            await link.socket.send_async(frames)
+            waiter = link.socket.send(frames)
         except BaseException:
             link.window.release(1, nbytes)
             raise
+        if waiter is not None:
+            waiter.add_done_callback(functools.partial(_refund_if_unsent, link.window, nbytes))
         self.log.message_event(
             "send", link.ref.name, envelope.kind, envelope.message_id, None, envelope.trace_id, nbytes
         )
+        return waiter
 
     async def _resolve(self, target: Target) -> ActorRef:
         if isinstance(target, ActorRef):

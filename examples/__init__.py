@@ -1,0 +1,1 @@
+"""Example tasks and their actors (importable as `examples.*` by actor processes)."""
