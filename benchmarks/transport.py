@@ -1,0 +1,334 @@
+"""Actor messaging versus raw pyzmq, in one run, on this machine.
+
+Measures, each between two OS processes on loopback tcp:
+
+* throughput of 1, 16, 64 and 256 MB tensor batches: actor `tell`s to a sink actor
+  versus raw pyzmq DEALER -> ROUTER with ``copy=False``;
+* small-message round trip p50/p99: actor `ask` versus a raw pyzmq REQ/REP pair,
+  with the runtime's event-loop socket layer alone (raw bytes, no protocol, no
+  actor) as a third row, to show how much of the difference is the event loop;
+* the cost of the structured message log: the same `ask` with logging on and off.
+
+Prints a table and, last, one JSON line with the ratios (actor / raw for
+throughput, actor / raw for latency, logging on / off - 1 for the log cost).
+
+    python benchmarks/transport.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from protocols.messages import message  # noqa: E402
+from runtime import transport  # noqa: E402
+from runtime.actor import Actor, handler  # noqa: E402
+from runtime.host import run_event_loop  # noqa: E402
+from runtime.settings import RuntimeSettings  # noqa: E402
+from runtime.spawn import spawn_actor  # noqa: E402
+
+MB = 1 << 20
+
+
+@message("bench.chunk")
+class Chunk:  # driver -> Sink (tell)
+    data: torch.Tensor
+
+
+@message("bench.count")
+class Count:  # driver -> Sink: how many chunks so far?
+    pass
+
+
+@message("bench.counted")
+class Counted:  # Sink -> driver
+    chunks: int
+
+
+@message("bench.ping")
+class SmallPing:  # driver -> Sink
+    value: int
+
+
+@message("bench.pong")
+class SmallPong:  # Sink -> driver
+    value: int
+
+
+class Sink(Actor):
+    """Receives chunks and answers pings."""
+
+    role = "sink"
+
+    def __init__(self, name: str, **kwargs: object) -> None:
+        super().__init__(name, **kwargs)  # type: ignore[arg-type]
+        self.chunks = 0
+
+    @handler
+    async def chunk(self, item: Chunk) -> None:
+        self.chunks += 1
+
+    @handler
+    async def count(self, request: Count) -> Counted:
+        return Counted(self.chunks)
+
+    @handler
+    async def ping(self, request: SmallPing) -> SmallPong:
+        return SmallPong(request.value)
+
+
+class Driver(Actor):
+    role = "driver"
+
+
+# ----------------------------------------------------------------- raw pyzmq
+WARM_UP = 2
+"""Messages of each size sent before timing, so both sides have touched their memory."""
+
+
+def _raw_sink(endpoint: str, count: int, ready: mp.Event) -> None:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    ready.set()
+    for expected in (WARM_UP, count):
+        for _ in range(expected):
+            frames = sock.recv_multipart(copy=False)
+        sock.send_multipart([frames[0].bytes, b"done"])
+    sock.close(linger=1000)
+    zmq.Context.instance().term()  # waits for the reply to leave before the process exits
+
+
+def raw_throughput(size_bytes: int, count: int, port: int) -> float:
+    """Bytes per second from a DEALER to a ROUTER in another process (copy=False both ways)."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    ready = mp.Event()
+    sink = mp.Process(target=_raw_sink, args=(endpoint, count, ready))
+    sink.start()
+    ready.wait()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    payload = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8)
+    view = memoryview(payload.numpy())
+    for _ in range(WARM_UP):
+        sock.send_multipart([b"h", view], copy=False)
+    sock.recv_multipart()
+    start = time.perf_counter()
+    for _ in range(count):
+        sock.send_multipart([b"h", view], copy=False)
+    sock.recv_multipart()
+    elapsed = time.perf_counter() - start
+    sock.close(linger=0)
+    sink.join()
+    return size_bytes * count / elapsed
+
+
+def _raw_rep(endpoint: str, count: int, ready: mp.Event) -> None:
+    sock = zmq.Context.instance().socket(zmq.REP)
+    sock.bind(endpoint)
+    ready.set()
+    for _ in range(count):
+        sock.send(sock.recv())
+    sock.close(linger=1000)
+    zmq.Context.instance().term()
+
+
+def raw_round_trips(count: int, port: int) -> list[float]:
+    endpoint = f"tcp://127.0.0.1:{port}"
+    ready = mp.Event()
+    server = mp.Process(target=_raw_rep, args=(endpoint, count, ready))
+    server.start()
+    ready.wait()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(endpoint)
+    latencies = []
+    for i in range(count):
+        start = time.perf_counter()
+        sock.send(i.to_bytes(8, "little") + b"x" * 56)
+        sock.recv()
+        latencies.append(time.perf_counter() - start)
+    sock.close(linger=0)
+    server.join()
+    return latencies
+
+
+# ------------------------------------------- the event-loop transport alone
+def _loop_echo(endpoint: str, count: int, ready: mp.Event) -> None:
+    async def serve() -> None:
+        router, _ = transport.bind_router(endpoint, 1 << 30)
+        finished = asyncio.Event()
+        seen = 0
+
+        def echo(frames: list[zmq.Frame]) -> None:
+            nonlocal seen
+            echoing.send(frames)
+            seen += 1
+            if seen == count:
+                finished.set()
+
+        echoing = transport.LoopSocket(router, echo, lambda error: finished.set())
+        ready.set()
+        await finished.wait()
+        await asyncio.sleep(0.2)  # let the last reply leave
+        echoing.close()
+
+    run_event_loop(serve, RuntimeSettings())
+
+
+def loop_round_trips(count: int, port: int) -> list[float]:
+    """Round trips through runtime.transport.LoopSocket with raw bytes: the event loop and
+    ZeroMQ without the protocol, the mailbox or the actor (the floor an actor can reach)."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    ready = mp.Event()
+    server = mp.Process(target=_loop_echo, args=(endpoint, count, ready))
+    server.start()
+    ready.wait()
+
+    async def drive() -> list[float]:
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[None]] = []
+        dealer = transport.LoopSocket(
+            transport.connect_dealer(endpoint), lambda frames: waiting.pop().set_result(None), print
+        )
+        latencies = []
+        for i in range(count):
+            start = time.perf_counter()
+            waiting.append(loop.create_future())
+            dealer.send([i.to_bytes(8, "little") + b"x" * 56])
+            await waiting[-1]
+            latencies.append(time.perf_counter() - start)
+        dealer.close()
+        return latencies
+
+    latencies = run_event_loop(drive, RuntimeSettings())
+    server.join()
+    return latencies
+
+
+# ---------------------------------------------------------------- actors
+async def with_sink(settings: RuntimeSettings, run_dir: str | None, body):  # type: ignore[no-untyped-def]
+    """Start a Sink process and a Driver actor here; run `body(driver, sink_endpoint)`."""
+    sink = await spawn_actor("benchmarks.transport:Sink", "sink-0", settings=settings, run_dir=run_dir)
+    driver = Driver("driver-0", settings=settings, run_dir=run_dir)
+    ready = asyncio.Event()
+    serving = asyncio.create_task(driver.run(on_ready=lambda _: ready.set()))
+    await ready.wait()
+    try:
+        return await body(driver, sink.endpoint)
+    finally:
+        driver.stop()
+        await serving
+        await sink.stop()
+
+
+def actor_throughput(size_bytes: int, count: int, settings: RuntimeSettings) -> float:
+    payload = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8)
+
+    async def body(driver: Driver, sink: str) -> float:
+        for _ in range(WARM_UP):
+            await driver.tell(sink, Chunk(payload))
+        while (await driver.ask(sink, Count())).chunks < WARM_UP:
+            pass
+        start = time.perf_counter()
+        for _ in range(count):
+            await driver.tell(sink, Chunk(payload))
+        while (await driver.ask(sink, Count())).chunks < WARM_UP + count:
+            pass
+        return size_bytes * count / (time.perf_counter() - start)
+
+    return run_event_loop(lambda: with_sink(settings, None, body), settings)
+
+
+def actor_round_trips(count: int, settings: RuntimeSettings, run_dir: str | None) -> list[float]:
+    async def body(driver: Driver, sink: str) -> list[float]:
+        for i in range(200):  # warm up connections and caches
+            await driver.ask(sink, SmallPing(i))
+        latencies = []
+        for i in range(count):
+            start = time.perf_counter()
+            await driver.ask(sink, SmallPing(i))
+            latencies.append(time.perf_counter() - start)
+        return latencies
+
+    return run_event_loop(lambda: with_sink(settings, run_dir, body), settings)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repetition and fewer round trips (a smoke run)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
+    args = parser.parse_args()
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    repeats = 1 if args.quick else args.repeats
+    round_trips = 500 if args.quick else 3000
+    quiet = RuntimeSettings(log_messages=False)
+    logged = RuntimeSettings(log_messages=True)
+    print(f"# transport benchmark  {time.strftime('%Y-%m-%d')}  {platform.node()}  {os.cpu_count()} cpus  "
+          f"python {platform.python_version()}  torch {torch.__version__}  pyzmq {zmq.__version__} "
+          f"(libzmq {zmq.zmq_version()})  repeats {repeats} (medians)")
+
+    ratios: dict[str, float] = {}
+    print(f"\n{'size':>8} {'raw GB/s':>10} {'actor GB/s':>11} {'ratio':>7}")
+    port = 47000
+    for size_mb, count in [(1, 400), (16, 60), (64, 24), (256, 8)]:
+        raw, actor = [], []
+        for _ in range(repeats):  # interleaved, so drift in the machine hits both alike
+            port += 1
+            raw.append(raw_throughput(size_mb * MB, count, port))
+            actor.append(actor_throughput(size_mb * MB, count, quiet))
+        raw_rate, actor_rate = statistics.median(raw), statistics.median(actor)
+        ratios[f"throughput_ratio_{size_mb}mb"] = round(actor_rate / raw_rate, 3)
+        print(f"{size_mb:>6}MB {raw_rate / 1e9:>10.2f} {actor_rate / 1e9:>11.2f} {actor_rate / raw_rate:>7.2f}")
+
+    runs: dict[str, list[list[float]]] = {
+        "raw REQ/REP": [], "loop transport only": [], "actor ask, log off": [], "actor ask, log on": [],
+    }
+    lines = 0
+    for _ in range(repeats):
+        port += 2
+        runs["raw REQ/REP"].append(raw_round_trips(round_trips, port))
+        runs["loop transport only"].append(loop_round_trips(round_trips, port + 1))
+        runs["actor ask, log off"].append(actor_round_trips(round_trips, quiet, None))
+        with tempfile.TemporaryDirectory() as run_dir:
+            runs["actor ask, log on"].append(actor_round_trips(round_trips, logged, run_dir))
+            lines = sum(1 for path in Path(run_dir, "logs").glob("*.jsonl") for _ in open(path))
+
+    def median_of(label: str, statistic) -> float:  # type: ignore[no-untyped-def]
+        return statistics.median(statistic(values) for values in runs[label])
+
+    p50 = {label: median_of(label, lambda v: percentile(v, 0.5)) for label in runs}
+    p99 = {label: median_of(label, lambda v: percentile(v, 0.99)) for label in runs}
+    mean = {label: median_of(label, statistics.fmean) for label in runs}
+    print(f"\n{'round trip (small msg)':>24} {'p50 us':>8} {'p99 us':>8} {'mean us':>8}")
+    for label in runs:
+        print(f"{label:>24} {p50[label] * 1e6:>8.0f} {p99[label] * 1e6:>8.0f} {mean[label] * 1e6:>8.0f}")
+    print(f"(one logged run wrote {lines} JSON lines)")
+    ratios["rtt_p50_ratio"] = round(p50["actor ask, log off"] / p50["raw REQ/REP"], 3)
+    ratios["loop_transport_rtt_p50_ratio"] = round(p50["loop transport only"] / p50["raw REQ/REP"], 3)
+    ratios["rtt_p99_ratio"] = round(p99["actor ask, log off"] / p99["raw REQ/REP"], 3)
+    ratios["logging_cost_p50"] = round(p50["actor ask, log on"] / p50["actor ask, log off"] - 1, 3)
+    ratios["logging_cost_mean"] = round(mean["actor ask, log on"] / mean["actor ask, log off"] - 1, 3)
+    print(json.dumps(ratios))
+
+
+if __name__ == "__main__":
+    main()
