@@ -168,7 +168,7 @@ def apply_kl_penalty(
     is_valid = response_mask.to(device=kl.device, dtype=torch.bool)
     # torch.where, not a product with the mask: KL at padding positions may be inf or NaN.
     penalty = torch.where(is_valid, kl, torch.zeros_like(kl))
-    rewards = place_scores_on_last_token(scores.to(kl.dtype), response_mask) - kl_coef * penalty
+    rewards = place_scores_on_last_token(scores.to(device=kl.device, dtype=kl.dtype), response_mask) - kl_coef * penalty
     return KLPenaltyOutput(token_level_rewards=rewards, kl_mean=aggregate_loss(kl, is_valid, "seq-mean-token-mean"))
 
 

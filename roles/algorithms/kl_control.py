@@ -132,8 +132,10 @@ class AdaptiveKLController:
         return {"kl_coef": self._kl_coef}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        """Restores the coefficient from `state["kl_coef"]`."""
-        self._kl_coef = _read_kl_coef(state)
+        """Restores the coefficient from `state["kl_coef"]`, within this controller's `kl_coef_max`
+        (a checkpoint saved under a higher cap resumes at the current cap)."""
+        kl_coef = _read_kl_coef(state)
+        self._kl_coef = kl_coef if self.kl_coef_max is None else min(kl_coef, self.kl_coef_max)
 
 
 class FixedKLControllerConfig(BaseModel):

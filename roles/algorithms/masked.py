@@ -60,14 +60,18 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None)
         mask: 0/1 (float or bool), same shape as `values`.
         dim: dimension to reduce; None reduces over all elements.
     """
-    weighted = values * as_float_mask(mask, values)
-    return weighted.sum() if dim is None else weighted.sum(dim=dim)
+    # torch.where, not a product with the mask: a NaN or inf at a padding position
+    # (e.g. a -inf log-prob minus a -inf log-prob) must not leak into the sum.
+    is_valid = as_float_mask(mask, values) > 0
+    selected = torch.where(is_valid, values, torch.zeros_like(values))
+    return selected.sum() if dim is None else selected.sum(dim=dim)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of `values` over mask-1 positions; 0 where no position is valid.
 
-    mean = sum_i m_i * x_i / max(sum_i m_i, 1)
+    mean = sum_{i : m_i = 1} x_i / max(N, 1), N the number of mask-1 positions; values
+    at mask-0 positions are never read, so NaN or inf there cannot leak in.
 
     Args:
         values: any shape.
@@ -82,9 +86,10 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = WHITEN_EPS) -> torch.Tensor:
     """Whitens `values` over mask-1 positions; mask-0 positions become 0.
 
-    whitened = (x - mu) / (sigma + eps) * m, where mu and sigma are the mean and the
-    population standard deviation (divide by N) of x over the N mask-1 positions of
-    the whole tensor. With N = 0 the result is all zeros.
+    whitened = (x - mu) / (sigma + eps) at mask-1 positions and 0 elsewhere, where mu
+    and sigma are the mean and the population standard deviation (divide by N) of x
+    over the N mask-1 positions of the whole tensor. With N = 0 the result is all
+    zeros.
 
     Args:
         values: any shape, e.g. advantages [B, T].
@@ -94,4 +99,5 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = WHITEN_
     float_mask = as_float_mask(mask, values)
     mean = masked_mean(values, float_mask)
     variance = masked_mean((values - mean) ** 2, float_mask)
-    return (values - mean) / (variance.sqrt() + eps) * float_mask
+    whitened = (values - mean) / (variance.sqrt() + eps)
+    return torch.where(float_mask > 0, whitened, torch.zeros_like(whitened))

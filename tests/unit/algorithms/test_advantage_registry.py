@@ -15,6 +15,9 @@ from roles.algorithms import (
     compute_advantages,
     compute_gae,
     compute_grpo_advantages,
+    compute_reinforce_plus_plus_advantages,
+    compute_reinforce_plus_plus_baseline_advantages,
+    compute_rloo_advantages,
     get_advantage_estimator,
 )
 
@@ -61,6 +64,35 @@ def test_gae_config_defaults_to_whitened_advantages():
     expected = compute_gae(REWARDS, values, MASK, gamma=0.9, lam=0.95, whiten=True)
     assert_close(result.advantages, expected.advantages)
     assert_close(result.returns, expected.returns)
+
+
+def test_each_group_config_runs_its_own_estimator_on_the_summed_scores():
+    # scores = masked row sums of REWARDS = [1, 0, 1, 1], groups [0, 0, 1, 1]
+    # drgrpo: [0.5, -0.5, 0, 0]; rloo: [1, -1, 0, 0] (group 0: 1 - 0, 0 - 1; group 1 equal)
+    scores = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    group_ids = [0, 0, 1, 1]
+    expected_by_name = {
+        "drgrpo": compute_grpo_advantages(scores, group_ids, MASK, normalize_by_std=False),
+        "rloo": compute_rloo_advantages(scores, group_ids, MASK),
+        "reinforce_plus_plus_baseline": compute_reinforce_plus_plus_baseline_advantages(scores, group_ids, MASK),
+    }
+    assert_close(expected_by_name["drgrpo"][:, 0], torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    assert_close(expected_by_name["rloo"][:, 0], torch.tensor([1.0, -1.0, 0.0, 0.0]))
+
+    for name, expected in expected_by_name.items():
+        result = compute_advantages(CONFIG_ADAPTER.validate_python({"type": name}), INPUTS)
+        assert_close(result.advantages, expected, msg=name)
+
+
+def test_reinforce_plus_plus_config_passes_its_discount():
+    config = CONFIG_ADAPTER.validate_python({"type": "reinforce_plus_plus", "gamma": 0.5})
+
+    result = compute_advantages(config, INPUTS)
+
+    expected = compute_reinforce_plus_plus_advantages(REWARDS, MASK, gamma=0.5)
+    assert_close(result.advantages, expected.advantages)
+    # row 0: rewards [0, 0, 1] -> G = [0.25, 0.5, 1]
+    assert_close(result.returns[0], torch.tensor([0.25, 0.5, 1.0]))
 
 
 def test_gae_without_values_says_a_critic_is_needed():

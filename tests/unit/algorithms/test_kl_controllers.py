@@ -145,3 +145,11 @@ def test_kl_config_defaults_to_a_fixed_coefficient_in_the_loss():
     assert config.usage == "loss"
     assert config.estimator == "k3"
     assert config.kl_controller == FixedKLControllerConfig(kl_coef=0.001)
+
+
+def test_loading_a_state_saved_under_a_higher_cap_resumes_at_the_current_cap():
+    controller = AdaptiveKLController(kl_coef=0.5, target_kl=0.05, horizon=10_000, kl_coef_max=1.0)
+    controller.load_state_dict({"kl_coef": 3.0})
+    assert controller.kl_coef == 1.0
+    controller.load_state_dict({"kl_coef": 0.25})
+    assert controller.kl_coef == 0.25

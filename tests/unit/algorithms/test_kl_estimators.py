@@ -132,3 +132,16 @@ def test_kl_loss_is_the_coefficient_times_the_aggregated_kl():
 def test_negative_kl_coef_is_rejected():
     with pytest.raises(ValueError, match="kl_coef must be >= 0"):
         compute_kl_loss(torch.zeros(1, 2), torch.ones(1, 2), kl_coef=-0.1)
+
+
+def test_kl_loss_uses_the_requested_aggregation_mode():
+    # KL [[1, 2, 3], [4, pad]]: token-mean 10 / 4 = 2.5; seq-mean-token-mean (2 + 4) / 2 = 3
+    kl = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+
+    token_mean = compute_kl_loss(kl, mask, kl_coef=0.5, loss_agg_mode="token-mean")
+    seq_mean = compute_kl_loss(kl, mask, kl_coef=0.5, loss_agg_mode="seq-mean-token-mean")
+
+    assert_close(token_mean.kl_mean, torch.tensor(2.5))
+    assert_close(seq_mean.kl_mean, torch.tensor(3.0))
+    assert_close(seq_mean.loss, torch.tensor(1.5))

@@ -74,6 +74,21 @@ def test_importance_weights_scale_each_token_loss():
     assert_close(result.loss, torch.tensor(0.29))
 
 
+def test_importance_weights_are_constants_that_scale_the_gradient():
+    # d loss / d logprob_t = w_t * (-A_t * ratio_t) / 5 where unclipped:
+    # weights [1, 0.5, 2, 1, 0] -> [0, -0.05, 0.44, 0, 0]
+    logprobs = new_logprobs()
+    weights = torch.tensor([[1.0, 0.5, 2.0, 1.0, 0.0]], requires_grad=True)
+
+    ppo_policy_loss(
+        logprobs, OLD_LOGPROBS, ADVANTAGES, MASK, clip_ratio_low=0.2, clip_ratio_high=0.3,
+        importance_weights=weights,
+    ).loss.backward()
+
+    assert_close(logprobs.grad, torch.tensor([[0.0, -0.05, 0.44, 0.0, 0.0]]))
+    assert weights.grad is None
+
+
 def test_on_policy_loss_is_minus_mean_advantage_with_no_clipping():
     logprobs = OLD_LOGPROBS.clone().requires_grad_(True)
 
@@ -134,3 +149,17 @@ def test_policy_loss_config_validates_and_applies_as_keyword_arguments():
     result = ppo_policy_loss(new_logprobs(), OLD_LOGPROBS, ADVANTAGES, MASK, **config.model_dump())
 
     assert_close(result.loss, torch.tensor(1.22))
+
+
+def test_minus_inf_logprobs_at_padding_leave_loss_and_diagnostics_finite():
+    # -inf - (-inf) = NaN at the padded token; only token 0 (ratio 1, A = 1) counts.
+    logprobs = torch.tensor([[-1.0, float("-inf")]], requires_grad=True)
+    old_logprobs = torch.tensor([[-1.0, float("-inf")]])
+
+    result = ppo_policy_loss(logprobs, old_logprobs, torch.tensor([[1.0, 1.0]]), torch.tensor([[1, 0]]))
+    result.loss.backward()
+
+    assert_close(result.loss, torch.tensor(-1.0))
+    assert_close(result.approx_kl, torch.tensor(0.0))
+    assert_close(result.clip_fraction, torch.tensor(0.0))
+    assert_close(logprobs.grad, torch.tensor([[-1.0, 0.0]]))

@@ -62,3 +62,10 @@ def test_reinforce_plus_plus_baseline_matches_hand_worked_example():
 
 def test_masked_whiten_of_no_valid_token_is_zero_not_nan():
     assert_close(masked_whiten(torch.randn(2, 3), torch.zeros(2, 3)), torch.zeros(2, 3))
+
+
+def test_masked_whiten_ignores_nan_at_masked_positions():
+    # valid [1, 3]: mean 2, population std 1 -> [-1, 1]
+    values = torch.tensor([[1.0, 3.0, float("nan")]])
+
+    assert_close(masked_whiten(values, torch.tensor([[1, 1, 0]])), torch.tensor([[-1.0, 1.0, 0.0]]))
