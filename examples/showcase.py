@@ -59,7 +59,7 @@ class Driver(Actor):
 
     def live_stages(self) -> list[str]:
         assert self.membership is not None
-        names = (r.name for r in self.membership.directory.values() if r.role == "stage")
+        names = (record.name for record in self.membership.members(role="stage"))
         return sorted(name for name in names if name not in self.dead)
 
 

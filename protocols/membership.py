@@ -40,11 +40,15 @@ class Registered:  # registry -> actor: accepted; heartbeat at least this often
 @message("registry.deregister")
 class Deregister:  # actor -> registry: leaving on purpose
     name: str
+    endpoint: str
+    """Only the process registered at this endpoint is removed (a newer one under the same
+    name stays)."""
 
 
 @message("registry.heartbeat")
 class Heartbeat:  # actor -> registry: still alive; optional state changes
     name: str
+    endpoint: str
     state: str | None = None
     weights_version: int | None = None
 
@@ -54,6 +58,9 @@ class HeartbeatAck:  # registry -> actor
     known: bool
     """False when the registry has no record of the actor (it expired or the registry
     restarted): the actor registers again."""
+    superseded: bool = False
+    """True when another process has registered under the same name since: this one
+    must stop."""
 
 
 @message("registry.lookup")

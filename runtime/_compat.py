@@ -3,8 +3,8 @@
 import sys
 
 if sys.version_info >= (3, 11):
-    from asyncio import TaskGroup, timeout
-else:  # the `taskgroup` package backports both to 3.10
-    from taskgroup import TaskGroup, timeout
+    from asyncio import timeout
+else:  # the `taskgroup` package backports asyncio.timeout to 3.10
+    from taskgroup import timeout
 
-__all__ = ["TaskGroup", "timeout"]
+__all__ = ["timeout"]

@@ -38,7 +38,6 @@ from protocols.control import Failure, Ok, Pong
 from protocols.membership import ActorRecord, MembershipEvent
 from protocols.messages import kind_of, message_type
 from runtime import transport
-from runtime._compat import TaskGroup
 from runtime.compute import ComputeWorker
 from runtime.errors import ActorError
 from runtime.inbox import Delivery, Inbox
@@ -125,8 +124,8 @@ class Actor:
         self.membership: Membership | None = None
         self._inbox: Inbox | None = None
         self._outbox: Outbox | None = None
-        self._group: TaskGroup | None = None
-        self._background: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
         self._stop_requested = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -165,15 +164,21 @@ class Actor:
         self._stop_requested.set()
 
     def start_background(self, coroutine: typing.Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run `coroutine` in the actor's task group until the actor stops (then it is cancelled).
-
-        If it raises, the actor stops with that error.
+        """Run `coroutine` as one of the actor's own tasks until the actor stops (it is cancelled
+        and awaited then). If it raises, the actor crashes and shuts down in order.
         """
-        if self._group is None:
-            raise ActorError(f"{self.name} is not running: start background work from on_start")
-        task = self._group.create_task(coroutine, name=f"{self.name}-{name}")
-        self._background.append(task)
+        if not self._running:
+            coroutine.close()
+            raise ActorError(f"{self.name} is not running: start background work from on_start or a handler")
+        task = asyncio.get_running_loop().create_task(coroutine, name=f"{self.name}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_finished)
         return task
+
+    def _task_finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._crash_with(task.exception())  # type: ignore[arg-type]
 
     @property
     def outbox(self) -> Outbox:
@@ -207,45 +212,48 @@ class Actor:
             on_ready: called with the actor once it is serving (and registered).
         """
         pong = Pong(name=self.name, role=self.role, pid=os.getpid())
-        background = self._background
+        self._running = True
+        # Structured concurrency by hand: every task this actor starts is in
+        # self._tasks, and none outlives run(), however run() ends.
         try:
-            async with TaskGroup() as group:
-                self._group = group
-                self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with)
-                self.endpoint = self._inbox.endpoint
-                resolve = None
-                if registry is not None:
-                    self.membership = Membership(self, ActorRef("registry", registry))
-                    resolve = self.membership.resolve
-                self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, resolve)
-                background.append(group.create_task(
-                    self.log.flush_periodically(self.settings.log_flush_interval_s), name=f"{self.name}-log"
-                ))
-                consumers = [
-                    group.create_task(self._consume(), name=f"{self.name}-handler-{i}")
-                    for i in range(self.settings.concurrency)
-                ]
-                if self.membership is not None:
-                    await self.membership.register(self.record(state="starting"))
-                    background.append(group.create_task(self.membership.heartbeat_loop(), name=f"{self.name}-heartbeat"))
-                await self.on_start()
-                if self.membership is not None:
-                    await self.membership.set_state("ready")
-                self.log.lifecycle("actor.started", endpoint=self.endpoint, pid=os.getpid())
-                if on_ready is not None:
-                    on_ready(self)
-                await self._stop_requested.wait()
-                await self._shut_down(consumers)
-                for task in background:
-                    task.cancel()
-                self._close_sockets()
+            self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with)
+            self.endpoint = self._inbox.endpoint
+            if registry is not None:
+                self.membership = Membership(self, ActorRef("registry", registry))
+            self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, self.membership)
+            self.start_background(self.log.flush_periodically(self.settings.log_flush_interval_s), "log")
+            consumers = [self.start_background(self._consume(), f"handler-{i}") for i in range(self.settings.concurrency)]
+            await self._start(on_ready)
+            await self._stop_requested.wait()
+            await self._shut_down(consumers)
         finally:
+            self._running = False
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._close_sockets()
             self.compute.shutdown(wait=False)
             self.log.lifecycle("actor.stopped", crashed=self._crash is not None)
             self.log.close()
         if self._crash is not None:
             raise ActorCrashed(f"{self.name} crashed: {self._crash!r}") from self._crash
+
+    async def _start(self, on_ready: Callable[[Actor], Any] | None) -> None:
+        """Register, run on_start, report ready. A failure here is a crash (an orderly one)."""
+        try:
+            if self.membership is not None:
+                await self.membership.register(self.record(state="starting"))
+                self.start_background(self.membership.heartbeat_loop(), "heartbeat")
+            await self.on_start()
+            if self.membership is not None:
+                await self.membership.set_state("ready")
+        except Exception as error:  # run() shuts down in order and raises ActorCrashed
+            self._crash_with(error)
+            return
+        self.log.lifecycle("actor.started", endpoint=self.endpoint, pid=os.getpid())
+        if on_ready is not None:
+            on_ready(self)
 
     def record(self, state: str = "ready") -> ActorRecord:
         """What the registry should know about this actor."""
@@ -269,14 +277,25 @@ class Actor:
             consumer.cancel()
         await asyncio.gather(*consumers, return_exceptions=True)
         self._inbox.refuse_queued(reason)
-        await self.on_stop()
+        try:
+            await self.on_stop()
+        except Exception as error:  # still deregister and close; run() raises ActorCrashed
+            self._crash_with(error)
         if self.membership is not None:
             await self.membership.deregister()
 
     def _crash_with(self, error: BaseException) -> None:
-        """Stop because of `error` (a failed tell, or a fault in the runtime itself)."""
+        """Stop because of `error` (a failed tell, a failed hook, or a fault in the runtime).
+
+        Nothing else is handled from now on: the state the failure left behind must
+        not answer anyone. Queued messages are refused at once.
+        """
         if self._crash is None:
             self._crash = error
+            self.log.lifecycle("actor.crashed", error=f"{type(error).__name__}: {error}")
+        if self._inbox is not None:
+            self._inbox.accepting = False
+            self._inbox.refuse_queued(f"{self.name} crashed")
         self.stop()
 
     def _close_sockets(self) -> None:
@@ -288,7 +307,7 @@ class Actor:
     # ----------------------------------------------------------- handling
     async def _consume(self) -> None:
         assert self._inbox is not None
-        while True:
+        while not self._stop_requested.is_set():
             delivery = await self._inbox.mailbox.get()
             self._busy += 1
             self._idle.clear()
@@ -306,12 +325,12 @@ class Actor:
         started = time.monotonic()
         queue_s = started - delivery.received_at
         if envelope.deadline is not None and time.time() > envelope.deadline:
-            await self._fail(delivery, "DeadlineExceeded", "the deadline passed while the message was queued", queue_s, 0.0)
+            self._fail(delivery, "DeadlineExceeded", "the deadline passed while the message was queued", queue_s, 0.0)
             return
         method = self._handlers.get(envelope.kind)
         if method is None:
             known = ", ".join(sorted(self._handlers)) or "none"
-            await self._fail(delivery, "UnknownKind", f"{self.name} has no handler for {envelope.kind} (it handles: {known})", queue_s, 0.0)
+            self._fail(delivery, "UnknownKind", f"{self.name} has no handler for {envelope.kind} (it handles: {known})", queue_s, 0.0)
             return
         token = current_trace_id.set(envelope.trace_id)
         try:
@@ -324,10 +343,10 @@ class Actor:
             if envelope.expects_reply:
                 failure = Failure(type(error).__name__, str(error), traceback.format_exc())
                 self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
-                await inbox.reply(delivery, failure)
+                inbox.reply(delivery, failure)
             else:
                 self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
-                await inbox.finish(delivery)
+                inbox.finish(delivery)
                 self._crash_with(error)
             return
         finally:
@@ -335,25 +354,25 @@ class Actor:
         handle_s = time.monotonic() - started
         if not envelope.expects_reply:
             self._log_done(delivery, "handled", queue_s, handle_s)
-            await inbox.finish(delivery)
+            inbox.finish(delivery)
             return
         reply = Ok() if result is None else result
         try:
             kind_of(reply)
         except Exception as error:  # a handler bug, reported to the asker rather than sent as garbage
-            await self._fail(delivery, "ProtocolError", f"handler returned {type(result).__name__}, not a message: {error}", queue_s, handle_s)
+            self._fail(delivery, "ProtocolError", f"handler returned {type(result).__name__}, not a message: {error}", queue_s, handle_s)
             return
         self._log_done(delivery, "handled", queue_s, handle_s)
-        await inbox.reply(delivery, reply)
+        inbox.reply(delivery, reply)
 
-    async def _fail(self, delivery: Delivery, reason: str, text: str, queue_s: float, handle_s: float) -> None:
+    def _fail(self, delivery: Delivery, reason: str, text: str, queue_s: float, handle_s: float) -> None:
         """A message that could not be handled: the asker gets a Failure; a tell is logged and dropped."""
         assert self._inbox is not None
         self._log_done(delivery, "failed", queue_s, handle_s, f"{reason}: {text}")
         if delivery.envelope.expects_reply:
-            await self._inbox.reply(delivery, Failure(reason, text))
+            self._inbox.reply(delivery, Failure(reason, text))
         else:
-            await self._inbox.finish(delivery)
+            self._inbox.finish(delivery)
 
     def _log_done(self, delivery: Delivery, event: str, queue_s: float, handle_s: float, error: str | None = None) -> None:
         envelope = delivery.envelope

@@ -9,11 +9,13 @@ A client has no mailbox: it cannot be asked, only ask. Its message events go to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
-from protocols.membership import Lookup, LookupResult
-from runtime.errors import ActorDeadError, ActorError
+from runtime.errors import ActorError
+from runtime.membership import Directory
 from runtime.msglog import MessageLog
 from runtime.outbox import ActorRef, Outbox, Target
 from runtime.settings import RuntimeSettings
@@ -38,13 +40,19 @@ class Client:
         self.log = MessageLog(log_path, run, name, "client", enabled=self.settings.log_messages)
         self._outbox: Outbox | None = None
         self._fault: BaseException | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Client:
-        resolve = self._resolve if self.registry is not None else None
-        self._outbox = Outbox(self.name, self.settings, self.log, self._broken, resolve)
+        names = Directory(self.ask, self.registry) if self.registry is not None else None
+        self._outbox = Outbox(self.name, self.settings, self.log, self._broken, names)
+        self._flushing = asyncio.create_task(self.log.flush_periodically(self.settings.log_flush_interval_s))
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
         if self._outbox is not None:
             self._outbox.close()
         self.log.close()
@@ -68,10 +76,3 @@ class Client:
         if self._outbox is not None:
             for link in self._outbox.links.values():
                 link.fail_pending(ActorError(f"client {self.name} failed: {error!r}"))
-
-    async def _resolve(self, name: str) -> ActorRef:
-        assert self.registry is not None
-        result: LookupResult = await self.ask(self.registry, Lookup(name=name))
-        if not result.records:
-            raise ActorDeadError(f"no actor named {name!r} is registered")
-        return ActorRef(result.records[0].name, result.records[0].endpoint)

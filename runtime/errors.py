@@ -39,3 +39,7 @@ class ActorDeadError(ActorError):
 
 class DeadlineExceeded(ActorError, TimeoutError):
     """A wait ran past its deadline: no reply to an ask, or no flow-control credit for a send."""
+
+
+class ActorSuperseded(ActorError):
+    """Another process registered under this actor's name; this one must stop."""

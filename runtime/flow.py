@@ -28,6 +28,7 @@ class SendWindow:
         self.messages = 0
         self.bytes = 0
         self._returned = asyncio.Event()
+        self._broken: Exception | None = None
 
     def has_room(self, nbytes: int) -> bool:
         if self.messages >= self.window_messages:
@@ -47,13 +48,16 @@ class SendWindow:
 
         Raises:
             TimeoutError: no credit came back in time.
+            Exception: the error given to `break_with`, once the receiver is gone.
         """
-        if self.try_acquire(nbytes):
+        if self._broken is None and self.try_acquire(nbytes):
             return
         async with deadline(timeout):
-            while not self.has_room(nbytes):
+            while self._broken is None and not self.has_room(nbytes):
                 self._returned.clear()
                 await self._returned.wait()
+        if self._broken is not None:
+            raise self._broken
         self.messages += 1
         self.bytes += nbytes
 
@@ -61,6 +65,11 @@ class SendWindow:
         """Credit came back (or a message was never delivered)."""
         self.messages = max(0, self.messages - messages)
         self.bytes = max(0, self.bytes - nbytes)
+        self._returned.set()
+
+    def break_with(self, error: Exception) -> None:
+        """The receiver is gone for good: every wait for credit fails with `error`."""
+        self._broken = error
         self._returned.set()
 
     def reset(self) -> None:

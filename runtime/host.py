@@ -126,4 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit now: a compute call still running on the worker thread (which cannot be
+    # interrupted) would otherwise hold the process until it finishes.
+    os._exit(code)

@@ -64,7 +64,7 @@ class Inbox:
         self.log = log
         self.pong = pong
         router, self.endpoint = transport.bind_router(endpoint, settings.max_message_bytes)
-        self.socket = transport.LoopSocket(router, self._accept, on_error)
+        self.socket = transport.LoopSocket(router, self._accept, on_error, queue_when_full=False)
         self.mailbox: asyncio.Queue[Delivery] = asyncio.Queue(settings.mailbox_capacity)
         self.credit: dict[bytes, CreditOwed] = {}
         self.accepting = True
@@ -110,10 +110,14 @@ class Inbox:
             header = unpack_limited(data[0]) if data else None
         except ProtocolError:
             return
-        if not isinstance(header, dict) or header.get("expects_reply") is not True:
-            return
+        if not isinstance(header, dict) or not isinstance(header.get("expects_reply"), bool):
+            return  # not our protocol: there is no one to answer
         message_id, sender = header.get("message_id"), header.get("sender")
         if not isinstance(message_id, str) or not isinstance(sender, str):
+            return
+        if not header["expects_reply"]:
+            # A well-meaning sender spent credit on this tell: give it back.
+            self._send_now(routing_id, self._credit_envelope((1, wire_bytes)), sender)
             return
         stub = Envelope(kind="?", message_id=message_id, sender=sender, sent_at=0.0, expects_reply=True, nbytes=wire_bytes)
         failure = Failure("ProtocolError", f"{self.name} could not decode the message: {error}")
@@ -131,51 +135,24 @@ class Inbox:
             self._send_now(routing_id, self._credit_envelope(credits), envelope.sender)
 
     # -------------------------------------------------------------- leaving
-    async def reply(self, delivery: Delivery, message: Any) -> None:
-        """Answer an ask (the reply carries the sender's credit back)."""
-        credits = self._release(delivery)
-        envelope = self._reply_envelope(delivery.envelope, message, credits)
-        frames, nbytes = encode_envelope(envelope)
-        peer = delivery.envelope.sender
-        try:
-            waiter = self.socket.send([delivery.routing_id, *frames])
-            if waiter is not None:
-                await waiter
-        except zmq.ZMQError as error:
-            if error.errno != zmq.EHOSTUNREACH:
-                raise
-            # The asker disconnected; its ask has already failed on its side.
-            self._log_sent(envelope, peer, nbytes, error="EHOSTUNREACH: the asker is gone")
-            return
-        self._log_sent(envelope, peer, nbytes)
+    def reply(self, delivery: Delivery, message: Any) -> None:
+        """Answer an ask; the reply carries back the credit owed to its sender."""
+        self._done(delivery)
+        envelope = self._reply_envelope(delivery.envelope, message, self._take(delivery.routing_id))
+        self._send_now(delivery.routing_id, envelope, delivery.envelope.sender)
+        self._return_credit_if_idle()
 
-    async def finish(self, delivery: Delivery) -> None:
-        """A tell was handled: return credit now if enough is owed or nothing is queued."""
-        owed = self.credit[delivery.routing_id]
-        owed.held_messages -= 1
-        owed.owed_messages += 1
-        owed.owed_bytes += delivery.envelope.nbytes
-        if owed.owed_messages < self.settings.credit_batch and not self.mailbox.empty():
-            return
-        for routing_id in [r for r, o in self.credit.items() if o.owed_messages]:
-            envelope = self._credit_envelope(self._take(routing_id))
-            frames, nbytes = encode_envelope(envelope)
-            peer = delivery.envelope.sender if routing_id == delivery.routing_id else "?"
-            try:
-                await self.socket.send_async([routing_id, *frames])
-            except zmq.ZMQError as error:
-                if error.errno != zmq.EHOSTUNREACH:
-                    raise
-                # The sender disconnected; there is no one to return credit to.
-                self._log_sent(envelope, peer, nbytes, error="EHOSTUNREACH: the sender is gone")
-                continue
-            self._log_sent(envelope, peer, nbytes)
+    def finish(self, delivery: Delivery) -> None:
+        """A tell was handled: its credit goes back with the next batch (or now, if idle)."""
+        self._done(delivery)
+        if self.credit[delivery.routing_id].owed_messages >= self.settings.credit_batch:
+            self._send_credit(delivery.routing_id, delivery.envelope.sender)
+        self._return_credit_if_idle()
 
     def refuse_queued(self, reason: str) -> None:
         """Empty the mailbox: asks get ActorDead, tells are dropped (and logged)."""
         while not self.mailbox.empty():
-            delivery = self.mailbox.get_nowait()
-            self.refuse_in_progress(delivery, reason)
+            self.refuse_in_progress(self.mailbox.get_nowait(), reason)
 
     def refuse_in_progress(self, delivery: Delivery, reason: str) -> None:
         """A delivery will not be handled (the actor is stopping): tell its sender."""
@@ -189,14 +166,24 @@ class Inbox:
         self.accepting = False
         self.socket.close()
 
-    # -------------------------------------------------------------- helpers
-    def _release(self, delivery: Delivery) -> tuple[int, int]:
+    def _done(self, delivery: Delivery) -> None:
         owed = self.credit[delivery.routing_id]
         owed.held_messages -= 1
         owed.owed_messages += 1
         owed.owed_bytes += delivery.envelope.nbytes
-        return self._take(delivery.routing_id)
 
+    def _return_credit_if_idle(self) -> None:
+        """With nothing left to handle, every sender gets back all credit owed to it, so no
+        sender waits for credit on an idle actor."""
+        if not self.mailbox.empty():
+            return
+        for routing_id in [r for r, owed in self.credit.items() if owed.owed_messages]:
+            self._send_credit(routing_id, "?")
+
+    def _send_credit(self, routing_id: bytes, peer: str) -> None:
+        self._send_now(routing_id, self._credit_envelope(self._take(routing_id)), peer)
+
+    # -------------------------------------------------------------- helpers
     def _take(self, routing_id: bytes) -> tuple[int, int]:
         owed = self.credit[routing_id]
         credits = owed.take()
@@ -222,15 +209,16 @@ class Inbox:
         return Envelope(kind=Credit.KIND, message_id=new_id(), sender=self.name, sent_at=time.time(), credits=credits)
 
     def _send_now(self, routing_id: bytes, envelope: Envelope, peer: str) -> None:
-        """Send from synchronous code; a send that has to wait completes in the background."""
+        """Send to one peer now. A peer that is gone (EHOSTUNREACH) or not reading what
+        it is sent (EAGAIN: its queue is full) misses this message; its ask, if any,
+        runs into its deadline, and nobody else waits behind it."""
         frames, nbytes = encode_envelope(envelope)
         try:
-            waiter = self.socket.send([routing_id, *frames])
-        except zmq.ZMQError as error:  # the peer is gone: its ask has failed or runs into its deadline
-            self._log_sent(envelope, peer, nbytes, error=f"{zmq.strerror(error.errno)}: could not send")
-            return
-        if waiter is not None:
-            waiter.add_done_callback(lambda done: self._log_sent(envelope, peer, nbytes, _send_error(done)))
+            self.socket.send([routing_id, *frames])
+        except zmq.ZMQError as error:
+            if error.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            self._log_sent(envelope, peer, nbytes, error=f"{zmq.strerror(error.errno)}: not delivered")
             return
         self._log_sent(envelope, peer, nbytes)
 
@@ -240,10 +228,3 @@ class Inbox:
             envelope.correlation_id, envelope.trace_id, nbytes, error=error,
         )
 
-
-def _send_error(done: asyncio.Future[None]) -> str | None:
-    """The error text of a finished queued send, or None if it went out."""
-    if done.cancelled():
-        return "cancelled"
-    error = done.exception()
-    return None if error is None else f"{type(error).__name__}: {error}"

@@ -1,15 +1,19 @@
 """An actor's side of the registry: register, heartbeat, look up, watch.
 
-`Membership` keeps a directory of the actors this one has looked up or watched,
-so asks by name resolve without a round trip, and applies membership events to
-it: when an actor leaves, asks pending on it fail at once with ActorDeadError.
+`Directory` caches where named actors listen, so asks by name resolve without a
+round trip; a name whose cached endpoint turned out dead is looked up again.
+`Membership` registers one actor, keeps it registered (heartbeats, registering
+and watching again if the registry forgot it), and applies membership events:
+when an actor leaves, asks pending on it fail at once with ActorDeadError.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
+from protocols.errors import ProtocolError
 from protocols.membership import (
     ActorRecord,
     Deregister,
@@ -22,80 +26,37 @@ from protocols.membership import (
     Registered,
     Watch,
 )
-from runtime.errors import ActorDeadError, ActorError
+from runtime.errors import ActorDeadError, ActorError, ActorSuperseded
 from runtime.outbox import ActorRef
 
 if TYPE_CHECKING:
     from runtime.actor import Actor
 
+Ask = Callable[..., Awaitable[Any]]
 
-class Membership:
-    """Registration and name resolution for one actor."""
 
-    def __init__(self, actor: Actor, registry: ActorRef) -> None:
-        self.actor = actor
+class Directory:
+    """Name -> record cache over registry lookups.
+
+    Args:
+        ask: an ``ask(target, message, timeout=None)`` coroutine function.
+        registry: where the registry listens.
+    """
+
+    def __init__(self, ask: Ask, registry: ActorRef) -> None:
+        self.ask = ask
         self.registry = registry
-        self.directory: dict[str, ActorRecord] = {}
-        self.epoch = 0
-        self.state = "starting"
-        self.weights_version: int | None = None
-        self.heartbeat_interval_s = actor.settings.heartbeat_interval_s
-        self._record: ActorRecord | None = None
-
-    async def register(self, record: ActorRecord) -> None:
-        self._record = record
-        self.state = record.state
-        reply: Registered = await self.actor.ask(self.registry, Register(record))
-        self.epoch = reply.epoch
-        self.heartbeat_interval_s = reply.heartbeat_interval_s
-        self.actor.log.lifecycle("registry.registered", epoch=reply.epoch, registry=self.registry.endpoint)
-
-    async def heartbeat(self) -> None:
-        ack: HeartbeatAck = await self.actor.ask(
-            self.registry,
-            Heartbeat(self.actor.name, state=self.state, weights_version=self.weights_version),
-            timeout=max(1.0, 2 * self.heartbeat_interval_s),
-        )
-        if not ack.known and self._record is not None:
-            # The registry forgot us (we were too slow, or it restarted): register again.
-            record = self.actor.record(state=self.state)
-            await self.register(record)
-
-    async def heartbeat_loop(self) -> None:
-        """Heartbeat every interval until cancelled; a missing registry is logged, not fatal."""
-        while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
-            try:
-                await self.heartbeat()
-            except ActorError as error:  # the registry may be restarting; keep trying
-                self.actor.log.lifecycle("registry.unreachable", error=str(error))
-
-    async def set_state(self, state: str) -> None:
-        """Report a new state now (and in every later heartbeat)."""
-        self.state = state
-        await self.heartbeat()
-
-    async def deregister(self) -> None:
-        try:
-            await self.actor.ask(self.registry, Deregister(self.actor.name), timeout=1.0)
-        except ActorError as error:  # shutting down anyway; the registry will time us out
-            self.actor.log.lifecycle("registry.deregister_failed", error=str(error))
+        self.records: dict[str, ActorRecord] = {}
 
     async def lookup(self, name: str | None = None, role: str | None = None) -> list[ActorRecord]:
-        result: LookupResult = await self.actor.ask(self.registry, Lookup(name=name, role=role))
+        result: LookupResult = await self.ask(self.registry, Lookup(name=name, role=role))
         for record in result.records:
-            self.directory[record.name] = record
-        return result.records
-
-    async def watch(self) -> list[ActorRecord]:
-        assert self.actor.endpoint is not None
-        result: LookupResult = await self.actor.ask(self.registry, Watch(self.actor.name, self.actor.endpoint))
-        self.epoch = result.epoch
-        self.directory = {record.name: record for record in result.records}
+            self.records[record.name] = record
         return result.records
 
     async def resolve(self, name: str) -> ActorRef:
-        record = self.directory.get(name)
+        """Where `name` listens (cached); ActorDeadError if the registry does not know it."""
+        record = self.records.get(name)
         if record is None:
             records = await self.lookup(name=name)
             if not records:
@@ -103,11 +64,102 @@ class Membership:
             record = records[0]
         return ActorRef(record.name, record.endpoint)
 
+    def forget(self, name: str) -> None:
+        """Drop a cached entry (its endpoint is dead); the next resolve asks the registry."""
+        self.records.pop(name, None)
+
+
+class Membership:
+    """Registration, heartbeats, watching and name resolution for one actor."""
+
+    def __init__(self, actor: Actor, registry: ActorRef) -> None:
+        self.actor = actor
+        self.registry = registry
+        self.directory = Directory(actor.ask, registry)
+        self.epoch = 0
+        self.state = "starting"
+        self.weights_version: int | None = None
+        self.heartbeat_interval_s = actor.settings.heartbeat_interval_s
+        self.watching = False
+
+    # Name resolution, used by the actor's outbox.
+    async def resolve(self, name: str) -> ActorRef:
+        return await self.directory.resolve(name)
+
+    def forget(self, name: str) -> None:
+        self.directory.forget(name)
+
+    async def lookup(self, name: str | None = None, role: str | None = None) -> list[ActorRecord]:
+        return await self.directory.lookup(name=name, role=role)
+
+    def members(self, role: str | None = None) -> list[ActorRecord]:
+        """The actors known here (all of them, once watching), optionally of one role."""
+        return [record for record in self.directory.records.values() if role is None or record.role == role]
+
+    async def register(self, record: ActorRecord) -> None:
+        self.state = record.state
+        reply: Registered = await self.actor.ask(self.registry, Register(record))
+        self.epoch = reply.epoch
+        self.heartbeat_interval_s = reply.heartbeat_interval_s
+        self.actor.log.lifecycle("registry.registered", epoch=reply.epoch, registry=self.registry.endpoint)
+        if self.watching:  # the registry forgot our watch along with our record
+            await self.watch()
+
+    async def heartbeat(self) -> None:
+        assert self.actor.endpoint is not None
+        ack: HeartbeatAck = await self.actor.ask(
+            self.registry,
+            Heartbeat(self.actor.name, self.actor.endpoint, state=self.state, weights_version=self.weights_version),
+            timeout=max(1.0, 2 * self.heartbeat_interval_s),
+        )
+        if ack.superseded:
+            # Another process registered under our name (a supervisor restarted us
+            # while we were stalled): two actors must not answer to one name.
+            raise ActorSuperseded(f"{self.actor.name} was replaced by a newer process with the same name")
+        if not ack.known:
+            # The registry forgot us (we were too slow, or it restarted): register again.
+            await self.register(self.actor.record(state=self.state))
+
+    async def heartbeat_loop(self) -> None:
+        """Heartbeat every interval until cancelled; a missing registry is logged, not fatal."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                await self.heartbeat()
+            except ActorSuperseded:
+                raise  # the actor crashes: it must not keep answering to a name that is not its own
+            except ActorError as error:  # the registry may be restarting; keep trying
+                self.actor.log.lifecycle("registry.unreachable", error=str(error))
+            except ProtocolError as error:  # a malformed answer: keep trying, and say so
+                self.actor.log.lifecycle("registry.bad_reply", error=str(error))
+
+    async def set_state(self, state: str) -> None:
+        """Report a new state now (and in every later heartbeat)."""
+        self.state = state
+        await self.heartbeat()
+
+    async def deregister(self) -> None:
+        assert self.actor.endpoint is not None
+        try:
+            await self.actor.ask(self.registry, Deregister(self.actor.name, self.actor.endpoint), timeout=1.0)
+        except ActorError as error:  # shutting down anyway; the registry will time us out
+            self.actor.log.lifecycle("registry.deregister_failed", error=str(error))
+
+    async def watch(self) -> list[ActorRecord]:
+        assert self.actor.endpoint is not None
+        self.watching = True
+        result: LookupResult = await self.actor.ask(self.registry, Watch(self.actor.name, self.actor.endpoint))
+        self.epoch = result.epoch
+        self.directory.records = {record.name: record for record in result.records}
+        return result.records
+
     def apply(self, event: MembershipEvent) -> None:
         self.epoch = max(self.epoch, event.epoch)
+        name = event.record.name
         if event.event == "left":
-            gone = self.directory.pop(event.record.name, None)
-            if gone is not None:
-                self.actor.outbox.peer_gone(gone.endpoint, f"left the registry ({event.reason})")
+            gone = self.directory.records.get(name)
+            if gone is not None and gone.endpoint == event.record.endpoint:
+                del self.directory.records[name]
+            self.actor.outbox.peer_gone(event.record.endpoint, f"left the registry ({event.reason})")
         else:
-            self.directory[event.record.name] = event.record
+            self.directory.records[name] = event.record

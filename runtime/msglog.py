@@ -110,6 +110,9 @@ class MessageLog:
     def flush(self) -> None:
         """Render pending message events through structlog and append everything to the file."""
         pending, self._pending = self._pending, []
+        if self._file is None:  # nowhere to write: nothing to render
+            self._buffer.lines.clear()
+            return
         info = self.logger.info
         for ts, event, peer, kind, message_id, correlation_id, trace_id, nbytes, queue_s, handle_s, error in pending:
             info(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -40,6 +40,14 @@ class ActorRef:
 
 Target = ActorRef | str
 """An `ActorRef`, an endpoint (``"tcp://127.0.0.1:5555"``) or a registered actor name."""
+
+
+class NameResolver(Protocol):
+    """Where registered actors listen (runtime.membership.Directory and Membership)."""
+
+    async def resolve(self, name: str) -> ActorRef: ...
+
+    def forget(self, name: str) -> None: ...
 
 
 def _refund_if_unsent(window: SendWindow, nbytes: int, sent: asyncio.Future[None]) -> None:
@@ -109,8 +117,9 @@ class Outbox:
         log: the message log to record send/receive events in.
         on_error: called when servicing a socket fails (a bug, not bad input):
             the owner stops.
-        resolve: turns a registered actor name into an `ActorRef` (None: names
-            cannot be resolved, only refs and endpoints are accepted).
+        names: resolves registered actor names (``resolve(name)``) and drops a
+            name whose endpoint turned out dead (``forget(name)``); None: only refs
+            and endpoints are accepted.
     """
 
     def __init__(
@@ -119,13 +128,13 @@ class Outbox:
         settings: RuntimeSettings,
         log: MessageLog,
         on_error: Callable[[BaseException], None],
-        resolve: Callable[[str], Awaitable[ActorRef]] | None = None,
+        names: NameResolver | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.log = log
         self.on_error = on_error
-        self.resolve = resolve
+        self.names = names
         self.links: dict[str, Link] = {}
         self.closed = False
 
@@ -172,17 +181,21 @@ class Outbox:
             await waiter
 
     def peer_gone(self, endpoint: str, reason: str) -> None:
-        """The peer at `endpoint` is known to be dead: fail its asks and drop the link."""
+        """The peer at `endpoint` is known to be dead: fail its asks and credit waits, drop the link."""
         link = self.links.pop(endpoint, None)
         if link is not None:
-            link.fail_pending(ActorDeadError(f"{link.ref.name} is dead: {reason}"))
+            error = ActorDeadError(f"{link.ref.name} is dead: {reason}")
+            link.fail_pending(error)
+            link.window.break_with(error)
             link.close()
 
     def close(self) -> None:
-        """Close every link; asks still waiting fail with ActorDeadError."""
+        """Close every link; asks and sends still waiting fail with ActorDeadError."""
         self.closed = True
         for link in self.links.values():
-            link.fail_pending(ActorDeadError(f"{self.name} is stopping; the ask to {link.ref.name} was abandoned"))
+            error = ActorDeadError(f"{self.name} is stopping; the message to {link.ref.name} was abandoned")
+            link.fail_pending(error)
+            link.window.break_with(error)
             link.close()
         self.links.clear()
 
@@ -192,7 +205,7 @@ class Outbox:
     ) -> tuple[ActorRef, Link, Envelope, list[Any], int]:
         if self.closed:
             raise ActorDeadError(f"{self.name} is stopped and cannot send")
-        ref = target if isinstance(target, ActorRef) else await self._resolve(target)
+        ref, link = await self._route(target)
         now = time.time()
         envelope = Envelope(
             kind=kind_of(msg),
@@ -201,15 +214,12 @@ class Outbox:
             sent_at=now,
             payload=to_payload(msg),
             trace_id=trace_id_for_send(),
-            deadline=now + timeout,
+            # A tell has no deadline: `timeout` bounds only the wait for credit here,
+            # and a tell queued behind a long handler must still be handled.
+            deadline=now + timeout if expects_reply else None,
             expects_reply=expects_reply,
         )
         frames, nbytes = encode_envelope(envelope)
-        link = self._link(ref)
-        if link.connected is False:
-            # ZeroMQ would queue the message until something listens there again;
-            # the caller learns now that the actor is gone.
-            raise ActorDeadError(f"{ref.name} ({ref.endpoint}) disconnected and has not come back")
         try:
             if not link.window.try_acquire(nbytes):
                 await link.window.acquire(nbytes, timeout)
@@ -235,14 +245,26 @@ class Outbox:
         )
         return waiter
 
-    async def _resolve(self, target: Target) -> ActorRef:
+    async def _route(self, target: Target) -> tuple[ActorRef, Link]:
+        """The target's address and the link to it; ActorDeadError if it is known to be gone."""
         if isinstance(target, ActorRef):
-            return target
-        if "://" in target:
-            return ActorRef(target, target)
-        if self.resolve is None:
+            ref = target
+        elif "://" in target:
+            ref = ActorRef(target, target)
+        elif self.names is None:
             raise ActorDeadError(f"cannot find actor {target!r}: no registry is configured; pass an ActorRef or endpoint")
-        return await self.resolve(target)
+        else:
+            ref = await self.names.resolve(target)
+            if self._link(ref).connected is False:
+                # The cached endpoint is dead: the actor may have restarted elsewhere.
+                self.names.forget(target)
+                ref = await self.names.resolve(target)
+        link = self._link(ref)
+        if link.connected is False:
+            # ZeroMQ would queue the message until something listens there again;
+            # the caller learns now that the actor is gone.
+            raise ActorDeadError(f"{ref.name} ({ref.endpoint}) disconnected and has not come back")
+        return ref, link
 
     def _link(self, ref: ActorRef) -> Link:
         link = self.links.get(ref.endpoint)

@@ -31,15 +31,43 @@ from runtime.errors import ActorError
 from runtime.outbox import ActorRef
 
 
+WATCHER_QUEUE = 1024
+"""Membership events waiting for one watcher; a watcher that falls this far behind is dropped."""
+
+
+class _Watcher:
+    """Delivers membership events to one watcher, in order, without holding up the registry."""
+
+    def __init__(self, ref: ActorRef, registry: Registry) -> None:
+        self.ref = ref
+        self.queue: asyncio.Queue[MembershipEvent] = asyncio.Queue(WATCHER_QUEUE)
+        self.task = registry.start_background(self._deliver(registry), f"watch-{ref.name}")
+
+    async def _deliver(self, registry: Registry) -> None:
+        while True:
+            event = await self.queue.get()
+            try:
+                await registry.tell(self.ref, event, timeout=registry.settings.heartbeat_timeout_s)
+            except ActorError as error:  # a stuck or dead watcher is dropped, the registry goes on
+                registry.drop_watcher(self.ref.name, f"delivery failed: {error}")
+                return
+
+
 class Registry(Actor):
-    """Keeps the membership of a run and tells watchers about changes."""
+    """Keeps the membership of a run and tells watchers about changes.
+
+    Records are keyed by name; a record belongs to the process registered at its
+    endpoint. A new process registering under a taken name replaces the old record
+    (watchers see the old one leave with reason ``replaced``); the old process's
+    later heartbeats are answered ``superseded`` and its deregistration is ignored.
+    """
 
     role = "registry"
 
     def __init__(self, name: str = "registry", **kwargs: object) -> None:
         super().__init__(name, **kwargs)  # type: ignore[arg-type]
         self.records: dict[str, ActorRecord] = {}
-        self.watchers: dict[str, ActorRef] = {}
+        self.watchers: dict[str, _Watcher] = {}
         self.epoch = 0
 
     async def on_start(self) -> None:
@@ -50,8 +78,11 @@ class Registry(Actor):
     async def register(self, request: Register) -> Registered:
         now = time.time()
         record = replace(request.record, registered_at=now, last_heartbeat=now)
+        previous = self.records.get(record.name)
+        if previous is not None and previous.endpoint != record.endpoint:
+            self._forget(previous, "replaced")
         self.records[record.name] = record
-        await self._publish("joined", record)
+        self._publish("joined", record)
         return Registered(
             epoch=self.epoch,
             heartbeat_interval_s=self.settings.heartbeat_interval_s,
@@ -60,16 +91,17 @@ class Registry(Actor):
 
     @handler
     async def deregister(self, request: Deregister) -> None:
-        record = self.records.pop(request.name, None)
-        self.watchers.pop(request.name, None)
-        if record is not None:
-            await self._publish("left", record, reason="deregistered")
+        record = self.records.get(request.name)
+        if record is not None and record.endpoint == request.endpoint:
+            self._forget(record, "deregistered")
 
     @handler
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatAck:
         record = self.records.get(beat.name)
         if record is None:
             return HeartbeatAck(known=False)
+        if record.endpoint != beat.endpoint:
+            return HeartbeatAck(known=False, superseded=True)
         changed = (beat.state is not None and beat.state != record.state) or (
             beat.weights_version is not None and beat.weights_version != record.weights_version
         )
@@ -81,7 +113,7 @@ class Registry(Actor):
         )
         self.records[beat.name] = record
         if changed:
-            await self._publish("updated", record)
+            self._publish("updated", record)
         return HeartbeatAck(known=True)
 
     @handler
@@ -94,24 +126,38 @@ class Registry(Actor):
 
     @handler
     async def watch(self, request: Watch) -> LookupResult:
-        self.watchers[request.watcher] = ActorRef(request.watcher, request.endpoint)
+        self.drop_watcher(request.watcher, "watching again")
+        self.watchers[request.watcher] = _Watcher(ActorRef(request.watcher, request.endpoint), self)
         return LookupResult(epoch=self.epoch, records=list(self.records.values()))
 
     @handler
     async def unwatch(self, request: Unwatch) -> None:
-        self.watchers.pop(request.watcher, None)
+        self.drop_watcher(request.watcher, "unwatched")
 
     # ------------------------------------------------------------ internals
-    async def _publish(self, event: str, record: ActorRecord, reason: str = "") -> None:
+    def drop_watcher(self, name: str, reason: str) -> None:
+        watcher = self.watchers.pop(name, None)
+        if watcher is not None:
+            if watcher.task is not asyncio.current_task():
+                watcher.task.cancel()
+            self.log.lifecycle("registry.watcher_dropped", watcher=name, reason=reason)
+
+    def _forget(self, record: ActorRecord, reason: str) -> None:
+        del self.records[record.name]
+        watcher = self.watchers.get(record.name)
+        if watcher is not None and watcher.ref.endpoint == record.endpoint:
+            self.drop_watcher(record.name, f"its actor left ({reason})")
+        self._publish("left", record, reason=reason)
+
+    def _publish(self, event: str, record: ActorRecord, reason: str = "") -> None:
         if event != "updated":
             self.epoch += 1
         notice = MembershipEvent(event=event, epoch=self.epoch, record=record, reason=reason)  # type: ignore[arg-type]
         for name, watcher in list(self.watchers.items()):
             try:
-                await self.tell(watcher, notice, timeout=self.settings.heartbeat_timeout_s)
-            except ActorError as error:  # a stuck watcher must not stall the registry: drop it
-                self.watchers.pop(name, None)
-                self.log.lifecycle("registry.watcher_dropped", watcher=name, error=str(error))
+                watcher.queue.put_nowait(notice)
+            except asyncio.QueueFull:
+                self.drop_watcher(name, f"{WATCHER_QUEUE} events behind")
 
     async def _expire_silent_actors(self) -> None:
         interval = min(self.settings.heartbeat_interval_s, self.settings.heartbeat_timeout_s / 4)
@@ -119,6 +165,4 @@ class Registry(Actor):
             await asyncio.sleep(interval)
             cutoff = time.time() - self.settings.heartbeat_timeout_s
             for record in [r for r in self.records.values() if r.last_heartbeat < cutoff]:
-                del self.records[record.name]
-                self.watchers.pop(record.name, None)
-                await self._publish("left", record, reason="heartbeat-timeout")
+                self._forget(record, "heartbeat-timeout")

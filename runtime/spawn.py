@@ -49,7 +49,7 @@ class ActorProcess:
     async def wait(self, timeout: float | None = None) -> int:
         return await asyncio.wait_for(self.process.wait(), timeout)
 
-    async def stop(self, timeout: float = 10.0) -> int:
+    async def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM (a graceful stop), then SIGKILL if it has not exited within `timeout`."""
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
@@ -106,6 +106,11 @@ async def spawn_actor(
         process = await asyncio.create_subprocess_exec(
             *command, pass_fds=(write_fd,), env={**os.environ, **(env or {})}, stderr=stderr,
         )
+    except BaseException:
+        os.close(read_fd)
+        if stderr is not None:
+            stderr.close()
+        raise
     finally:
         os.close(write_fd)
     try:

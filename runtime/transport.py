@@ -88,6 +88,8 @@ def connect_dealer(endpoint: str) -> zmq.Socket:
     """A DEALER connected to a peer's ROUTER (ZeroMQ connects and reconnects in the background)."""
     sock = context().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # A peer that died is retried with backoff up to 5 s, so links to dead peers cost little.
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as error:
@@ -133,17 +135,26 @@ class LoopSocket:
             received with ``copy=False``), synchronously from the loop.
         on_error: called if receiving or `on_message` raises; the socket stops
             reading then. The owner decides (an actor crashes).
+        queue_when_full: when ZeroMQ pushes back, queue the message and send it
+            later (a DEALER: one peer, whose credit bounds the queue). When False,
+            `send` raises `zmq.Again` instead (a ROUTER: a reply must not wait
+            behind a peer that stopped reading, and must not hold up the others).
     """
+
+    RETRY_S = 0.01
+    """While messages wait, look again this often even if no readiness edge arrives."""
 
     def __init__(
         self,
         sock: zmq.Socket,
         on_message: Callable[[list[zmq.Frame]], None],
         on_error: Callable[[BaseException], None],
+        queue_when_full: bool = True,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
         self.on_error = on_error
+        self.queue_when_full = queue_when_full
         self._loop = asyncio.get_running_loop()
         self._fd = sock.getsockopt(zmq.FD)
         self._waiting_sends: deque[tuple[list[Any], asyncio.Future[None]]] = deque()
@@ -160,17 +171,20 @@ class LoopSocket:
 
         Returns:
             None when sent, or a future that completes when the queued message is sent
-            (or fails with the ZMQError that refused it).
+            (or fails with the ZMQError that refused it). Cancelling the future
+            withdraws a message still waiting.
 
         Raises:
             zmq.ZMQError: ZeroMQ refused the message outright (for example
-                EHOSTUNREACH from a ROUTER whose peer is gone).
+                EHOSTUNREACH from a ROUTER whose peer is gone, or zmq.Again
+                when the socket does not queue).
         """
         if not self._waiting_sends:
             try:
                 self._send_parts(frames)
             except zmq.Again:
-                pass
+                if not self.queue_when_full:
+                    raise
             else:
                 # A send can consume the descriptor's edge for incoming data: look now.
                 if self.sock.get(_EVENTS) & _POLLIN:
@@ -225,6 +239,7 @@ class LoopSocket:
                 events = self.sock.get(_EVENTS)
                 if self._waiting_sends and events & _POLLOUT:
                     self._flush_sends()
+                    events = self.sock.get(_EVENTS)  # sending may have consumed an edge
                 if not events & _POLLIN or self.sock.closed:
                     return
                 self.on_message(self._receive_parts())
@@ -240,10 +255,15 @@ class LoopSocket:
     def _flush_sends(self) -> None:
         while self._waiting_sends:
             frames, waiter = self._waiting_sends[0]
+            if waiter.done():  # withdrawn by the sender
+                self._waiting_sends.popleft()
+                continue
             try:
                 self._send_parts(frames)
             except zmq.Again:
-                return  # still full: the next readiness event retries
+                # Still full: a readiness edge or this timer retries.
+                self._loop.call_later(self.RETRY_S, self._schedule)
+                return
             except zmq.ZMQError as error:
                 self._waiting_sends.popleft()
                 if not waiter.done():

@@ -130,3 +130,12 @@ class SlowConsumer(Actor):
 
 def pid() -> int:
     return os.getpid()
+
+
+class FailsToStart(Actor):
+    """Its on_start raises: the process must exit 1 without serving."""
+
+    role = "broken"
+
+    async def on_start(self) -> None:
+        raise RuntimeError("cannot reach the model directory")

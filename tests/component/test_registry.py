@@ -124,7 +124,7 @@ async def test_asks_pending_on_an_actor_that_left_fail_with_actor_dead(registry,
         from protocols.membership import Deregister
 
         # The actor is still alive but the registry says it left: its asks fail now.
-        await client.ask(registry.endpoint, Deregister("echo-0"))
+        await client.ask(registry.endpoint, Deregister("echo-0", echo.endpoint))
     with pytest.raises(ActorDeadError, match="left the registry"):
         await asyncio.wait_for(pending, 5)
     echo.kill()  # it is still sleeping on our behalf

@@ -383,8 +383,8 @@ RUNTIME_MESSAGES = [
                            weights_version=3, registered_at=1.5, last_heartbeat=2.5),
     membership.Register(record=membership.ActorRecord(name="n", role="r", instance=1, endpoint="e", pid=1, host="h")),
     membership.Registered(epoch=4, heartbeat_interval_s=1, heartbeat_timeout_s=5.0),
-    membership.Deregister(name="n"),
-    membership.Heartbeat(name="n", state="busy", weights_version=None),
+    membership.Deregister(name="n", endpoint="tcp://127.0.0.1:1"),
+    membership.Heartbeat(name="n", endpoint="tcp://127.0.0.1:1", state="busy", weights_version=None),
     membership.HeartbeatAck(known=False),
     membership.Lookup(role="trainer"),
     membership.LookupResult(epoch=2, records=[
