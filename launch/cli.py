@@ -1,10 +1,26 @@
-"""The `troupe` command line."""
+"""The `troupe` command line.
+
+Each subcommand lives in its own module under `launch/` (``launch/cmd_<name>.py``)
+and exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only
+wires them. Command modules keep heavy imports (torch, the runtime) inside
+``run`` so that building the parser stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from importlib import metadata
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("launch.cmd_validate", "check a topology file and list every problem"),
+    "launch": ("launch.cmd_launch", "start a run from a topology file"),
+    "ps": ("launch.cmd_ps", "list the live actors of a run"),
+    "attach": ("launch.cmd_attach", "add role processes to a running topology"),
+    "stop": ("launch.cmd_stop", "stop one instance or the whole run"),
+    "logs": ("launch.cmd_logs", "inspect the structured message logs of a run"),
+}
 
 
 def package_version() -> str:
@@ -21,7 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="RL post-training for LLMs as an actor-model message-passing runtime.",
     )
     parser.add_argument("--version", action="version", version=f"troupe {package_version()}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(module=module)
+        try:
+            importlib.import_module(module).add_arguments(command)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+            command.set_defaults(missing=True)  # not built yet
     return parser
 
 
@@ -31,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    if getattr(args, "missing", False):
+        parser.error(f"the {args.command} command is not available in this build")
+    return int(importlib.import_module(args.module).run(args) or 0)
 
 
 if __name__ == "__main__":
