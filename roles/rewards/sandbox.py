@@ -10,18 +10,21 @@ starts `sandbox_harness.py` (``python -I -S``) in a new session and supervises i
   /run/lock; when started as root, a uid of its own (never shared with another
   live sandbox), so RLIMIT_NPROC applies and every process of the run can be found
   and killed; rlimits on CPU time, address space, processes, file size, open files
-  and core dumps; no_new_privs. Started as root, a run that cannot drop privileges
-  is unscored, never run as root.
+  and core dumps; no_new_privs; a seccomp filter that makes setsid and setpgid
+  fail, so no process of the run leaves its process group. Started as root, a run
+  that cannot drop privileges is unscored, never run as root.
 - a scrubbed environment (PATH, LANG, HOME = the work directory, one thread per
   numeric library) and a private work directory, removed afterwards;
 - a wall clock: once the harness reports ready, the run has ``time_limit_s``; then
   SIGKILL goes to the whole process group, and, when the run had its own uid, to
-  every process of that uid (a process that left the group with setsid), until none
-  is left.
-- the verdict is read from a file the harness writes last, tagged with a random nonce
-  that reaches the harness through a pipe it closes before the program starts; never
-  from the exit status. A program that exits early, prints ``PASS`` or writes a fake
-  verdict without the nonce scores nothing.
+  every process of that uid (one that left the group where seccomp is missing),
+  until none is left.
+- the verdict is read from a file the harness writes last, signed with an HMAC keyed
+  by a random nonce that reaches the harness through a pipe it closes before the
+  program starts; never from the exit status. The nonce itself is never written: a
+  process of the run can read the verdict file before it is killed, but learns only
+  a tag for the true verdict. A program that exits early, prints ``PASS`` or writes
+  a fake verdict scores nothing.
 
 Threat model, honestly: the program runs in the harness's interpreter (assert tests
 must call its functions), so a program that deliberately reads the harness's memory
@@ -112,7 +115,7 @@ class SandboxRun:
     Attributes:
         infra_error: the sandbox itself failed (could not start or set up, did not come
             up in time); nothing is known about the program. Every other field is empty.
-        completed: the harness wrote a verdict carrying this run's nonce.
+        completed: the harness wrote a verdict signed with this run's nonce.
         program_error: the program raised or exited non-zero (``completed`` only).
         test_errors: one entry per test snippet, None for a pass (``completed`` and no
             ``program_error`` only; empty otherwise).
@@ -382,10 +385,8 @@ def _kill_processes_of(uid: int) -> None:
     while True:
         alive = [
             process
-            for process in psutil.process_iter(["uids", "status"])
-            if process.info["uids"] is not None
-            and uid in process.info["uids"]
-            and process.info["status"] != psutil.STATUS_ZOMBIE
+            for process in psutil.process_iter(["uids", "status", "num_threads"])
+            if process.info["uids"] is not None and uid in process.info["uids"] and not _has_exited(process.info)
         ]
         if not alive:
             return
@@ -399,14 +400,22 @@ def _kill_processes_of(uid: int) -> None:
         time.sleep(0.01)
 
 
+def _has_exited(info: dict) -> bool:
+    """A zombie with no thread left. A leader that ended its own thread (pthread_exit)
+    shows as a zombie while its other threads run on: that process is still alive."""
+    return info["status"] == psutil.STATUS_ZOMBIE and (info["num_threads"] or 0) <= 1
+
+
 def _read_verdict(path: Path, nonce: str, test_count: int) -> tuple[str | None, tuple[str | None, ...]] | None:
-    """(program_error, test_errors) from a verdict bearing ``nonce``; None for anything else."""
+    """(program_error, test_errors) from a verdict signed with ``nonce``; None for anything else."""
     with open(path, "rb") as verdict_file:
-        text = verdict_file.read(VERDICT_LIMIT_BYTES + 1).decode("utf-8", "replace")
-    lines = text.split("\n")
-    if len(text) > VERDICT_LIMIT_BYTES or len(lines) < 2:
+        data = verdict_file.read(VERDICT_LIMIT_BYTES + 1)
+    tag, _, message = data.partition(b" ")
+    expected = hmac.new(nonce.encode(), message, "sha256").hexdigest().encode()
+    if len(data) > VERDICT_LIMIT_BYTES or not hmac.compare_digest(tag, expected):
         return None
-    if not hmac.compare_digest(lines[0].encode(), f"{nonce} {test_count}".encode()):
+    lines = message.decode("utf-8", "replace").split("\n")
+    if len(lines) < 2 or lines[0] != str(test_count):
         return None
     if lines[1] != "program ok":
         program_error = lines[1].removeprefix("program error ")

@@ -8,11 +8,16 @@ phases:
 1. Set-up (trusted, possibly root): read the run's spec (program, tests, nonce,
    limits) from the SPEC_FD pipe and close it; enter a new network namespace; enter
    a new mount namespace with private tmpfs mounts over the work directory and the
-   world-writable directories; set the rlimits; drop to the run's own uid.
+   world-writable directories; set the rlimits; drop to the run's own uid; forbid
+   leaving the process group (seccomp).
 2. Report: write which isolation took effect to STATUS_FD and close it. A run whose
    report never arrives is the sandbox's failure, never the program's.
 3. Run the untrusted program, then each test snippet in the program's namespace, and
-   write ``<nonce> ...`` to VERDICT_FD. The exit status is never read.
+   write the verdict, authenticated with an HMAC keyed by the nonce, to VERDICT_FD.
+   The exit status is never read. The nonce itself is never written anywhere: a
+   process of the run may read the verdict (reopening ``/proc/self/fd/N``) between
+   the harness's exit and the final SIGKILL, and must learn nothing it could sign
+   another verdict with.
 
 Why one process: after the privilege drop nothing is exec'd, so the interpreter is
 never re-read from a directory the sandbox uid cannot traverse, and nothing can be
@@ -27,10 +32,16 @@ import builtins
 import ctypes
 import json
 import os
+import platform
 import resource
 import stat
 import sys
 import traceback
+
+try:
+    from _hashlib import hmac_digest as _hmac_digest  # C code: nothing the program can patch
+except ImportError:  # a Python built without OpenSSL
+    from hmac import digest as _hmac_digest
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -40,6 +51,14 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+EPERM = 1
+# (audit arch of struct seccomp_data, syscall numbers of setsid and setpgid) per machine
+SESSION_SYSCALLS = {"x86_64": (0xC000003E, 112, 109), "aarch64": (0xC00000B7, 157, 154)}
+X32_SYSCALL_BIT = 0x40000000
 # Directories any user may write to on common distributions. Each gets a private
 # tmpfs, so nothing the program writes there is seen by, or outlives, the sandbox.
 SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
@@ -48,6 +67,7 @@ ERROR_TEXT_LIMIT = 300
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
 def _check(result: int, what: str) -> None:
@@ -158,6 +178,53 @@ def apply_limits(limits: dict, own_uid: bool) -> None:
         resource.setrlimit(getattr(resource, name), (value, hard))
 
 
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def forbid_leaving_the_process_group(notes: list) -> bool:
+    """Make setsid and setpgid fail with EPERM in this process and all it starts.
+
+    The wall clock ends a run with SIGKILL to its process group; a process that
+    moved to a new session or group would survive that (as root the uid sweep still
+    finds it, as a normal user nothing would). Needs no_new_privs, not root. Syscalls
+    of another ABI (i386, x32), through which the numbers differ, are all refused.
+    """
+    # A 32-bit interpreter on a 64-bit kernel makes only syscalls this filter refuses.
+    is_64_bit_process = ctypes.sizeof(ctypes.c_void_p) == 8
+    numbers = SESSION_SYSCALLS.get(platform.machine()) if is_64_bit_process else None
+    if numbers is None:
+        notes.append(f"seccomp: no syscall table for this {platform.machine()} interpreter; setsid is allowed")
+        return False
+    audit_arch, setsid, setpgid = numbers
+    load_word, jump_if_equal, jump_if_at_least, return_value = 0x20, 0x15, 0x35, 0x06
+    deny = SECCOMP_RET_ERRNO | EPERM
+    program = [
+        (load_word, 0, 0, 4),  # seccomp_data.arch
+        (jump_if_equal, 1, 0, audit_arch),
+        (return_value, 0, 0, deny),
+        (load_word, 0, 0, 0),  # seccomp_data.nr
+        (jump_if_at_least, 3, 0, X32_SYSCALL_BIT),
+        (jump_if_equal, 2, 0, setsid),
+        (jump_if_equal, 1, 0, setpgid),
+        (return_value, 0, 0, SECCOMP_RET_ALLOW),
+        (return_value, 0, 0, deny),
+    ]
+    filters = (_SockFilter * len(program))(*(_SockFilter(*instruction) for instruction in program))
+    fprog = _SockFprog(len(program), filters)
+    try:
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
+    except OSError as error:
+        # A kernel built without seccomp: run without this layer and say so in the report.
+        notes.append(str(error))
+        return False
+    return True
+
+
 def drop_privileges(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -180,6 +247,7 @@ def set_up(spec: dict) -> dict:
         drop_privileges(uid, gid)
         report["privileges_dropped"] = True
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    forbid_leaving_the_process_group(notes)
     stdlib = os.path.dirname(os.__file__)
     if not os.access(stdlib, os.R_OK | os.X_OK):
         raise PermissionError(
@@ -213,8 +281,10 @@ def _describe(error: BaseException) -> str:
 def run_untrusted(nonce: str, program: str, tests: list, module_name: str, verdict_fd: int) -> None:
     """Run the program, then each test in its namespace; write the verdict; exit.
 
-    Verdict, one line each: ``<nonce> <number of tests>``, ``program ok`` or
-    ``program error <text>``, then (program ok only) ``pass`` or ``fail <text>`` per test.
+    Verdict: ``<tag> <message>``, where the message is, one line each, the number of
+    tests, ``program ok`` or ``program error <text>``, then (program ok only) ``pass``
+    or ``fail <text>`` per test, and the tag is the hex HMAC-SHA256 of the message
+    keyed with the nonce.
     """
     # The program can replace builtins, module attributes (os.write, sys.settrace)
     # and this module's globals, but not the locals of this running frame: everything
@@ -224,6 +294,7 @@ def run_untrusted(nonce: str, program: str, tests: list, module_name: str, verdi
     settrace, setprofile = sys.settrace, sys.setprofile
     any_error, program_exit = BaseException, SystemExit
     describe, enumerate_, len_, type_, int_ = _describe, enumerate, len, type, int
+    sign, to_hex, key = _hmac_digest, bytes.hex, nonce.encode()
     stdout = sys.stdout
     sys.argv = ["program.py"]
     with open("program.py", "w", encoding="utf-8") as source:  # lets tracebacks quote the program
@@ -254,9 +325,10 @@ def run_untrusted(nonce: str, program: str, tests: list, module_name: str, verdi
         stdout.flush()
     except any_error:
         pass  # the program closed or broke its stdout: that shows up as its output
-    lines = [f"{nonce} {len_(tests)}", "program ok" if program_error is None else "program error " + program_error]
+    lines = [f"{len_(tests)}", "program ok" if program_error is None else "program error " + program_error]
     lines.extend(outcomes)
-    data = "\n".join(lines).encode("utf-8", "replace")
+    message = "\n".join(lines).encode("utf-8", "replace")
+    data = to_hex(sign(key, message, "sha256")).encode() + b" " + message
     # Overwrite whatever the program may have written to this descriptor.
     seek(verdict_fd, 0, 0)
     truncate(verdict_fd, 0)

@@ -7,10 +7,14 @@ drop) read the layer from the result's info; on a machine that runs as root with
 CAP_SYS_ADMIN (this one and CI) every layer applies.
 """
 
+import json
 import os
+import platform
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -22,13 +26,25 @@ import psutil
 import pytest
 
 import roles.rewards.code as code_reward
+import roles.rewards.sandbox as sandbox_module
 from roles.rewards.code import CodeExecutionConfig, score_code, score_code_batch
 from roles.rewards.sandbox import SandboxConfig, run_in_sandbox
+from roles.rewards.sandbox_harness import SESSION_SYSCALLS
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MARKER = f"troupe-sandbox-test-{uuid.uuid4().hex}"
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2, 2) == 4\n"
 WRONG_ADD = "def add(a, b):\n    return a - b\n"
+# Long enough that a program which ends by itself is never cut off on a loaded
+# machine (2 cores shared with other test runs); attacks that loop forever get
+# SHORT_TIME_LIMIT_S instead, so the suite does not wait on them.
+TIME_LIMIT_S = 10.0
+SHORT_TIME_LIMIT_S = 1.0
+
+
+def is_alive(info):
+    """Not a finished zombie. A zombie leader with threads left is alive (pthread_exit)."""
+    return info["status"] != psutil.STATUS_ZOMBIE or (info["num_threads"] or 0) > 1
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +55,8 @@ def uid_range():
     yield (low, low + 1000)
     assert psutil.Process().children(recursive=True) == []
     leftovers = []
-    for process in psutil.process_iter(["uids", "cmdline", "status"]):
-        if process.info["status"] == psutil.STATUS_ZOMBIE or process.info["uids"] is None:
+    for process in psutil.process_iter(["uids", "cmdline", "status", "num_threads"]):
+        if not is_alive(process.info) or process.info["uids"] is None:
             continue
         if low <= process.info["uids"].real < low + 1000 or MARKER in " ".join(process.info["cmdline"] or ()):
             leftovers.append(process.info)
@@ -50,13 +66,19 @@ def uid_range():
 @pytest.fixture
 def sandbox(tmp_path, uid_range):
     return SandboxConfig(
-        time_limit_s=1.0, memory_limit_mb=256, max_processes=8, root_dir=str(tmp_path), uid_range=uid_range
+        time_limit_s=TIME_LIMIT_S, memory_limit_mb=256, max_processes=8, root_dir=str(tmp_path), uid_range=uid_range
     )
 
 
 @pytest.fixture
 def options(sandbox):
     return CodeExecutionConfig(sandbox=sandbox)
+
+
+@pytest.fixture
+def short_options(sandbox):
+    """For attacks that never end by themselves: they run into the wall clock."""
+    return CodeExecutionConfig(sandbox=sandbox.model_copy(update={"time_limit_s": SHORT_TIME_LIMIT_S}))
 
 
 def program(source: str) -> str:
@@ -120,17 +142,18 @@ def test_stdin_program_that_ends_with_exit_passes_even_without_site_packages(san
     assert result.score == 1.0
 
 
-def test_infinite_loop_is_killed_at_the_time_limit(options):
+def test_infinite_loop_is_killed_at_the_time_limit(short_options):
     started = time.monotonic()
 
-    result = score_code("", WRONG_ADD + "while True:\n    pass\n", ADD_TESTS, config=options)
+    result = score_code("", WRONG_ADD + "while True:\n    pass\n", ADD_TESTS, config=short_options)
 
     assert_scored_as_failure(result)
     assert result.info["timed_out"] is True
+    assert result.info["seconds"] >= SHORT_TIME_LIMIT_S
     assert time.monotonic() - started < 5
 
 
-def test_ignoring_sigalrm_sigterm_and_sigxcpu_does_not_outlast_the_time_limit(options):
+def test_ignoring_sigalrm_sigterm_and_sigxcpu_does_not_outlast_the_time_limit(short_options):
     attack = program(
         """
         import signal
@@ -143,13 +166,13 @@ def test_ignoring_sigalrm_sigterm_and_sigxcpu_does_not_outlast_the_time_limit(op
         """
     )
 
-    result = score_code("", attack, ADD_TESTS, config=options)
+    result = score_code("", attack, ADD_TESTS, config=short_options)
 
     assert_scored_as_failure(result)
     assert result.info["timed_out"] is True
 
 
-def test_fork_bomb_is_contained_and_every_process_is_killed(options):
+def test_fork_bomb_is_contained_and_every_process_is_killed(short_options):
     attack = program(
         """
         import os
@@ -163,7 +186,7 @@ def test_fork_bomb_is_contained_and_every_process_is_killed(options):
         """
     )
 
-    result = score_code("", attack, ADD_TESTS, config=options)
+    result = score_code("", attack, ADD_TESTS, config=short_options)
 
     assert_scored_as_failure(result)
     # the uid_range fixture checks that none of the forks survived
@@ -175,7 +198,43 @@ def test_memory_bomb_hits_the_address_space_limit(options):
     result = score_code("", attack, ADD_TESTS, config=options)
 
     assert_scored_as_failure(result)
-    assert "MemoryError" in result.info["tests"][0]["error"]
+    assert result.info["timed_out"] is False
+    assert result.info["tests"][0]["error"] == "program failed: MemoryError"
+
+
+def test_rlimits_are_applied_and_cap_file_size_and_open_files(sandbox):
+    probe = program(
+        """
+        import errno, json, os, resource
+        names = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE")
+        limits = {name: resource.getrlimit(getattr(resource, name))[0] for name in names}
+        handle = os.open("sparse", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.pwrite(handle, b"x", limits["RLIMIT_FSIZE"])  # one byte past the limit
+            past_file_size = "written"
+        except OSError as error:
+            past_file_size = errno.errorcode[error.errno]
+        handles = []
+        try:
+            while True:
+                handles.append(os.open("sparse", os.O_RDONLY))
+        except OSError as error:
+            too_many_files = errno.errorcode[error.errno]
+        print(json.dumps({"limits": limits, "past_file_size": past_file_size, "too_many_files": too_many_files}))
+        """
+    )
+
+    run = run_in_sandbox(probe, sandbox)
+
+    assert run.completed and run.program_error is None
+    report = json.loads(run.stdout)
+    # CPU: the 10 s wall clock rounded up, plus one second; the rest from the fixture and the defaults
+    expected = {"RLIMIT_CPU": 11, "RLIMIT_AS": 256 << 20, "RLIMIT_FSIZE": 16 << 20, "RLIMIT_NOFILE": 256}
+    expected["RLIMIT_CORE"] = 0
+    assert {name: report["limits"][name] for name in expected} == expected
+    if run.privileges_dropped:  # a uid of its own: the process count starts from zero
+        assert report["limits"]["RLIMIT_NPROC"] == 8
+    assert (report["past_file_size"], report["too_many_files"]) == ("EFBIG", "EMFILE")
 
 
 def test_sys_exit_before_the_asserts_does_not_skip_them(options):
@@ -250,6 +309,36 @@ def test_printed_or_forged_verdicts_without_the_nonce_are_not_believed(options):
     assert_scored_as_failure(result)
 
 
+def test_a_child_that_reads_the_verdict_and_rewrites_it_cannot_sign_a_pass(options):
+    """Between the harness's exit and the final SIGKILL a forked child can still run and
+    can reopen the verdict file through /proc; it must find nothing to forge with."""
+    attack = program(
+        """
+        import os
+        def add(a, b):
+            return a - b
+        verdict_fd = next(fd for fd in range(3, 64) if os.path.exists(f"/proc/self/fd/{fd}")
+                          and os.readlink(f"/proc/self/fd/{fd}").endswith("/verdict"))
+        if os.fork() == 0:
+            reader = os.open(f"/proc/self/fd/{verdict_fd}", os.O_RDONLY)
+            while b"\\n" not in os.pread(reader, 4096, 0):
+                pass
+            written = os.pread(reader, 4096, 0)
+            head, _, rest = written.partition(b"\\n")
+            all_pass = head + b"\\nprogram ok\\npass\\npass\\npass"
+            for forged in (all_pass, written.replace(b"fail AssertionError", b"pass")):
+                for _ in range(20000):
+                    os.pwrite(verdict_fd, forged, 0)
+                    os.ftruncate(verdict_fd, len(forged))
+            os._exit(0)
+        """
+    )
+
+    result = score_code("", attack, ADD_TESTS, config=options)
+
+    assert_scored_as_failure(result)
+
+
 def test_os_system_and_setsid_cannot_leave_a_process_behind(options):
     attack = program(
         """
@@ -266,6 +355,63 @@ def test_os_system_and_setsid_cannot_leave_a_process_behind(options):
 
     assert_scored_as_failure(result)
     # the uid_range fixture looks for MARKER in every command line
+
+
+@pytest.mark.skipif(platform.machine() not in SESSION_SYSCALLS, reason="no seccomp syscall table for this machine")
+@pytest.mark.parametrize(
+    "call", ["os.setsid()", "os.setpgid(0, 0)", "subprocess.Popen(['true'], start_new_session=True)"]
+)
+def test_no_process_of_the_run_can_leave_its_process_group(sandbox, call):
+    # in a child: the harness leads its session already, so it could not anyway
+    attempt = program(
+        f"""
+        import os, subprocess
+        child = os.fork()
+        if child == 0:
+            try:
+                {call}
+            except PermissionError:
+                os._exit(1)
+            os._exit(0)
+        refused = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 1
+        print("refused" if refused else "left the group")
+        """
+    )
+
+    run = run_in_sandbox(attempt, sandbox)
+
+    assert run.completed and run.program_error is None
+    assert run.stdout.strip() == "refused"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid sweep runs only for sandboxes started as root")
+def test_uid_sweep_kills_a_process_whose_leader_thread_has_exited(uid_range):
+    """Outside the process group (where seccomp is missing) only the uid sweep reaches a
+    process, and a leader that called pthread_exit shows as a zombie while it runs on."""
+    uid = uid_range[0]
+    # started as root and dropped in-process, as the harness does: the interpreter may
+    # sit where the sandbox uid cannot exec it (a 0700 /root)
+    lingering = (
+        "import ctypes, os, threading, time\n"
+        f"os.setgroups([]); os.setresgid({uid}, {uid}, {uid}); os.setresuid({uid}, {uid}, {uid})\n"
+        "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", lingering, MARKER], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(process.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the leader thread did not exit"
+            time.sleep(0.01)
+        assert psutil.Process(process.pid).num_threads() == 2  # the zombie leader and the sleeping thread
+
+        sandbox_module._kill_processes_of(uid)
+
+        assert process.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_reloading_os_gives_no_way_out(options, tmp_path):
