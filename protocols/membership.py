@@ -23,6 +23,10 @@ class ActorRecord:  # registry -> anyone: what the registry knows of one actor
     weights_version: int | None = None
     registered_at: float = 0.0
     last_heartbeat: float = 0.0
+    messages_in: int = 0
+    """Messages received, as of the last heartbeat."""
+    messages_out: int = 0
+    """Messages sent, as of the last heartbeat."""
 
 
 @message("registry.register")
@@ -51,6 +55,8 @@ class Heartbeat:  # actor -> registry: still alive; optional state changes
     endpoint: str
     state: str | None = None
     weights_version: int | None = None
+    messages_in: int = 0
+    messages_out: int = 0
 
 
 @message("registry.heartbeat_ack")

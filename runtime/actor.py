@@ -39,13 +39,15 @@ from protocols.membership import ActorRecord, MembershipEvent
 from protocols.messages import kind_of, message_type
 from runtime import transport
 from runtime.compute import ComputeWorker
-from runtime.errors import ActorError
+from runtime.dedup import UNSET, Deduplicator
+from runtime.errors import ActorDeadError, ActorError
 from runtime.inbox import Delivery, Inbox
 from runtime.membership import Membership
 from runtime.msglog import MessageLog
 from runtime.outbox import ActorRef, Outbox, Target
+from runtime.routing import RoleRouter
 from runtime.settings import RuntimeSettings
-from runtime.tracing import current_trace_id
+from runtime.tracing import Handling, current_handling, current_trace_id
 
 Handler = Callable[[Any, Any], typing.Awaitable[Any]]
 
@@ -120,6 +122,8 @@ class Actor:
         log_path = self.run_dir / "logs" / f"{name}.jsonl" if self.run_dir is not None else None
         self.log = MessageLog(log_path, run, name, self.role, enabled=self.settings.log_messages)
         self.compute = ComputeWorker(name)
+        self._dedup = Deduplicator(self.settings.dedup_capacity)
+        self._router: RoleRouter | None = None
         self.endpoint: str | None = None
         self.membership: Membership | None = None
         self._inbox: Inbox | None = None
@@ -143,9 +147,15 @@ class Actor:
         """Called for each membership event after `watch_membership()`."""
 
     # --------------------------------------------------------- messaging
-    async def ask(self, target: Target, msg: Any, timeout: float | None = None) -> Any:
+    async def ask(self, target: Target, msg: Any, timeout: float | None = None, message_id: str | None = None) -> Any:
         """Send `msg` to `target` and return its reply (see `Outbox.ask` for the errors)."""
-        return await self._require_outbox().ask(target, msg, timeout)
+        return await self._require_outbox().ask(target, msg, timeout, message_id)
+
+    async def ask_role(self, role: str, msg: Any, timeout: float | None = None) -> Any:
+        """Ask a live instance of `role`, re-delivering to another if it dies (see runtime.routing)."""
+        if self._router is None:
+            self._router = RoleRouter(self)
+        return await self._router.ask(role, msg, timeout)
 
     async def tell(self, target: Target, msg: Any, timeout: float | None = None) -> None:
         """Send `msg` to `target` without waiting for a reply."""
@@ -332,27 +342,35 @@ class Actor:
             known = ", ".join(sorted(self._handlers)) or "none"
             self._fail(delivery, "UnknownKind", f"{self.name} has no handler for {envelope.kind} (it handles: {known})", queue_s, 0.0)
             return
-        token = current_trace_id.set(envelope.trace_id)
+        if await self._answered_before(delivery, queue_s):
+            return
+        self._dedup.start(envelope.message_id)
+        tokens = (
+            current_trace_id.set(envelope.trace_id),
+            current_handling.set(Handling(envelope.message_id, envelope.trace_id)),
+        )
         try:
             result = await method(self, delivery.message)
         except asyncio.CancelledError:
+            self._dedup.fail(envelope.message_id, ActorDeadError(f"{self.name} stopped while handling it"))
             inbox.refuse_in_progress(delivery, f"{self.name} stopped while handling the message")
             raise
         except Exception as error:  # routed to the asker, or crashes the actor for a tell
+            self._dedup.fail(envelope.message_id, error)
             handle_s = time.monotonic() - started
+            self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
             if envelope.expects_reply:
-                failure = Failure(type(error).__name__, str(error), traceback.format_exc())
-                self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
-                inbox.reply(delivery, failure)
+                inbox.reply(delivery, Failure(type(error).__name__, str(error), traceback.format_exc()))
             else:
-                self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
                 inbox.finish(delivery)
                 self._crash_with(error)
             return
         finally:
-            current_trace_id.reset(token)
+            current_handling.reset(tokens[1])
+            current_trace_id.reset(tokens[0])
         handle_s = time.monotonic() - started
         if not envelope.expects_reply:
+            self._dedup.succeed(envelope.message_id, None)
             self._log_done(delivery, "handled", queue_s, handle_s)
             inbox.finish(delivery)
             return
@@ -360,10 +378,34 @@ class Actor:
         try:
             kind_of(reply)
         except Exception as error:  # a handler bug, reported to the asker rather than sent as garbage
+            self._dedup.fail(envelope.message_id, error)
             self._fail(delivery, "ProtocolError", f"handler returned {type(result).__name__}, not a message: {error}", queue_s, handle_s)
             return
+        self._dedup.succeed(envelope.message_id, reply)
         self._log_done(delivery, "handled", queue_s, handle_s)
         inbox.reply(delivery, reply)
+
+    async def _answered_before(self, delivery: Delivery, queue_s: float) -> bool:
+        """Answer a message this actor has handled (or is handling) already, without handling it again."""
+        assert self._inbox is not None
+        message_id = delivery.envelope.message_id
+        reply = self._dedup.handled_reply(message_id)
+        if reply is UNSET:
+            running = self._dedup.running(message_id)
+            if running is None:
+                return False
+            try:
+                reply = await asyncio.shield(running)
+            except Exception as error:  # the first attempt failed: this copy fails the same way
+                self._fail(delivery, type(error).__name__, str(error), queue_s, 0.0)
+                return True
+        self._dedup.duplicates += 1
+        self._log_done(delivery, "duplicate", queue_s, 0.0)
+        if delivery.envelope.expects_reply:
+            self._inbox.reply(delivery, reply if reply is not None else Ok())
+        else:
+            self._inbox.finish(delivery)
+        return True
 
     def _fail(self, delivery: Delivery, reason: str, text: str, queue_s: float, handle_s: float) -> None:
         """A message that could not be handled: the asker gets a Failure; a tell is logged and dropped."""

@@ -57,8 +57,8 @@ class Client:
             self._outbox.close()
         self.log.close()
 
-    async def ask(self, target: Target, msg: Any, timeout: float | None = None) -> Any:
-        return await self._require().ask(target, msg, timeout)
+    async def ask(self, target: Target, msg: Any, timeout: float | None = None, message_id: str | None = None) -> Any:
+        return await self._require().ask(target, msg, timeout, message_id)
 
     async def tell(self, target: Target, msg: Any, timeout: float | None = None) -> None:
         await self._require().tell(target, msg, timeout)

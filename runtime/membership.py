@@ -81,6 +81,7 @@ class Membership:
         self.weights_version: int | None = None
         self.heartbeat_interval_s = actor.settings.heartbeat_interval_s
         self.watching = False
+        self._changed = asyncio.Event()
 
     # Name resolution, used by the actor's outbox.
     async def resolve(self, name: str) -> ActorRef:
@@ -109,7 +110,10 @@ class Membership:
         assert self.actor.endpoint is not None
         ack: HeartbeatAck = await self.actor.ask(
             self.registry,
-            Heartbeat(self.actor.name, self.actor.endpoint, state=self.state, weights_version=self.weights_version),
+            Heartbeat(
+                self.actor.name, self.actor.endpoint, state=self.state, weights_version=self.weights_version,
+                messages_in=self.actor.log.counts["receive"], messages_out=self.actor.log.counts["send"],
+            ),
             timeout=max(1.0, 2 * self.heartbeat_interval_s),
         )
         if ack.superseded:
@@ -153,7 +157,17 @@ class Membership:
         self.directory.records = {record.name: record for record in result.records}
         return result.records
 
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the next membership event; False if none came."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     def apply(self, event: MembershipEvent) -> None:
+        self._changed.set()
         self.epoch = max(self.epoch, event.epoch)
         name = event.record.name
         if event.event == "left":

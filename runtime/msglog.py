@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ class MessageLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self.events_recorded = 0
+        self.counts: Counter[str] = Counter()
+        """Message events by type, counted even when recording is off (for `troupe ps`)."""
 
     def message_event(
         self,
@@ -93,13 +95,13 @@ class MessageLog:
         handle_s: float | None = None,
         error: str | None = None,
     ) -> None:
-        """Record one message event (send, receive, handled, failed). Hot path: no I/O."""
+        """Record one message event (send, receive, handled, failed, duplicate). Hot path: no I/O."""
+        self.counts[event] += 1
         if not self.enabled:
             return
         self._pending.append(
             (time.time(), event, peer, kind, message_id, correlation_id, trace_id, nbytes, queue_s, handle_s, error)
         )
-        self.events_recorded += 1
         if len(self._pending) >= MAX_PENDING_EVENTS:
             self.flush()
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import zmq
 
 from protocols.control import Failure, Ok
-from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id
+from protocols.envelope import Envelope, decode_envelope, encode_envelope
 from protocols.errors import ProtocolError
 from protocols.messages import from_payload, kind_of, to_payload
 from runtime import transport
@@ -27,7 +27,7 @@ from runtime.errors import ActorDeadError, DeadlineExceeded, RemoteError
 from runtime.flow import SendWindow
 from runtime.msglog import MessageLog
 from runtime.settings import RuntimeSettings
-from runtime.tracing import trace_id_for_send
+from runtime.tracing import message_id_for_send, trace_id_for_send
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,11 @@ class Outbox:
         self.closed = False
 
     # ----------------------------------------------------------------- API
-    async def ask(self, target: Target, msg: Any, timeout: float | None = None) -> Any:
+    async def ask(self, target: Target, msg: Any, timeout: float | None = None, message_id: str | None = None) -> Any:
         """Send `msg` and wait for the reply message.
+
+        `message_id` re-uses the id of an earlier attempt (a re-delivery), so a
+        receiver that handled it already answers without handling it again.
 
         Raises:
             RemoteError: the handler raised (with its remote traceback), or the
@@ -150,7 +153,7 @@ class Outbox:
         """
         timeout = self.settings.ask_timeout_s if timeout is None else timeout
         started = time.monotonic()
-        ref, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, expects_reply=True)
+        ref, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, True, message_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Envelope] = loop.create_future()
         link.pending[envelope.message_id] = _PendingAsk(future, time.monotonic())
@@ -175,7 +178,7 @@ class Outbox:
             ActorDeadError: `target` is a name the registry does not know.
         """
         timeout = self.settings.send_timeout_s if timeout is None else timeout
-        _, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, expects_reply=False)
+        _, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, False)
         waiter = self._send(link, envelope, frames, nbytes)
         if waiter is not None:
             await waiter
@@ -201,7 +204,7 @@ class Outbox:
 
     # ------------------------------------------------------------ internals
     async def _prepare(
-        self, target: Target, msg: Any, timeout: float, expects_reply: bool
+        self, target: Target, msg: Any, timeout: float, expects_reply: bool, message_id: str | None = None
     ) -> tuple[ActorRef, Link, Envelope, list[Any], int]:
         if self.closed:
             raise ActorDeadError(f"{self.name} is stopped and cannot send")
@@ -209,7 +212,7 @@ class Outbox:
         now = time.time()
         envelope = Envelope(
             kind=kind_of(msg),
-            message_id=new_id(),
+            message_id=message_id if message_id is not None else message_id_for_send(),
             sender=self.name,
             sent_at=now,
             payload=to_payload(msg),

@@ -110,6 +110,8 @@ class Registry(Actor):
             last_heartbeat=time.time(),
             state=beat.state if beat.state is not None else record.state,
             weights_version=beat.weights_version if beat.weights_version is not None else record.weights_version,
+            messages_in=beat.messages_in,
+            messages_out=beat.messages_out,
         )
         self.records[beat.name] = record
         if changed:

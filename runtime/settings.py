@@ -30,6 +30,9 @@ class RuntimeSettings(BaseModel):
     stop_grace_s: float = Field(10.0, ge=0)
     """How long a stopping actor lets running handlers finish before cancelling them
     (their askers then get ActorDeadError)."""
+    dedup_capacity: int = Field(10_000, ge=0)
+    """How many handled message ids (with their replies) an actor remembers, so a
+    re-delivered message is answered without being handled twice."""
     concurrency: int = Field(1, ge=1)
     """Handlers an actor runs at once. 1 keeps actor state free of interleaving."""
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)

@@ -139,3 +139,57 @@ class FailsToStart(Actor):
 
     async def on_start(self) -> None:
         raise RuntimeError("cannot reach the model directory")
+
+
+@message("test.tally")
+class Tally:  # test -> Tallier: count one more for `key`
+    key: str
+
+
+@message("test.tallies_query")
+class TalliesQuery:  # test -> Tallier
+    pass
+
+
+@message("test.tallies")
+class Tallies:  # Tallier -> test
+    counts: dict[str, int]
+    pid: int
+
+
+class Tallier(Actor):
+    """Counts how often each key reached its handler (to see work done twice)."""
+
+    role = "tally"
+
+    def __init__(self, name: str, **kwargs: object) -> None:
+        super().__init__(name, **kwargs)  # type: ignore[arg-type]
+        self.counts: dict[str, int] = {}
+
+    @handler
+    async def tally(self, request: Tally) -> Tallies:
+        self.counts[request.key] = self.counts.get(request.key, 0) + 1
+        return Tallies(dict(self.counts), os.getpid())
+
+    @handler
+    async def tallies(self, request: TalliesQuery) -> Tallies:
+        return Tallies(dict(self.counts), os.getpid())
+
+
+@message("test.relay")
+class Relay:  # test -> Relayer: tally `key` at `target`, after `delay_s`
+    target: str
+    key: str
+    delay_s: float = 0.0
+
+
+class Relayer(Actor):
+    """Handles Relay by telling a Tallier, so re-handling shows up downstream."""
+
+    role = "relay"
+
+    @handler
+    async def relay(self, request: Relay) -> Tallies:
+        reply = await self.ask(request.target, Tally(request.key))
+        await asyncio.sleep(request.delay_s)
+        return reply
