@@ -46,6 +46,7 @@ from runtime.membership import Membership
 from runtime.msglog import MessageLog
 from runtime.outbox import ActorRef, Outbox, Target
 from runtime.routing import RoleRouter
+from runtime.security import load_keys
 from runtime.settings import RuntimeSettings
 from runtime.tracing import Handling, current_handling, current_trace_id
 
@@ -226,11 +227,12 @@ class Actor:
         # Structured concurrency by hand: every task this actor starts is in
         # self._tasks, and none outlives run(), however run() ends.
         try:
-            self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with)
+            keys = load_keys(self.settings)
+            self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with, keys)
             self.endpoint = self._inbox.endpoint
             if registry is not None:
                 self.membership = Membership(self, ActorRef("registry", registry))
-            self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, self.membership)
+            self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, self.membership, keys)
             self.start_background(self.log.flush_periodically(self.settings.log_flush_interval_s), "log")
             consumers = [self.start_background(self._consume(), f"handler-{i}") for i in range(self.settings.concurrency)]
             await self._start(on_ready)

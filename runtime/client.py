@@ -18,6 +18,7 @@ from runtime.errors import ActorError
 from runtime.membership import Directory
 from runtime.msglog import MessageLog
 from runtime.outbox import ActorRef, Outbox, Target
+from runtime.security import load_keys
 from runtime.settings import RuntimeSettings
 
 
@@ -44,7 +45,7 @@ class Client:
 
     async def __aenter__(self) -> Client:
         names = Directory(self.ask, self.registry) if self.registry is not None else None
-        self._outbox = Outbox(self.name, self.settings, self.log, self._broken, names)
+        self._outbox = Outbox(self.name, self.settings, self.log, self._broken, names, load_keys(self.settings))
         self._flushing = asyncio.create_task(self.log.flush_periodically(self.settings.log_flush_interval_s))
         return self
 

@@ -43,3 +43,8 @@ class DeadlineExceeded(ActorError, TimeoutError):
 
 class ActorSuperseded(ActorError):
     """Another process registered under this actor's name; this one must stop."""
+
+
+class AuthenticationError(ActorError):
+    """The peer refused this process's connection: the CURVE handshake failed (no keys,
+    or keys the run does not authorize)."""

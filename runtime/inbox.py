@@ -27,6 +27,7 @@ from protocols.codec import unpack_limited
 from runtime import transport
 from runtime.flow import CreditOwed
 from runtime.msglog import MessageLog
+from runtime.security import CurveKeys
 from runtime.settings import RuntimeSettings
 
 
@@ -58,12 +59,13 @@ class Inbox:
         endpoint: str,
         pong: Any,
         on_error: Callable[[BaseException], None],
+        keys: CurveKeys | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.log = log
         self.pong = pong
-        router, self.endpoint = transport.bind_router(endpoint, settings.max_message_bytes)
+        router, self.endpoint = transport.bind_router(endpoint, settings.max_message_bytes, keys)
         self.socket = transport.LoopSocket(router, self._accept, on_error, queue_when_full=False)
         self.mailbox: asyncio.Queue[Delivery] = asyncio.Queue(settings.mailbox_capacity)
         self.credit: dict[bytes, CreditOwed] = {}

@@ -23,9 +23,10 @@ from protocols.envelope import Envelope, decode_envelope, encode_envelope
 from protocols.errors import ProtocolError
 from protocols.messages import from_payload, kind_of, to_payload
 from runtime import transport
-from runtime.errors import ActorDeadError, DeadlineExceeded, RemoteError
+from runtime.errors import ActorDeadError, AuthenticationError, DeadlineExceeded, RemoteError
 from runtime.flow import SendWindow
 from runtime.msglog import MessageLog
+from runtime.security import CurveKeys
 from runtime.settings import RuntimeSettings
 from runtime.tracing import message_id_for_send, trace_id_for_send
 
@@ -48,6 +49,13 @@ class NameResolver(Protocol):
     async def resolve(self, name: str) -> ActorRef: ...
 
     def forget(self, name: str) -> None: ...
+
+
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed (one side uses CURVE, the other not)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed (this process's CURVE key is not authorized)",
+}
 
 
 def _refund_if_unsent(window: SendWindow, nbytes: int, sent: asyncio.Future[None]) -> None:
@@ -83,9 +91,10 @@ class Link:
         on_message: Callable[[Link, list[zmq.Frame]], None],
         on_connection: Callable[[Link, int], None],
         on_error: Callable[[BaseException], None],
+        keys: CurveKeys | None = None,
     ) -> None:
         self.ref = ref
-        dealer = transport.connect_dealer(ref.endpoint)
+        dealer = transport.connect_dealer(ref.endpoint, keys)
         watcher = transport.monitor(dealer)
         self.socket = transport.LoopSocket(dealer, lambda frames: on_message(self, frames), on_error)
         self.monitor = transport.LoopSocket(
@@ -95,6 +104,8 @@ class Link:
         self.pending: dict[str, _PendingAsk] = {}
         self.connected: bool | None = None
         """None until the first connection, then whether the peer is connected now."""
+        self.refused: str | None = None
+        """Why the peer refused the last handshake, if it did."""
 
     def fail_pending(self, error: Exception, sent_before: float | None = None) -> None:
         """Fail the asks waiting on this link (those sent before `sent_before`, if given)."""
@@ -120,6 +131,7 @@ class Outbox:
         names: resolves registered actor names (``resolve(name)``) and drops a
             name whose endpoint turned out dead (``forget(name)``); None: only refs
             and endpoints are accepted.
+        keys: the run's CURVE keys, when its sockets authenticate.
     """
 
     def __init__(
@@ -129,12 +141,14 @@ class Outbox:
         log: MessageLog,
         on_error: Callable[[BaseException], None],
         names: NameResolver | None = None,
+        keys: CurveKeys | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.log = log
         self.on_error = on_error
         self.names = names
+        self.keys = keys
         self.links: dict[str, Link] = {}
         self.closed = False
 
@@ -263,6 +277,8 @@ class Outbox:
                 self.names.forget(target)
                 ref = await self.names.resolve(target)
         link = self._link(ref)
+        if link.refused is not None:
+            raise AuthenticationError(f"{ref.name} ({ref.endpoint}) refused the connection: {link.refused}")
         if link.connected is False:
             # ZeroMQ would queue the message until something listens there again;
             # the caller learns now that the actor is gone.
@@ -272,7 +288,7 @@ class Outbox:
     def _link(self, ref: ActorRef) -> Link:
         link = self.links.get(ref.endpoint)
         if link is None:
-            link = Link(ref, self.settings, self._accept_reply, self._connection_changed, self.on_error)
+            link = Link(ref, self.settings, self._accept_reply, self._connection_changed, self.on_error, self.keys)
             self.links[ref.endpoint] = link
         return link
 
@@ -307,6 +323,12 @@ class Outbox:
     def _connection_changed(self, link: Link, event: int) -> None:
         if event == zmq.EVENT_CONNECTED:
             link.connected = True
+        elif event in _HANDSHAKE_FAILURES:
+            link.refused = _HANDSHAKE_FAILURES[event]
+            link.connected = False
+            error = AuthenticationError(f"{link.ref.name} ({link.ref.endpoint}) refused the connection: {link.refused}")
+            link.fail_pending(error)
+            link.window.break_with(error)
         elif event == zmq.EVENT_DISCONNECTED:
             link.connected = False
             lost_at = time.monotonic()

@@ -44,6 +44,9 @@ class RuntimeSettings(BaseModel):
     disconnect_grace_s: float = Field(0.05, ge=0)
     """After a peer's connection drops, replies already received get this long to be
     read before pending asks to that peer fail with ActorDeadError."""
+    curve_keys_dir: str | None = None
+    """Folder of the run's CURVE keys (runtime.security). When set, every socket encrypts
+    and authenticates with them; required to bind beyond loopback."""
     log_messages: bool = True
     """Write one JSON line per message event to logs/<instance>.jsonl in the run directory."""
     log_flush_interval_s: float = Field(0.2, gt=0)

@@ -26,6 +26,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from runtime.security import CurveKeys, ensure_authenticator, is_loopback_endpoint, make_client, make_server
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:*"
 
 _open_sockets: weakref.WeakValueDictionary[int, zmq.Socket] = weakref.WeakValueDictionary()
@@ -64,13 +66,23 @@ def _track(sock: zmq.Socket, label: str) -> zmq.Socket:
     return sock
 
 
-def bind_router(endpoint: str, max_message_bytes: int) -> tuple[zmq.Socket, str]:
+def bind_router(endpoint: str, max_message_bytes: int, keys: CurveKeys | None = None) -> tuple[zmq.Socket, str]:
     """A ROUTER bound to `endpoint`; returns it and the endpoint actually bound.
 
     ``tcp://host:*`` picks a free port. Frames larger than `max_message_bytes` make
-    ZeroMQ drop the sending peer's connection before the bytes are buffered.
+    ZeroMQ drop the sending peer's connection before the bytes are buffered. With
+    `keys`, only authorized CURVE clients can talk to it; binding beyond loopback
+    without keys is refused.
     """
+    if keys is None and not is_loopback_endpoint(endpoint):
+        raise PermissionError(
+            f"refusing to bind {endpoint} without authentication: beyond loopback every socket needs "
+            "CURVE keys (set network.curve: true in the topology, or RuntimeSettings.curve_keys_dir)"
+        )
     sock = context().socket(zmq.ROUTER)
+    if keys is not None:
+        ensure_authenticator(context(), keys)
+        make_server(sock, keys)
     sock.setsockopt(zmq.LINGER, 0)
     # An unroutable reply (the asker is gone) raises EHOSTUNREACH instead of vanishing.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -84,9 +96,11 @@ def bind_router(endpoint: str, max_message_bytes: int) -> tuple[zmq.Socket, str]
     return _track(sock, f"ROUTER {bound}"), bound
 
 
-def connect_dealer(endpoint: str) -> zmq.Socket:
+def connect_dealer(endpoint: str, keys: CurveKeys | None = None) -> zmq.Socket:
     """A DEALER connected to a peer's ROUTER (ZeroMQ connects and reconnects in the background)."""
     sock = context().socket(zmq.DEALER)
+    if keys is not None:
+        make_client(sock, keys)
     sock.setsockopt(zmq.LINGER, 0)
     # A peer that died is retried with backoff up to 5 s, so links to dead peers cost little.
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
@@ -99,7 +113,7 @@ def connect_dealer(endpoint: str) -> zmq.Socket:
 
 
 def monitor(sock: zmq.Socket) -> zmq.Socket:
-    """A socket that receives `sock`'s connect and disconnect events.
+    """A socket that receives `sock`'s connect, disconnect and failed-handshake events.
 
     libzmq emits monitor events from its I/O thread with a blocking send: if the
     monitor socket stops reading (it is full, or closed while the monitored socket
@@ -107,7 +121,11 @@ def monitor(sock: zmq.Socket) -> zmq.Socket:
     So the monitor socket never has a receive limit, and `close_monitored` tears
     the pair down in the one safe order.
     """
-    monitor_socket = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    events = (
+        zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    )
+    monitor_socket = sock.get_monitor_socket(events)
     monitor_socket.setsockopt(zmq.LINGER, 0)
     monitor_socket.setsockopt(zmq.RCVHWM, 0)
     return _track(monitor_socket, "monitor")
