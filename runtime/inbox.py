@@ -227,6 +227,6 @@ class Inbox:
     def _log_sent(self, envelope: Envelope, peer: str, nbytes: int, error: str | None = None) -> None:
         self.log.message_event(
             "send" if error is None else "failed", peer, envelope.kind, envelope.message_id,
-            envelope.correlation_id, envelope.trace_id, nbytes, error=error,
+            envelope.correlation_id, envelope.trace_id, nbytes, error=error, ts=envelope.sent_at,
         )
 

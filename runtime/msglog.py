@@ -94,13 +94,19 @@ class MessageLog:
         queue_s: float | None = None,
         handle_s: float | None = None,
         error: str | None = None,
+        ts: float | None = None,
     ) -> None:
-        """Record one message event (send, receive, handled, failed, duplicate). Hot path: no I/O."""
+        """Record one message event (send, receive, handled, failed, duplicate). Hot path: no I/O.
+
+        `ts` defaults to now; a send passes the time it stamped on the message, taken
+        before the socket call, so a send never appears after its own receive.
+        """
         self.counts[event] += 1
         if not self.enabled:
             return
         self._pending.append(
-            (time.time(), event, peer, kind, message_id, correlation_id, trace_id, nbytes, queue_s, handle_s, error)
+            (ts if ts is not None else time.time(), event, peer, kind, message_id, correlation_id, trace_id,
+             nbytes, queue_s, handle_s, error)
         )
         if len(self._pending) >= MAX_PENDING_EVENTS:
             self.flush()

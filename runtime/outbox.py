@@ -258,7 +258,8 @@ class Outbox:
         if waiter is not None:
             waiter.add_done_callback(functools.partial(_refund_if_unsent, link.window, nbytes))
         self.log.message_event(
-            "send", link.ref.name, envelope.kind, envelope.message_id, None, envelope.trace_id, nbytes
+            "send", link.ref.name, envelope.kind, envelope.message_id, None, envelope.trace_id, nbytes,
+            ts=envelope.sent_at,
         )
         return waiter
 
