@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from protocols.control import Failure, Ok, Pong
 from protocols.membership import ActorRecord, MembershipEvent
 from protocols.messages import kind_of, message_type
@@ -98,6 +100,10 @@ class Actor:
     """
 
     role: ClassVar[str] = "actor"
+    Config: ClassVar[type[BaseModel] | None] = None
+    """The pydantic model of this actor's role-specific config block, if it takes one.
+    A topology's ``config:`` for the role is validated against it and passed to the
+    constructor as ``config=``."""
     _handlers: ClassVar[dict[str, Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -181,7 +187,7 @@ class Actor:
         if not self._running:
             coroutine.close()
             raise ActorError(f"{self.name} is not running: start background work from on_start or a handler")
-        task = asyncio.get_running_loop().create_task(coroutine, name=f"{self.name}-{name}")
+        task = asyncio.get_running_loop().create_task(_detached(coroutine), name=f"{self.name}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_finished)
         return task
@@ -434,3 +440,34 @@ class Actor:
 
 
 Actor._handlers = _collect_handlers(Actor)
+
+
+async def _detached(coroutine: typing.Coroutine[Any, Any, Any]) -> Any:
+    """Run background work outside the message that started it: its sends start their
+    own traces and get fresh message ids (a task copies its creator's context)."""
+    current_trace_id.set(None)
+    current_handling.set(None)
+    return await coroutine
+
+
+async def start_actor(actor: Actor, timeout: float = 60.0, **run_kwargs: Any) -> asyncio.Task[None]:
+    """Run `actor` in this event loop as a task; return once it serves.
+
+    Raises whatever stopped the actor before it was ready (ActorCrashed, OSError
+    for a bad endpoint), or TimeoutError. Stop it later with ``actor.stop()`` and
+    ``await task``.
+    """
+    ready = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(actor.run(on_ready=lambda _: ready.set(), **run_kwargs))
+    waiter = asyncio.get_running_loop().create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()  # raises the reason it ended
+        raise ActorError(f"{actor.name} stopped before it was ready")
+    if waiter not in done:
+        waiter.cancel()
+        actor.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        raise TimeoutError(f"{actor.name} was not ready within {timeout:g} s")
+    return task

@@ -46,6 +46,15 @@ def load_actor_class(target: str) -> type[Actor]:
     return cls
 
 
+def validate_role_config(cls: type[Actor], block: dict[str, Any]) -> Any:
+    """The actor class's Config model built from a topology's config block."""
+    if cls.Config is None:
+        if block:
+            raise ValueError(f"{cls.__qualname__} takes no config block, got keys {sorted(block)}")
+        return None
+    return cls.Config.model_validate(block)
+
+
 def die_with_parent() -> None:
     """SIGTERM this process when its parent exits (Linux); a no-op elsewhere."""
     if not sys.platform.startswith("linux"):
@@ -100,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry", default=None, help="the registry's endpoint")
     parser.add_argument("--run", default="")
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--config", default=None, help="JSON object: the role's config block, validated by ActorClass.Config")
     parser.add_argument("--options", default="{}", help="JSON object of keyword arguments for the actor class")
     parser.add_argument("--settings", default="{}", help="JSON object of RuntimeSettings fields")
     parser.add_argument("--ready-fd", type=int, default=None)
@@ -115,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(options, dict):
             raise ValueError("--options must be a JSON object")
         settings = RuntimeSettings.model_validate_json(args.settings)
+        config = validate_role_config(cls, json.loads(args.config)) if args.config is not None else None
+        if config is not None:
+            options["config"] = config
         actor = cls(
             args.name, role=args.role, instance=args.instance, settings=settings,
             run=args.run, run_dir=args.run_dir, **options,

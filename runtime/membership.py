@@ -82,6 +82,7 @@ class Membership:
         self.heartbeat_interval_s = actor.settings.heartbeat_interval_s
         self.watching = False
         self._changed = asyncio.Event()
+        self._watch_lock = asyncio.Lock()
 
     # Name resolution, used by the actor's outbox.
     async def resolve(self, name: str) -> ActorRef:
@@ -150,12 +151,22 @@ class Membership:
             self.actor.log.lifecycle("registry.deregister_failed", error=str(error))
 
     async def watch(self) -> list[ActorRecord]:
+        """Start (or renew) the registry's membership events; returns the current members."""
         assert self.actor.endpoint is not None
-        self.watching = True
-        result: LookupResult = await self.actor.ask(self.registry, Watch(self.actor.name, self.actor.endpoint))
-        self.epoch = result.epoch
-        self.directory.records = {record.name: record for record in result.records}
+        async with self._watch_lock:  # concurrent first users share one watch
+            result: LookupResult = await self.actor.ask(self.registry, Watch(self.actor.name, self.actor.endpoint))
+            self.epoch = result.epoch
+            self.directory.records = {record.name: record for record in result.records}
+            self.watching = True
+            self._changed.set()  # the snapshot is news to anyone waiting for members
         return result.records
+
+    async def ensure_watching(self) -> None:
+        if not self.watching:
+            async with self._watch_lock:
+                pass  # someone else's watch may be under way: wait for it
+            if not self.watching:
+                await self.watch()
 
     async def wait_for_change(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the next membership event; False if none came."""

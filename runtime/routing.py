@@ -1,7 +1,8 @@
 """Work for a role: pick a live instance, and re-deliver when it dies.
 
 `RoleRouter.ask(role, message)` sends `message` to a ready instance of `role`
-(the one this actor has the fewest asks pending with) and waits for the reply.
+(the one this actor has the fewest asks pending with; among equals, the one it
+has sent the least so far, so work spreads evenly) and waits for the reply.
 If that instance dies before answering (ActorDeadError: its process stopped or
 was killed, or the registry says it left), the same message, with the same
 message id, goes to another live instance; with none alive it waits, until its
@@ -36,6 +37,7 @@ class RoleRouter:
     def __init__(self, actor: Actor) -> None:
         self.actor = actor
         self.in_flight: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
         self.redeliveries = 0
 
     def ready_instances(self, role: str) -> list[ActorRecord]:
@@ -57,8 +59,7 @@ class RoleRouter:
         membership = self.actor.membership
         if membership is None:
             raise ActorDeadError(f"{self.actor.name} has no registry: it cannot route work to role {role!r}")
-        if not membership.watching:
-            await membership.watch()
+        await membership.ensure_watching()
         timeout = self.actor.settings.ask_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         message_id = message_id_for_send()
@@ -70,8 +71,11 @@ class RoleRouter:
                 if remaining <= 0 or not await membership.wait_for_change(remaining):
                     raise DeadlineExceeded(f"no live instance of role {role!r} answered within {timeout:g} s")
                 continue
-            target = min(candidates, key=lambda record: (self.in_flight[record.endpoint], record.name))
+            target = min(
+                candidates, key=lambda r: (self.in_flight[r.endpoint], self.sent[r.endpoint], r.name)
+            )
             self.in_flight[target.endpoint] += 1
+            self.sent[target.endpoint] += 1
             try:
                 return await self.actor.ask(
                     ActorRef(target.name, target.endpoint), message, timeout=remaining, message_id=message_id

@@ -74,6 +74,7 @@ async def spawn_actor(
     run: str = "",
     run_dir: Path | str | None = None,
     options: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
     settings: RuntimeSettings | None = None,
     env: dict[str, str] | None = None,
     stderr_path: Path | str | None = None,
@@ -82,7 +83,9 @@ async def spawn_actor(
     """Start `actor` (``package.module:ActorClass``) as `name` in a new process.
 
     Args:
-        stderr_path: file for the process's stderr (None: inherit this process's).
+        options: keyword arguments for the actor class's constructor.
+        config: the role's config block, validated by the actor class's `Config`.
+        stderr_path: file for the process's stdout and stderr (None: inherit this process's).
         ready_timeout: seconds to wait for the actor to serve.
 
     Raises:
@@ -101,10 +104,12 @@ async def spawn_actor(
         command += ["--registry", registry]
     if run_dir is not None:
         command += ["--run-dir", str(run_dir)]
+    if config is not None:
+        command += ["--config", json.dumps(config)]
     stderr = open(stderr_path, "ab") if stderr_path is not None else None  # noqa: SIM115 - closed in stop()
     try:
         process = await asyncio.create_subprocess_exec(
-            *command, pass_fds=(write_fd,), env={**os.environ, **(env or {})}, stderr=stderr,
+            *command, pass_fds=(write_fd,), env={**os.environ, **(env or {})}, stdout=stderr, stderr=stderr,
         )
     except BaseException:
         os.close(read_fd)

@@ -7,8 +7,10 @@ import asyncio
 import os
 import resource
 import time
+from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from protocols.messages import message
 from runtime.actor import Actor, handler
@@ -193,3 +195,23 @@ class Relayer(Actor):
         reply = await self.ask(request.target, Tally(request.key))
         await asyncio.sleep(request.delay_s)
         return reply
+
+
+class NeedsSettingsConfig(BaseModel):
+    """A config block with a required field (for topology validation tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str
+    batch_size: int = 8
+
+
+class NeedsSettings(Actor):
+    """An actor whose role config has a required field."""
+
+    role = "needs"
+    Config: ClassVar[type[BaseModel]] = NeedsSettingsConfig
+
+    def __init__(self, name: str, config: NeedsSettingsConfig, **kwargs: object) -> None:
+        super().__init__(name, **kwargs)  # type: ignore[arg-type]
+        self.config = config

@@ -50,7 +50,7 @@ async def test_work_for_a_role_is_redelivered_to_a_live_instance_when_its_instan
     await run_here(caller, registry=registry.endpoint)
     members = await caller.watch_membership()
     assert sorted(r.name for r in members if r.role == "relay" and r.state == "ready") == ["relay-0", "relay-1"]
-    # relay-0 gets the work (fewest in flight, then by name); it tallies, then dies before replying.
+    # relay-0 gets the work (nothing in flight or sent to either yet, then by name); it tallies, then dies.
     work = asyncio.create_task(caller.ask_role("relay", Relay("tally-0", "item-1", delay_s=2.0), timeout=30))
     await asyncio.sleep(1.0)
     relays[0].kill()
@@ -73,3 +73,15 @@ async def test_work_for_a_role_waits_for_an_instance_to_join(spawn, run_here):
     with pytest.raises(DeadlineExceeded, match="no live instance of role 'nobody'"):
         await caller.ask_role("nobody", Echo("x"), timeout=0.5)
     assert time.monotonic() - started < 2.0
+
+
+async def test_concurrent_first_asks_to_a_role_all_find_its_instances(spawn, run_here):
+    # Regression: asks racing the first membership snapshot waited for a change that never came.
+    registry = await spawn("runtime.registry:Registry", "registry", settings=FAST)
+    await spawn("tests.component.actors:Echoer", "echo-0", registry=registry.endpoint, settings=FAST)
+    caller = Watcher("caller-0", settings=FAST)
+    await run_here(caller, registry=registry.endpoint)
+    started = time.monotonic()
+    replies = await asyncio.gather(*(caller.ask_role("echo", Echo(i), timeout=10) for i in range(8)))
+    assert [reply.value for reply in replies] == list(range(8))
+    assert time.monotonic() - started < 3.0

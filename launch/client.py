@@ -1,0 +1,32 @@
+"""Talking to a live run from a command: its run directory tells where, and with which keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from launch.rundir import RunDirError, RunInfo, launcher_alive, read_run_info
+from runtime.client import Client
+from runtime.errors import ActorError
+from runtime.settings import RuntimeSettings
+
+
+def live_run(run_dir: Path | str) -> RunInfo:
+    """The run's info, if its launcher is alive; RunDirError (with what to do) otherwise."""
+    info = read_run_info(run_dir)
+    if not launcher_alive(info) or info.state in ("finished", "failed"):
+        raise RunDirError(f"run {info.run} in {run_dir} is not running (it {info.state}; launcher pid {info.launcher_pid})")
+    return info
+
+
+def client_for(info: RunInfo, name: str) -> Client:
+    settings = RuntimeSettings(curve_keys_dir=info.curve_keys_dir, log_messages=False)
+    return Client(name, registry=info.registry, settings=settings)
+
+
+async def ask_supervisor(info: RunInfo, message: Any, timeout: float = 10.0) -> Any:
+    async with client_for(info, "troupe-cli") as client:
+        try:
+            return await client.ask(info.supervisor, message, timeout=timeout)
+        except ActorError as error:
+            raise RunDirError(f"the supervisor of run {info.run} did not answer: {error}") from error

@@ -1,0 +1,145 @@
+"""The launcher: one process that hosts the registry and the supervisor and runs a topology.
+
+`launch_run` writes the run directory (resolved topology, CURVE keys when
+enabled, registry.json), starts the registry and the supervisor in this event
+loop, starts every role instance, and waits until the run ends: the roles marked
+`ends_run` finished, `troupe stop` or Ctrl-C asked for it, or a role could not be
+restarted. It then stops every role in order, so no process outlives it. A
+second Ctrl-C kills what is left at once.
+
+``python -m launch.launcher RUN_DIR`` runs an already prepared run directory in
+the background (`troupe launch --detach`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from launch.rundir import RunInfo, read_topology, write_run_info, write_topology
+from launch.status import StatusView
+from launch.supervisor import StartupError, Supervisor, runtime_settings_for
+from launch.topology import Topology, resolved, validate
+from runtime.actor import start_actor
+from runtime.host import run_event_loop
+from runtime.registry import Registry
+from runtime.security import generate_keys
+
+
+def prepare_run_dir(topology: Topology, configs: dict[str, Any], run_dir: Path) -> Topology:
+    """Create the run directory, the CURVE keys if enabled, and the resolved topology.yaml.
+
+    Returns the topology with its runtime settings pointing at the keys.
+    """
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    keys_dir = None
+    if topology.network.curve:
+        keys_dir = (run_dir / "keys").resolve()
+        if not (keys_dir / "server.key_secret").exists():
+            generate_keys(keys_dir)
+    topology = topology.model_copy(update={"runtime": runtime_settings_for(topology, keys_dir), "run_dir": str(run_dir)})
+    write_topology(run_dir, resolved(topology, configs))
+    return topology
+
+
+async def launch_run(topology: Topology, configs: dict[str, Any], run_dir: Path, view: StatusView) -> int:
+    """Run a prepared topology to its end; returns the exit code (0 finished or stopped, 1 failed)."""
+    run_dir = run_dir.resolve()
+    settings = topology.runtime
+    bind = f"tcp://{topology.network.host}:*"
+    common = {"settings": settings, "run": topology.name, "run_dir": run_dir}
+    registry = Registry("registry", **common)
+    registry_task = await start_actor(registry, endpoint=bind)
+    assert registry.endpoint is not None
+    supervisor = Supervisor("supervisor", topology=topology, configs=configs, registry_endpoint=registry.endpoint,
+                            notify=view.notify, **common)
+    supervisor_task = await start_actor(supervisor, endpoint=bind, registry=registry.endpoint)
+    await supervisor.watch_membership()
+    info = RunInfo(
+        run=topology.name, registry=registry.endpoint, supervisor=supervisor.endpoint or "", launcher_pid=os.getpid(),
+        host=socket.gethostname(), started_at=time.time(), curve_keys_dir=settings.curve_keys_dir, state="starting",
+    )
+    write_run_info(run_dir, info)
+    interrupted = _handle_signals(supervisor)
+    outcome = "failed"
+    try:
+        view.notify(f"run {topology.name} in {run_dir}: starting {sum(r.count for r in topology.roles.values())} instances")
+        try:
+            await supervisor.start_roles()
+        except StartupError as error:
+            supervisor.failure = f"startup failed:\n{error}"
+        else:
+            write_run_info(run_dir, info.model_copy(update={"state": "running"}))
+            view.notify(f"run {topology.name} is up: troupe ps {run_dir} | troupe logs {run_dir} | troupe stop {run_dir}")
+            view.start(supervisor, registry)
+            while not supervisor.finished.done():
+                view.refresh(supervisor, registry)
+                await asyncio.wait({supervisor.finished}, timeout=0.5)
+            outcome = supervisor.finished.result()
+    finally:
+        view.stop()
+        view.notify("stopping every role in order")
+        await supervisor.stop_all()
+        final = "failed" if outcome == "failed" or supervisor.failure else "finished"
+        write_run_info(run_dir, info.model_copy(update={"state": final}))
+        supervisor.stop()
+        await asyncio.gather(supervisor_task, return_exceptions=True)
+        registry.stop()  # last: everyone else has deregistered by now
+        await asyncio.gather(registry_task, return_exceptions=True)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().remove_signal_handler(signum)
+    if supervisor.failure:
+        print(f"run {topology.name} FAILED: {supervisor.failure}", file=sys.stderr, flush=True)
+        return 1
+    view.notify(f"run {topology.name} {'stopped' if outcome == 'stopped' or interrupted.is_set() else 'finished'}")
+    return 0
+
+
+def _handle_signals(supervisor: Supervisor) -> asyncio.Event:
+    """First Ctrl-C/SIGTERM: stop in order. Second: kill every instance at once."""
+    interrupted = asyncio.Event()
+
+    def on_signal() -> None:
+        if not interrupted.is_set():
+            interrupted.set()
+            supervisor.notify("interrupted: stopping the run (again to kill it)")
+            if not supervisor.finished.done():
+                supervisor.finished.set_result("stopped")
+            return
+        supervisor.notify("killing every instance now")
+        for instance in supervisor.instances.values():
+            if instance.process is not None:
+                instance.stop_requested = True
+                instance.process.kill()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    return interrupted
+
+
+def run_prepared(run_dir: Path, live: bool | None = None) -> int:
+    """Launch the topology already written to `run_dir` (the detached launcher's entry)."""
+    topology, configs, problems = validate(read_topology(run_dir))
+    if topology is None:
+        print("\n".join(str(problem) for problem in problems), file=sys.stderr)
+        return 2
+    return run_event_loop(lambda: launch_run(topology, configs, run_dir, StatusView(live)), topology.runtime)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.launcher", description="Run a prepared run directory.")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    return run_prepared(args.run_dir, live=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

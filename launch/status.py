@@ -1,0 +1,67 @@
+"""What a running launch shows: a live table on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from launch.supervisor import Supervisor
+    from runtime.registry import Registry
+
+
+def uptime(started_at: float) -> str:
+    if not started_at:
+        return "-"
+    seconds = int(time.time() - started_at)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def instances_table(supervisor: Supervisor, registry: Registry) -> Table:
+    table = Table(title=f"run {supervisor.topology.name}: {supervisor.state}", title_justify="left")
+    for column in ("instance", "role", "pid", "state", "restarts", "uptime", "msgs in", "msgs out"):
+        table.add_column(column, justify="right" if column in ("pid", "restarts", "msgs in", "msgs out") else "left")
+    for instance in supervisor.instances.values():
+        record = registry.records.get(instance.name)
+        status = instance.status()
+        table.add_row(
+            instance.name, instance.role, str(status.pid or "-"),
+            (record.state if record is not None and instance.state == "running" else instance.state),
+            str(instance.restarts), uptime(instance.started_at),
+            str(record.messages_in if record else "-"), str(record.messages_out if record else "-"),
+        )
+    return table
+
+
+class StatusView:
+    """Shows the run: a live table when stdout is a terminal, timestamped lines otherwise."""
+
+    def __init__(self, live: bool | None = None) -> None:
+        self.live_enabled = sys.stdout.isatty() if live is None else live
+        self.console = Console()
+        self._live: Live | None = None
+
+    def notify(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    def start(self, supervisor: Supervisor, registry: Registry) -> None:
+        if self.live_enabled:
+            self._live = Live(instances_table(supervisor, registry), console=self.console, refresh_per_second=2)
+            self._live.start()
+
+    def refresh(self, supervisor: Supervisor, registry: Registry) -> None:
+        if self._live is not None:
+            self._live.update(instances_table(supervisor, registry))
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
