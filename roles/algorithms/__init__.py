@@ -100,6 +100,7 @@ __all__ = [
     "build_kl_controller",
     "clipped_value_loss",
     "compute_advantages",
+    "get_advantage_estimator",
     "compute_discounted_returns",
     "compute_gae",
     "compute_grpo_advantages",

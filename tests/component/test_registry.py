@@ -89,7 +89,7 @@ async def test_a_busy_actor_keeps_heartbeating_while_its_compute_thread_blocks(r
     watcher = Watcher("watcher-0", settings=FAST)
     await run_here(watcher, registry=registry.endpoint)
     await watcher.watch_membership()
-    echo = await spawn("tests.component.actors:Echoer", "echo-0", registry=registry.endpoint, settings=FAST)
+    await spawn("tests.component.actors:Echoer", "echo-0", registry=registry.endpoint, settings=FAST)
     await watcher.wait_for("joined", "echo-0")
     await watcher.ask("echo-0", Block(3 * FAST.heartbeat_timeout_s), timeout=30)
     assert not [e for e in watcher.events if e.event == "left"], "the blocked actor was declared dead"

@@ -11,7 +11,7 @@ import zmq
 
 from protocols.envelope import Envelope, encode_envelope, new_id
 from protocols.membership import MembershipEvent
-from runtime.actor import Actor, ActorCrashed
+from runtime.actor import ActorCrashed
 from runtime.client import Client
 from runtime.errors import ActorDeadError
 from runtime.settings import RuntimeSettings
