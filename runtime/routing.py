@@ -17,7 +17,6 @@ routable as soon as it reports ``ready``, without a restart of anyone.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
