@@ -59,12 +59,23 @@ class ActorCrashed(ActorError):
     """A tell handler raised: the actor stopped. The handler's exception is the cause."""
 
 
-def handler(fn: Handler) -> Handler:
-    """Mark an async method as the handler of the message type its parameter is annotated with."""
-    if not asyncio.iscoroutinefunction(fn):
-        raise TypeError(f"handler {fn.__qualname__} must be an async def")
-    fn.__troupe_handler__ = True  # type: ignore[attr-defined]
-    return fn
+def handler(fn: Handler | None = None, *, urgent: bool = False) -> Any:
+    """Mark an async method as the handler of the message type its parameter is annotated with.
+
+    ``@handler(urgent=True)`` handles that message type as soon as it arrives, in its
+    own task, beside whatever handler is running: for short protocol steps that a
+    long-running handler waits on (the weight channel's ``WeightsReady``). Urgent
+    handlers must not touch state the other handlers assume is theirs alone.
+    """
+
+    def mark(fn: Handler) -> Handler:
+        if not asyncio.iscoroutinefunction(fn):
+            raise TypeError(f"handler {fn.__qualname__} must be an async def")
+        fn.__troupe_handler__ = True  # type: ignore[attr-defined]
+        fn.__troupe_urgent__ = urgent  # type: ignore[attr-defined]
+        return fn
+
+    return mark if fn is None else mark(fn)
 
 
 def _collect_handlers(cls: type) -> dict[str, Handler]:
@@ -105,10 +116,12 @@ class Actor:
     A topology's ``config:`` for the role is validated against it and passed to the
     constructor as ``config=``."""
     _handlers: ClassVar[dict[str, Handler]] = {}
+    _urgent: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._handlers = _collect_handlers(cls)
+        cls._urgent = frozenset(kind for kind, fn in cls._handlers.items() if fn.__troupe_urgent__)  # type: ignore[attr-defined]
 
     def __init__(
         self,
@@ -235,6 +248,7 @@ class Actor:
         try:
             keys = load_keys(self.settings)
             self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with, keys)
+            self._inbox.urgent = (self._urgent, self._handle_urgent)
             self.endpoint = self._inbox.endpoint
             if registry is not None:
                 self.membership = Membership(self, ActorRef("registry", registry))
@@ -335,6 +349,17 @@ class Actor:
                 self._busy -= 1
                 if self._busy == 0:
                     self._idle.set()
+
+    def _handle_urgent(self, delivery: Delivery) -> None:
+        self._busy += 1
+        self._idle.clear()
+        task = self.start_background(self._handle(delivery), f"urgent-{delivery.envelope.kind}")
+        task.add_done_callback(self._urgent_done)
+
+    def _urgent_done(self, _: asyncio.Task[Any]) -> None:
+        self._busy -= 1
+        if self._busy == 0:
+            self._idle.set()
 
     async def _handle(self, delivery: Delivery) -> None:
         inbox = self._inbox

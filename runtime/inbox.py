@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from collections.abc import Callable
-
 import zmq
 
+from protocols.codec import unpack_limited
 from protocols.control import Credit, Failure, Ping
 from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id
 from protocols.errors import ProtocolError
 from protocols.messages import from_payload, kind_of, to_payload
-from protocols.codec import unpack_limited
 from runtime import transport
 from runtime.flow import CreditOwed
 from runtime.msglog import MessageLog
@@ -70,6 +69,8 @@ class Inbox:
         self.mailbox: asyncio.Queue[Delivery] = asyncio.Queue(settings.mailbox_capacity)
         self.credit: dict[bytes, CreditOwed] = {}
         self.accepting = True
+        self.urgent: tuple[frozenset[str], Callable[[Delivery], None]] = (frozenset(), lambda _: None)
+        """Kinds handled at once beside the mailbox, and the function that starts handling one."""
 
     # --------------------------------------------------------------- arrival
     def _accept(self, frames: list[zmq.Frame]) -> None:
@@ -95,8 +96,14 @@ class Inbox:
         except ProtocolError as error:
             self._refuse(routing_id, envelope, "ProtocolError", str(error))
             return
+        delivery = Delivery(routing_id, envelope, message, time.monotonic())
+        kinds, start = self.urgent
+        if envelope.kind in kinds:
+            self.credit.setdefault(routing_id, CreditOwed()).held_messages += 1
+            start(delivery)
+            return
         try:
-            self.mailbox.put_nowait(Delivery(routing_id, envelope, message, time.monotonic()))
+            self.mailbox.put_nowait(delivery)
         except asyncio.QueueFull:
             self._refuse(
                 routing_id, envelope, "MailboxFull",

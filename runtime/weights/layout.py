@@ -1,0 +1,142 @@
+"""Per-dtype buckets: planned from tensor names, dtypes and shapes alone.
+
+The trainer plans the buckets before it gathers anything, so the announcement can go
+out while the gathers run. Tensors are visited in the order the trainer gathers them;
+each dtype has one open bucket, and a tensor that does not fit closes it. A bucket is
+complete when its last tensor is packed, so buckets are sent in the order of their
+last tensor: packing the next one overlaps sending this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from protocols.weights import BucketSpec, TensorSpec
+
+
+class LayoutError(ValueError):
+    """The tensors cannot be laid out, or a layout does not describe this model."""
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise LayoutError(f"{name!r} is not a torch dtype")
+    return dtype
+
+
+def plan_buckets(metas: Sequence[TensorMeta], bucket_bytes: int) -> list[BucketSpec]:
+    """Lay `metas` out in per-dtype buckets of at most `bucket_bytes` (a larger tensor
+    gets a bucket of its own), in the order the packer completes them."""
+    if bucket_bytes <= 0:
+        raise LayoutError(f"bucket size must be positive, got {bucket_bytes}")
+    seen: set[str] = set()
+    open_buckets: dict[torch.dtype, tuple[list[TensorSpec], list[int]]] = {}
+    closed: list[tuple[int, BucketSpec]] = []  # (position of the last tensor, bucket)
+
+    def close(dtype: torch.dtype) -> None:
+        tensors, last = open_buckets.pop(dtype)
+        numel = sum(_numel(spec.shape) for spec in tensors)
+        closed.append((last[0], BucketSpec(dtype_name(dtype), numel, tensors)))
+
+    for position, meta in enumerate(metas):
+        if meta.name in seen:
+            raise LayoutError(f"tensor {meta.name!r} appears twice (check the name mapping)")
+        seen.add(meta.name)
+        limit = max(1, bucket_bytes // meta.dtype.itemsize)
+        if meta.dtype in open_buckets:
+            tensors, _ = open_buckets[meta.dtype]
+            used = sum(_numel(spec.shape) for spec in tensors)
+            if used + meta.numel > limit:
+                close(meta.dtype)
+        tensors, last = open_buckets.setdefault(meta.dtype, ([], [position]))
+        offset = sum(_numel(spec.shape) for spec in tensors)
+        tensors.append(TensorSpec(meta.name, meta.shape, offset))
+        last[0] = position
+    for dtype in list(open_buckets):
+        close(dtype)
+    closed.sort(key=lambda item: item[0])
+    return [bucket for _, bucket in closed]
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def total_bytes(buckets: Iterable[BucketSpec]) -> int:
+    return sum(bucket.numel * parse_dtype(bucket.dtype).itemsize for bucket in buckets)
+
+
+@dataclass(frozen=True)
+class Slot:
+    bucket: int
+    offset: int
+    numel: int
+
+
+def slots(buckets: Sequence[BucketSpec]) -> dict[str, Slot]:
+    """Where each tensor goes: name -> bucket index, offset and size."""
+    return {
+        spec.name: Slot(index, spec.offset, _numel(spec.shape))
+        for index, bucket in enumerate(buckets)
+        for spec in bucket.tensors
+    }
+
+
+def allocate(bucket: BucketSpec, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.empty(bucket.numel, dtype=parse_dtype(bucket.dtype), device=device)
+
+
+def unpack(bucket: BucketSpec, flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of one received bucket, as views into it (no copy)."""
+    for spec in bucket.tensors:
+        yield spec.name, flat[spec.offset : spec.offset + _numel(spec.shape)].view(spec.shape)
+
+
+def check_layout(buckets: Sequence[BucketSpec], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise LayoutError naming every tensor of `buckets` that `expected` (the receiving
+    model's names and shapes) does not have, or has with another shape. Dtypes may
+    differ: loading casts (a float32 trainer can feed a bfloat16 generator)."""
+    problems = []
+    for bucket in buckets:
+        parse_dtype(bucket.dtype)
+        end = 0
+        for spec in bucket.tensors:
+            if spec.offset != end:
+                problems.append(f"{spec.name}: offset {spec.offset}, expected {end}")
+            end = spec.offset + _numel(spec.shape)
+            if spec.name not in expected:
+                problems.append(f"{spec.name}: not a tensor of this model")
+                continue
+            want = tuple(expected[spec.name])
+            if tuple(spec.shape) != want:
+                problems.append(f"{spec.name}: shape {tuple(spec.shape)}, the model has {want}")
+        if end != bucket.numel:
+            problems.append(f"a {bucket.dtype} bucket says {bucket.numel} elements, its tensors fill {end}")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise LayoutError(f"the announced weights do not fit this model: {shown}")

@@ -1,0 +1,312 @@
+"""The generator side of the weight channel.
+
+A generator receives each announced version into staging buckets on a thread of its
+own while it keeps generating with the weights it has; only the commit stops it: the
+load (copying the staged tensors into the model), clearing whatever it cached under
+the old weights, and switching its version all run as one call on its compute
+thread, between two generation calls. So a rollout is never produced with weights
+older than the version the generator reports, and the pause it sees is the load alone.
+
+A starting generator joins the publisher from its ``on_start`` and stays unroutable
+(state ``starting``) until it holds the current version. A generator the publisher
+dropped, or whose publisher restarted, joins again by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from protocols.membership import MembershipEvent
+from protocols.weights import (
+    BucketSpec,
+    WeightsAbort,
+    WeightsAnnounce,
+    WeightsCommit,
+    WeightsJoin,
+    WeightsJoined,
+    WeightsLoaded,
+    WeightsReady,
+)
+from runtime.actor import Actor, handler
+from runtime.errors import ActorDeadError, ActorError
+from runtime.weights import group as groups
+from runtime.weights.config import WeightChannelConfig
+from runtime.weights.layout import allocate, check_layout, unpack
+
+Named = Iterable[tuple[str, torch.Tensor]]
+
+
+def state_dict_loader(model: torch.nn.Module) -> tuple[Callable[[Named], None], dict[str, tuple[int, ...]]]:
+    """A loader that copies received tensors into `model`'s parameters and buffers by
+    name (casting to their dtype and device), and the names and shapes it expects."""
+    targets = model.state_dict(keep_vars=True)
+
+    def load(named: Named) -> None:
+        with torch.no_grad():
+            for name, tensor in named:
+                targets[name].copy_(tensor)
+
+    return load, {name: tuple(tensor.shape) for name, tensor in targets.items()}
+
+
+@dataclass
+class _Incoming:
+    version: int
+    group_id: int
+    buckets: list[BucketSpec]
+    buffers: list[torch.Tensor]
+    started: float
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    received_s: float | None = None
+    error: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class WeightReceiver:
+    """One generator's side of the channel.
+
+    Args:
+        actor: the generator actor.
+        load: copies ``(name, full tensor)`` pairs into the model; runs on the compute thread.
+        expected: the names and shapes `load` accepts; announcements that do not fit are
+            refused with a clear error (None: no check).
+        clear_caches: drops anything computed under the old weights (prefix/KV caches,
+            memoised outputs); runs on the compute thread right after `load`.
+        config: the channel settings (publisher name, deadlines).
+        device: where staging buffers live for the NCCL backend (gloo stages on the CPU).
+    """
+
+    def __init__(
+        self,
+        actor: Actor,
+        load: Callable[[Named], None],
+        expected: dict[str, tuple[int, ...]] | None = None,
+        clear_caches: Callable[[], None] | None = None,
+        config: WeightChannelConfig | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.actor = actor
+        self.load = load
+        self.expected = expected
+        self.clear_caches = clear_caches
+        self.config = config or WeightChannelConfig()
+        self.device = torch.device(device)
+        self.version: int | None = None
+        """The version loaded (None: the weights it started with)."""
+        self._incoming: _Incoming | None = None
+        self._group: groups.BroadcastGroup | None = None
+        self._stores: dict[tuple[str, int], Any] = {}
+        self._staging: tuple[list[BucketSpec], list[torch.Tensor], torch.device] | None = None
+        self._publisher_endpoint: str | None = None
+        self._current = 0
+        self._caught_up = asyncio.Event()
+        self._joining: asyncio.Task[Any] | None = None
+
+    # --------------------------------------------------------------------- joining
+    async def join(self) -> None:
+        """Join the publisher and wait until this generator holds the current version.
+        Call from ``on_start``: until it returns, the generator is not routable."""
+        deadline = time.monotonic() + self.config.join_timeout_s
+        while True:
+            try:
+                reply: WeightsJoined = await self.actor.ask(
+                    self.config.publisher, WeightsJoin(self.actor.name, self.actor.endpoint or ""),
+                    timeout=max(1.0, deadline - time.monotonic()),
+                )
+                break
+            except ActorDeadError as error:  # the publisher is not up (yet): wait for it
+                if time.monotonic() > deadline:
+                    raise ActorError(
+                        f"{self.actor.name}: publisher {self.config.publisher!r} did not catch it up within "
+                        f"{self.config.join_timeout_s:g} s: {error}"
+                    ) from error
+                await asyncio.sleep(0.5)
+        if self.actor.membership is not None:
+            await self.actor.membership.ensure_watching()
+            record = self.actor.membership.directory.records.get(self.config.publisher)
+            self._publisher_endpoint = record.endpoint if record is not None else None
+        self._current = reply.current
+        if reply.version is not None or self._current == 0 or (self.version or 0) >= self._current:
+            return
+        # Nothing retained to catch up from: wait for the next publication to reach us.
+        self._caught_up.clear()
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError as error:
+            raise ActorError(f"{self.actor.name} holds no version >= {self._current} after {self.config.join_timeout_s:g} s") from error
+
+    def rejoin(self, reason: str) -> None:
+        """Join again in the background, unroutable meanwhile (dropped, or a new publisher)."""
+        if self._joining is not None and not self._joining.done():
+            return
+        self.actor.log.lifecycle("weights.rejoining", reason=reason)
+        self._joining = self.actor.start_background(self._rejoin(), "weights-rejoin")
+
+    async def _rejoin(self) -> None:
+        membership = self.actor.membership
+        if membership is not None:
+            await membership.set_state("starting")
+        try:
+            await self.join()
+        except ActorError as error:
+            self.actor.log.lifecycle("weights.rejoin_failed", error=str(error))
+            return  # it keeps reporting the version it holds; the next drop or restart retries
+        if membership is not None:
+            await membership.set_state("ready")
+
+    def membership_changed(self, event: MembershipEvent) -> None:
+        """A new publisher process (trainer-0 restarted) knows no members: join it."""
+        record = event.record
+        if event.event == "joined" and record.name == self.config.publisher and self._publisher_endpoint not in (None, record.endpoint):
+            self._publisher_endpoint = record.endpoint
+            self.rejoin(f"{record.name} restarted")
+
+    # ------------------------------------------------------------------ the phases
+    async def announce(self, notice: WeightsAnnounce) -> None:
+        if self.expected is not None:
+            check_layout(notice.buckets, self.expected)
+        self._cancel_incoming()
+        buffers = self._staging_for(notice.buckets, self._staging_device(notice.group.backend))
+        incoming = _Incoming(notice.version, notice.group.group_id, notice.buckets, buffers, time.monotonic())
+        self._incoming = incoming
+        incoming.task = self.actor.start_background(self._receive(notice, incoming), f"weights-receive-{notice.version}")
+
+    async def _receive(self, notice: WeightsAnnounce, incoming: _Incoming) -> None:
+        """Join the group if it is new, then receive every bucket (never raises: the
+        outcome is recorded for the commit)."""
+        spec = notice.group
+        try:
+            if self._group is None or self._group.spec.group_id != spec.group_id:
+                self._drop_group()
+                store = await self._store(spec.store_host, spec.store_port)
+                local = groups.local_address_towards(spec.store_host)
+                self._group = await groups.in_thread(
+                    groups.BroadcastGroup.create, spec, store, local, self._staging_device(spec.backend), name="weights-join",
+                )
+                await self.actor.tell(self.config.publisher, WeightsReady(self.actor.name, notice.version, spec.group_id))
+            group = self._group
+            deadline = time.monotonic() + spec.timeout_s
+            await groups.in_thread(self._receive_all, group, incoming.buffers, deadline, name="weights-recv")
+            incoming.received_s = time.monotonic() - incoming.started
+        except asyncio.CancelledError:
+            incoming.error = "aborted"
+            raise
+        except Exception as error:  # noqa: BLE001 - reported to the publisher at commit
+            incoming.error = f"{type(error).__name__}: {error}"
+            self._drop_group()
+        finally:
+            incoming.done.set()
+
+    async def commit(self, request: WeightsCommit) -> WeightsLoaded:
+        incoming = self._incoming
+        if incoming is None or incoming.version != request.version:
+            have = "nothing" if incoming is None else f"version {incoming.version}"
+            raise ActorError(f"{self.actor.name} was asked to commit version {request.version} but is receiving {have}")
+        try:
+            await asyncio.wait_for(incoming.done.wait(), self.config.commit_timeout_s)
+        except asyncio.TimeoutError as error:
+            raise ActorError(f"version {request.version} was not fully received within {self.config.commit_timeout_s:g} s") from error
+        if incoming.error is not None:
+            self._incoming = None
+            raise ActorError(f"receiving version {request.version} failed: {incoming.error}")
+        load_s = await self.actor.compute.run(self._load, incoming)
+        self._incoming = None
+        membership = self.actor.membership
+        if membership is not None:
+            membership.weights_version = incoming.version
+            try:
+                await membership.heartbeat()  # the registry knows the new version now
+            except ActorError as error:
+                self.actor.log.lifecycle("registry.unreachable", error=str(error))
+        if self.version is not None and self.version >= self._current:
+            self._caught_up.set()
+        self.actor.log.lifecycle("weights.loaded", version=incoming.version, load_s=round(load_s, 4))
+        return WeightsLoaded(self.actor.name, incoming.version, incoming.received_s or 0.0, load_s)
+
+    def _load(self, incoming: _Incoming) -> float:
+        """Load, clear caches and switch versions in one compute-thread call."""
+        started = time.monotonic()
+        named: Iterator[tuple[str, torch.Tensor]] = (
+            pair for bucket, flat in zip(incoming.buckets, incoming.buffers) for pair in unpack(bucket, flat)
+        )
+        self.load(named)
+        if self.clear_caches is not None:
+            self.clear_caches()
+        self.version = incoming.version
+        return time.monotonic() - started
+
+    async def abort(self, notice: WeightsAbort) -> None:
+        incoming = self._incoming
+        if incoming is not None and incoming.version == notice.version:
+            self._cancel_incoming()
+        self._drop_group()
+        self.actor.log.lifecycle("weights.aborted", version=notice.version, reason=notice.reason, rejoin=notice.rejoin)
+        if notice.rejoin:
+            self.rejoin(f"dropped from the channel: {notice.reason}")
+
+    def receive_bucket(self, group: groups.BroadcastGroup, index: int, flat: torch.Tensor, deadline: float) -> None:
+        """Receive bucket `index` into `flat` (on the receiving thread); a subclass may
+        override it to watch progress."""
+        group.broadcast(flat, max(0.001, deadline - time.monotonic()))
+
+    def _receive_all(self, group: groups.BroadcastGroup, buffers: list[torch.Tensor], deadline: float) -> None:
+        for index, flat in enumerate(buffers):
+            if flat.numel():
+                self.receive_bucket(group, index, flat, deadline)
+
+    # ------------------------------------------------------------------- internals
+    def _cancel_incoming(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None and incoming.task is not None and not incoming.task.done():
+            incoming.task.cancel()
+
+    def _drop_group(self) -> None:
+        if self._group is not None:
+            self._group.abort()
+        self._group = None
+
+    def _staging_device(self, backend: str) -> torch.device:
+        return self.device if backend == "nccl" else torch.device("cpu")
+
+    def _staging_for(self, buckets: list[BucketSpec], device: torch.device) -> list[torch.Tensor]:
+        """Staging buffers, reused while the layout and device stay the same."""
+        if self._staging is None or self._staging[0] != buckets or self._staging[2] != device:
+            self._staging = None  # let the old ones go before allocating the new
+            self._staging = (buckets, [allocate(bucket, device) for bucket in buckets], device)
+        return self._staging[1]
+
+    async def _store(self, host: str, port: int) -> Any:
+        store = self._stores.get((host, port))
+        if store is None:
+            store = await groups.in_thread(groups.connect_store, host, port, self.config.ready_timeout_s, name="weights-store")
+            self._stores = {(host, port): store}  # a new publisher's store replaces the old one
+        return store
+
+
+class ReceivesWeights(Actor):
+    """Base of generator actors: answers the channel's phases urgently (beside a running
+    generation). Subclasses set ``self.weights = WeightReceiver(...)`` and call
+    ``await self.weights.join()`` at the end of their ``on_start``."""
+
+    weights: WeightReceiver
+
+    @handler(urgent=True)
+    async def _weights_announce(self, notice: WeightsAnnounce) -> None:
+        await self.weights.announce(notice)
+
+    @handler(urgent=True)
+    async def _weights_commit(self, request: WeightsCommit) -> WeightsLoaded:
+        return await self.weights.commit(request)
+
+    @handler(urgent=True)
+    async def _weights_abort(self, notice: WeightsAbort) -> None:
+        await self.weights.abort(notice)
+
+    async def on_membership(self, event: MembershipEvent) -> None:
+        self.weights.membership_changed(event)
