@@ -121,5 +121,7 @@ class PublishReport:  # trainer rank -> controller
     gather_s: float
     """Time this rank spent gathering full tensors and packing buckets."""
     total_s: float
+    pause_s: float = 0.0
+    """The longest any generator stopped serving to load this version."""
     retried: bool = False
     """The first transfer failed and the survivors were caught up from the retained copy."""

@@ -47,7 +47,7 @@ async def in_thread(fn: Callable[..., T], *args: Any, name: str = "weights") -> 
     def target() -> None:
         try:
             result = fn(*args)
-        except BaseException as error:  # handed to the awaiting task
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
             loop.call_soon_threadsafe(settle, None, error)
         else:
             loop.call_soon_threadsafe(settle, result, None)

@@ -271,7 +271,8 @@ class WeightPublisher:
             self.version = version
             report = PublishReport(
                 version, 0, sorted(outcome.committed), outcome.dropped, sorted(outcome.survivors), nbytes, len(buckets),
-                gather_s, time.monotonic() - started, retried,
+                gather_s, time.monotonic() - started, max((loaded.load_s for loaded in outcome.committed.values()), default=0.0),
+                retried,
             )
             self.actor.log.lifecycle(
                 "weights.published", version=version, committed=report.committed, dropped=report.dropped,

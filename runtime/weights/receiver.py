@@ -42,17 +42,46 @@ from runtime.weights.layout import allocate, check_layout, unpack
 Named = Iterable[tuple[str, torch.Tensor]]
 
 
-def state_dict_loader(model: torch.nn.Module) -> tuple[Callable[[Named], None], dict[str, tuple[int, ...]]]:
-    """A loader that copies received tensors into `model`'s parameters and buffers by
-    name (casting to their dtype and device), and the names and shapes it expects."""
-    targets = model.state_dict(keep_vars=True)
+class ModelLoader:
+    """Loads received tensors into a torch model by state-dict name.
 
-    def load(named: Named) -> None:
+    By default it copies into the model's parameters and buffers (casting to their
+    dtype and device). With ``adopt=True`` the parameters become views of the received
+    buckets instead: no copy, so the generator's pause is a pointer swap. The receiver
+    then keeps two sets of staging buckets and never receives into the set the model
+    is using. A tensor whose dtype or device differs from the model's is still copied.
+
+    Attributes:
+        expected: the names and shapes it accepts (for `WeightReceiver`'s check).
+    """
+
+    def __init__(self, model: torch.nn.Module, adopt: bool = False) -> None:
+        self.model = model
+        self.adopt = adopt
+        self.targets = model.state_dict(keep_vars=True)
+        self.expected = {name: tuple(tensor.shape) for name, tensor in self.targets.items()}
+
+    @property
+    def adopts_buffers(self) -> bool:
+        return self.adopt
+
+    def __call__(self, named: Named) -> None:
         with torch.no_grad():
             for name, tensor in named:
-                targets[name].copy_(tensor)
+                target = self.targets[name]
+                if self.adopt and tensor.dtype == target.dtype and tensor.device == target.device:
+                    self._rebind(name, target, tensor)
+                else:
+                    target.copy_(tensor)
 
-    return load, {name: tuple(tensor.shape) for name, tensor in targets.items()}
+    def _rebind(self, name: str, target: torch.Tensor, tensor: torch.Tensor) -> None:
+        if isinstance(target, torch.nn.Parameter):
+            target.data = tensor  # the Parameter object stays: tied weights stay tied
+            return
+        owner, _, leaf = name.rpartition(".")
+        module = self.model.get_submodule(owner)
+        module._buffers[leaf] = tensor
+        self.targets[name] = tensor
 
 
 @dataclass
@@ -62,6 +91,7 @@ class _Incoming:
     buckets: list[BucketSpec]
     buffers: list[torch.Tensor]
     started: float
+    staging: int
     done: asyncio.Event = field(default_factory=asyncio.Event)
     received_s: float | None = None
     error: str | None = None
@@ -102,7 +132,9 @@ class WeightReceiver:
         self._incoming: _Incoming | None = None
         self._group: groups.BroadcastGroup | None = None
         self._stores: dict[tuple[str, int], Any] = {}
-        self._staging: tuple[list[BucketSpec], list[torch.Tensor], torch.device] | None = None
+        self._staging: list[tuple[list[BucketSpec], list[torch.Tensor], torch.device] | None] = [None, None]
+        self._in_use: int | None = None
+        """The staging set the model's tensors are views of (adopting loaders only)."""
         self._publisher_endpoint: str | None = None
         self._current = 0
         self._caught_up = asyncio.Event()
@@ -172,8 +204,8 @@ class WeightReceiver:
         if self.expected is not None:
             check_layout(notice.buckets, self.expected)
         self._cancel_incoming()
-        buffers = self._staging_for(notice.buckets, self._staging_device(notice.group.backend))
-        incoming = _Incoming(notice.version, notice.group.group_id, notice.buckets, buffers, time.monotonic())
+        index, buffers = self._staging_for(notice.buckets, self._staging_device(notice.group.backend))
+        incoming = _Incoming(notice.version, notice.group.group_id, notice.buckets, buffers, time.monotonic(), index)
         self._incoming = incoming
         incoming.task = self.actor.start_background(self._receive(notice, incoming), f"weights-receive-{notice.version}")
 
@@ -236,6 +268,8 @@ class WeightReceiver:
             pair for bucket, flat in zip(incoming.buckets, incoming.buffers) for pair in unpack(bucket, flat)
         )
         self.load(named)
+        if getattr(self.load, "adopts_buffers", False):
+            self._in_use = incoming.staging
         if self.clear_caches is not None:
             self.clear_caches()
         self.version = incoming.version
@@ -274,12 +308,15 @@ class WeightReceiver:
     def _staging_device(self, backend: str) -> torch.device:
         return self.device if backend == "nccl" else torch.device("cpu")
 
-    def _staging_for(self, buckets: list[BucketSpec], device: torch.device) -> list[torch.Tensor]:
-        """Staging buffers, reused while the layout and device stay the same."""
-        if self._staging is None or self._staging[0] != buckets or self._staging[2] != device:
-            self._staging = None  # let the old ones go before allocating the new
-            self._staging = (buckets, [allocate(bucket, device) for bucket in buckets], device)
-        return self._staging[1]
+    def _staging_for(self, buckets: list[BucketSpec], device: torch.device) -> tuple[int, list[torch.Tensor]]:
+        """A set of staging buffers the model is not using, reused while the layout and
+        device stay the same."""
+        index = 1 if self._in_use == 0 else 0
+        staged = self._staging[index]
+        if staged is None or staged[0] != buckets or staged[2] != device:
+            self._staging[index] = None  # let the old ones go before allocating the new
+            staged = self._staging[index] = (buckets, [allocate(bucket, device) for bucket in buckets], device)
+        return index, staged[1]
 
     async def _store(self, host: str, port: int) -> Any:
         store = self._stores.get((host, port))

@@ -103,7 +103,7 @@ async def cluster(spawn: Any, run_here: Any) -> Cluster:
 async def test_fsdp_trainers_publish_bit_identical_weights_to_every_generator(cluster: Cluster, dtype: str) -> None:
     await cluster.start_trainers(2, dtype)
     await cluster.start_generator(0, dtype)
-    await cluster.start_generator(1, dtype)
+    await cluster.start_generator(1, dtype, adopt=True)  # one copies, one adopts the received buckets
     prompt = Generate([5, 7, 11], 4)
     before = await cluster.driver.ask("generator-0", prompt)
     assert before.version is None and not before.cached

@@ -17,7 +17,7 @@ from runtime.actor import handler
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.group import BroadcastGroup
 from runtime.weights.publisher import PublishesWeights, WeightPublisher, gather
-from runtime.weights.receiver import ReceivesWeights, WeightReceiver, state_dict_loader
+from runtime.weights.receiver import ModelLoader, ReceivesWeights, WeightReceiver
 
 
 def tiny_qwen2(dtype: str, seed: int, layers: int = 2, hidden: int = 32) -> torch.nn.Module:
@@ -136,6 +136,8 @@ class GeneratorConfig(BaseModel):
     layers: int = 2
     hidden: int = 32
     channel: WeightChannelConfig = WeightChannelConfig()
+    adopt: bool = False
+    """Load by making the model's tensors views of the received buckets (no copy)."""
     kill_after_buckets: int | None = None
     """SIGKILL this process after receiving this many buckets of a transfer."""
     stall_after_buckets: int | None = None
@@ -169,9 +171,9 @@ class TinyGenerator(ReceivesWeights):
         self.config = config
         self.model = tiny_qwen2(config.dtype, seed=config.seed, layers=config.layers, hidden=config.hidden)
         self.cache: dict[tuple[int, ...], list[int]] = {}
-        load, expected = state_dict_loader(self.model)
+        loader = ModelLoader(self.model, adopt=config.adopt)
         self.weights = FaultyReceiver(
-            self, load, expected, self.cache.clear, config.channel,
+            self, loader, loader.expected, self.cache.clear, config.channel,
             kill_after=config.kill_after_buckets, stall_after=config.stall_after_buckets,
         )
 
