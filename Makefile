@@ -25,6 +25,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/transport.py
+	$(PY) benchmarks/weight_sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
