@@ -244,7 +244,11 @@ class WeightPublisher:
                 gather_s = await self.actor.compute.run(pack, named, buckets, None, None, device)
                 self.version = version
                 return PublishReport(version, self.rank, [], {}, [], nbytes, len(buckets), gather_s, time.monotonic() - started)
-            members = await self._live_members()
+            try:
+                members = await self._live_members()
+            except ActorError as error:  # the registry is unreachable: still gather, the other ranks wait on us
+                self.actor.log.lifecycle("weights.members_unknown", error=str(error))
+                members = {}
             keep = self.config.keep_last
             buffers = self._reusable_buffers(buckets, device) if keep else None
             stream = BucketStream(None if keep else 2) if members else None

@@ -181,16 +181,29 @@ class WeightReceiver:
         self._joining = self.actor.start_background(self._rejoin(), "weights-rejoin")
 
     async def _rejoin(self) -> None:
+        """Unroutable until caught up; retried with backoff (it keeps serving, and reporting,
+        the version it holds meanwhile)."""
+        await self._report_state("starting")
+        delay = 1.0
+        while True:
+            try:
+                await self.join()
+                break
+            except ActorError as error:
+                self.actor.log.lifecycle("weights.rejoin_failed", error=str(error), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 60.0)
+        await self._report_state("ready")
+
+    async def _report_state(self, state: str) -> None:
         membership = self.actor.membership
-        if membership is not None:
-            await membership.set_state("starting")
+        if membership is None:
+            return
         try:
-            await self.join()
-        except ActorError as error:
-            self.actor.log.lifecycle("weights.rejoin_failed", error=str(error))
-            return  # it keeps reporting the version it holds; the next drop or restart retries
-        if membership is not None:
-            await membership.set_state("ready")
+            await membership.set_state(state)
+        except ActorError as error:  # the heartbeat loop reports it later
+            membership.state = state
+            self.actor.log.lifecycle("registry.unreachable", error=str(error))
 
     def membership_changed(self, event: MembershipEvent) -> None:
         """A new publisher process (trainer-0 restarted) knows no members: join it."""
@@ -214,14 +227,17 @@ class WeightReceiver:
         outcome is recorded for the commit)."""
         spec = notice.group
         try:
-            if self._group is None or self._group.spec.group_id != spec.group_id:
+            if self._group is None or self._group.spec != spec:  # a new group, or a restarted publisher's
                 self._drop_group()
                 store = await self._store(spec.store_host, spec.store_port)
                 local = groups.local_address_towards(spec.store_host)
                 self._group = await groups.in_thread(
                     groups.BroadcastGroup.create, spec, store, local, self._staging_device(spec.backend), name="weights-join",
                 )
-                await self.actor.tell(self.config.publisher, WeightsReady(self.actor.name, notice.version, spec.group_id))
+                try:  # informational: the group has formed either way
+                    await self.actor.tell(self.config.publisher, WeightsReady(self.actor.name, notice.version, spec.group_id))
+                except ActorError as error:
+                    self.actor.log.lifecycle("weights.ready_not_sent", error=str(error))
             group = self._group
             deadline = time.monotonic() + spec.timeout_s
             await groups.in_thread(self._receive_all, group, incoming.buffers, deadline, name="weights-recv")
@@ -248,7 +264,8 @@ class WeightReceiver:
             self._incoming = None
             raise ActorError(f"receiving version {request.version} failed: {incoming.error}")
         load_s = await self.actor.compute.run(self._load, incoming)
-        self._incoming = None
+        if self._incoming is incoming:  # a newer announcement may have arrived meanwhile: keep it
+            self._incoming = None
         membership = self.actor.membership
         if membership is not None:
             membership.weights_version = incoming.version
