@@ -9,6 +9,7 @@ last tensor: packing the next one overlaps sending this one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -29,10 +30,7 @@ class TensorMeta:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        return _numel(self.shape)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -81,10 +79,7 @@ def plan_buckets(metas: Sequence[TensorMeta], bucket_bytes: int) -> list[BucketS
 
 
 def _numel(shape: Sequence[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    return math.prod(shape)
 
 
 def total_bytes(buckets: Iterable[BucketSpec]) -> int:
