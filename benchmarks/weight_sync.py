@@ -118,7 +118,7 @@ class BenchTrainer(PublishesWeights):
 
     @handler
     async def raw_broadcast(self, request: RawBroadcast) -> RawDone:
-        return await groups.in_thread(self.raw.run, self.weights._group, request.nbytes, self.config.device)
+        return await groups.in_thread(self.raw.run, self.weights._main.group, request.nbytes, self.config.device)
 
 
 class BenchGenerator(ReceivesWeights):

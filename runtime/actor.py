@@ -149,6 +149,7 @@ class Actor:
         self._inbox: Inbox | None = None
         self._outbox: Outbox | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._urgent_tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._stop_requested = asyncio.Event()
         self._idle = asyncio.Event()
@@ -305,9 +306,10 @@ class Actor:
                 await asyncio.wait_for(self._idle.wait(), self.settings.stop_grace_s)
             except asyncio.TimeoutError:
                 pass  # handlers still running are cancelled below; their askers get ActorDead
-        for consumer in consumers:
-            consumer.cancel()
-        await asyncio.gather(*consumers, return_exceptions=True)
+        urgent = list(self._urgent_tasks)
+        for task in [*consumers, *urgent]:
+            task.cancel()
+        await asyncio.gather(*consumers, *urgent, return_exceptions=True)
         self._inbox.refuse_queued(reason)
         try:
             await self.on_stop()
@@ -353,10 +355,20 @@ class Actor:
     def _handle_urgent(self, delivery: Delivery) -> None:
         self._busy += 1
         self._idle.clear()
-        task = self.start_background(self._handle(delivery), f"urgent-{delivery.envelope.kind}")
-        task.add_done_callback(self._urgent_done)
+        started: list[bool] = []
 
-    def _urgent_done(self, _: asyncio.Task[Any]) -> None:
+        async def handle() -> None:
+            started.append(True)
+            await self._handle(delivery)
+
+        task = self.start_background(handle(), f"urgent-{delivery.envelope.kind}")
+        self._urgent_tasks.add(task)
+        task.add_done_callback(lambda task: self._urgent_done(task, delivery, bool(started)))
+
+    def _urgent_done(self, task: asyncio.Task[Any], delivery: Delivery, started: bool) -> None:
+        self._urgent_tasks.discard(task)
+        if not started and self._inbox is not None:  # cancelled at shutdown before it began: still answer
+            self._inbox.refuse_in_progress(delivery, f"{self.name} stopped")
         self._busy -= 1
         if self._busy == 0:
             self._idle.set()

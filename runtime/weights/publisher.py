@@ -188,6 +188,21 @@ class _Retained:
 
 
 @dataclass
+class _Slot:
+    """A broadcast group and the members it was formed for: publications use one, each
+    catch-up of a joining generator a private one (so a join never waits on, or makes
+    wait, a publication)."""
+
+    group: groups.BroadcastGroup | None = None
+    key: tuple[tuple[str, str], ...] = ()
+
+    def forget(self) -> None:
+        if self.group is not None:
+            self.group.abort()
+        self.group, self.key = None, ()
+
+
+@dataclass
 class _Outcome:
     committed: dict[str, WeightsLoaded] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
@@ -217,18 +232,27 @@ class WeightPublisher:
         self._lock = asyncio.Lock()
         self._store: dist.TCPStore | None = None
         self._store_host = ""
-        self._group: groups.BroadcastGroup | None = None
-        self._group_key: tuple[tuple[str, str], ...] = ()
+        self._main = _Slot()
         self._group_ids = itertools.count(1)
         self._ready: dict[int, set[str]] = {}
         self._retained: _Retained | None = None
         self._buffers: tuple[list[BucketSpec], list[torch.Tensor], torch.device] | None = None
+        self._catching_up: dict[int, int] = {}
+        """id(buffers) -> catch-ups reading them: a publication never overwrites those."""
+
+    ANNOUNCE_ROUNDS = 2
+    """Announce rounds per delivery: after the first failures the group is re-formed once;
+    members failing the second round are dropped and the rest catch up next time."""
 
     @property
     def deadline_s(self) -> float:
-        """The longest a `publish` can take beyond gathering: two rounds of every phase."""
+        """The longest a `publish` can take beyond gathering: a delivery and the retry of
+        its survivors, each at most two announce rounds (ask + abort) and every other
+        phase once, plus the abort after a failed transfer."""
         c = self.config
-        return 2 * (2 * c.announce_timeout_s + c.ready_timeout_s + c.transfer_timeout_s + c.commit_timeout_s)
+        delivery = self.ANNOUNCE_ROUNDS * 2 * c.announce_timeout_s + c.ready_timeout_s + c.transfer_timeout_s
+        delivery += max(c.commit_timeout_s, c.announce_timeout_s) + 1.0
+        return 2 * delivery
 
     # ------------------------------------------------------------------ publishing
     async def publish(self, model: torch.nn.Module) -> PublishReport:
@@ -258,7 +282,7 @@ class WeightPublisher:
             try:
                 if members:
                     assert stream is not None
-                    outcome = await self._deliver(version, buckets, members, stream.take, device)
+                    outcome = await self._deliver(self._main, version, buckets, members, stream.take, device)
             finally:
                 if stream is not None:
                     stream.close()
@@ -268,7 +292,7 @@ class WeightPublisher:
             retried = False
             if outcome.survivors and self._retained is not None:
                 retried = True
-                again = await self._deliver(version, buckets, outcome.survivors, self._retained.take, device)
+                again = await self._deliver(self._main, version, buckets, outcome.survivors, self._retained.take, device)
                 outcome.committed.update(again.committed)
                 outcome.dropped.update(again.dropped)
                 outcome.survivors = again.survivors
@@ -285,25 +309,45 @@ class WeightPublisher:
             return report
 
     async def join(self, request: WeightsJoin) -> WeightsJoined:
-        """A generator joins: catch it up to the retained version, then count it a member."""
+        """A generator joins: catch it up to the retained version, then count it a member.
+
+        The catch-up runs in a group of its own, outside the publication lock, so
+        training never waits on a joining generator. If a publication finished
+        meanwhile, the catch-up is repeated with its version; the member is added under
+        the lock, so no publication can slip between its catch-up and its membership.
+        """
         if self.rank != 0:
             raise WeightsError(f"{self.actor.name} is trainer rank {self.rank}; generators join rank 0")
+        ref = ActorRef(request.name, request.endpoint)
         async with self._lock:
-            ref = ActorRef(request.name, request.endpoint)
             self.members.pop(request.name, None)  # an older process under the same name is gone
-            retained = self._retained
-            if retained is None:
-                self.members[request.name] = ref
-                return WeightsJoined(version=None, current=self.version)
-            outcome = await self._deliver(
-                retained.version, retained.buckets, {request.name: ref}, retained.take, retained.device,
-            )
-            if request.name not in outcome.committed:
-                reason = outcome.dropped.get(request.name, "the transfer failed")
-                raise WeightsError(f"catching {request.name} up to version {retained.version} failed: {reason}")
-            self.members[request.name] = ref
-            self.actor.log.lifecycle("weights.caught_up", member=request.name, version=retained.version)
-            return WeightsJoined(version=retained.version, current=self.version)
+        caught_up: int | None = None
+        for _ in range(3):
+            async with self._lock:
+                retained = self._retained
+                if retained is None or retained.version == caught_up:
+                    self.members[request.name] = ref
+                    return WeightsJoined(version=caught_up, current=self.version)
+                self._catching_up[id(retained.buffers)] = self._catching_up.get(id(retained.buffers), 0) + 1
+            try:
+                await self._catch_up(ref, retained)
+            finally:
+                left = self._catching_up.pop(id(retained.buffers)) - 1
+                if left:
+                    self._catching_up[id(retained.buffers)] = left
+            caught_up = retained.version
+        raise WeightsError(f"{request.name} could not be caught up: a newer version was published during each of 3 catch-ups")
+
+    async def _catch_up(self, ref: ActorRef, retained: _Retained) -> None:
+        slot = _Slot()
+        try:
+            outcome = await self._deliver(slot, retained.version, retained.buckets, {ref.name: ref}, retained.take, retained.device)
+        finally:
+            slot.forget()
+        if ref.name not in outcome.committed:
+            reason = outcome.dropped.get(ref.name, "the transfer failed")
+            raise WeightsError(f"catching {ref.name} up to version {retained.version} failed: {reason}")
+        self.actor.log.lifecycle("weights.caught_up", member=ref.name, version=retained.version)
 
     def ready(self, notice: WeightsReady) -> None:
         """A member joined a new group (used to name the ones that did not, on failure)."""
@@ -311,27 +355,33 @@ class WeightPublisher:
 
     # ------------------------------------------------------------------- the phases
     async def _deliver(
-        self, version: int, buckets: list[BucketSpec], members: dict[str, ActorRef],
+        self, slot: _Slot, version: int, buckets: list[BucketSpec], members: dict[str, ActorRef],
         take: Callable[[int, float], torch.Tensor], device: torch.device,
     ) -> _Outcome:
         outcome = _Outcome()
         members = dict(members)
-        # announce, re-forming without whoever fails it
-        while True:
-            spec, new_group = await self._group_spec(members, device)
+        # announce, re-forming the group once without whoever fails it
+        for round_ in range(1, self.ANNOUNCE_ROUNDS + 1):
+            spec, new_group = await self._group_spec(slot, members, device)
             failures = await self._ask_all(
                 members, lambda i, spec=spec: WeightsAnnounce(version, dataclasses.replace(spec, rank=i), buckets),
                 self.config.announce_timeout_s,
             )
             if not failures:
                 break
-            self._forget_group()
+            slot.forget()
             self._drop(failures, version, outcome, "announce")
             for name in failures:
                 members.pop(name)
             if not members:
                 return outcome
-            await self._abort(members, version, f"re-forming the group without {', '.join(sorted(failures))}")
+            reason = f"re-forming the group without {', '.join(sorted(failures))}"
+            answered = await self._abort(members, version, reason)
+            if round_ == self.ANNOUNCE_ROUNDS:  # no more rounds: the others get the next version
+                self._drop({name: f"{reason}; then it did not answer an abort" for name in members if name not in answered},
+                           version, outcome, "announce")
+                outcome.survivors = {name: members[name] for name in answered}
+                return outcome
         # ready: a new group forms (every member and rank 0 join it)
         if new_group:
             try:
@@ -344,15 +394,15 @@ class WeightPublisher:
                 joined = self._ready.pop(spec.group_id, set())
                 late = {name: f"did not join the broadcast group within {self.config.ready_timeout_s:g} s ({_short(error)})"
                         for name in members if name not in joined}
-                return await self._fail_transfer(version, members, outcome, late or {name: _short(error) for name in members})
+                return await self._fail_transfer(slot, version, members, outcome, late or {name: _short(error) for name in members})
             self._ready.pop(spec.group_id, None)
-            self._group, self._group_key = formed, _key(members)
-        assert self._group is not None
+            slot.group, slot.key = formed, _key(members)
+        assert slot.group is not None
         # transfer
         deadline = time.monotonic() + self.config.transfer_timeout_s
         try:
             await asyncio.wait_for(
-                groups.in_thread(send_all, self._group, len(buckets), take, deadline, name="weights-send"),
+                groups.in_thread(send_all, slot.group, len(buckets), take, deadline, name="weights-send"),
                 self.config.transfer_timeout_s + 1.0,
             )
         except Exception as error:  # noqa: BLE001 - a member died or stalled; the survivors are found below
@@ -360,7 +410,7 @@ class WeightPublisher:
         else:
             failure = None
         if failure is not None:  # out of the except block: the traceback holding the group is gone
-            return await self._fail_transfer(version, members, outcome, {}, failure)
+            return await self._fail_transfer(slot, version, members, outcome, {}, failure)
         # commit
         replies: dict[str, Any] = {}
         failures = await self._ask_all(members, lambda i: WeightsCommit(version), self.config.commit_timeout_s, replies)
@@ -370,15 +420,15 @@ class WeightPublisher:
             elif name not in failures:
                 failures[name] = f"acknowledged {reply!r} instead of version {version}"
         if failures:
-            self._forget_group()
+            slot.forget()
             self._drop(failures, version, outcome, "commit")
         return outcome
 
     async def _fail_transfer(
-        self, version: int, members: dict[str, ActorRef], outcome: _Outcome, known: dict[str, str], reason: str = "",
+        self, slot: _Slot, version: int, members: dict[str, ActorRef], outcome: _Outcome, known: dict[str, str], reason: str = "",
     ) -> _Outcome:
         """The group is broken: drop it, abort everyone, and keep those who answer."""
-        self._forget_group()
+        slot.forget()
         reason = reason or "; ".join(f"{name} {why}" for name, why in sorted(known.items()))
         alive = {name: ref for name, ref in members.items() if name not in known}
         answered = await self._abort(alive, version, reason)
@@ -428,11 +478,11 @@ class WeightPublisher:
             pass  # dead, or still stalled: it joins again when it restarts
 
     # -------------------------------------------------------------- groups and members
-    async def _group_spec(self, members: dict[str, ActorRef], device: torch.device) -> tuple[GroupSpec, bool]:
-        """The group for `members`: the current one if they are its members, else a new one."""
-        if self._group is not None and self._group_key == _key(members):
-            return self._group.spec, False
-        self._forget_group()
+    async def _group_spec(self, slot: _Slot, members: dict[str, ActorRef], device: torch.device) -> tuple[GroupSpec, bool]:
+        """The group for `members`: the slot's current one if they are its members, else a new one."""
+        if slot.group is not None and slot.key == _key(members):
+            return slot.group.spec, False
+        slot.forget()
         store = await self._ensure_store()
         backend = groups.resolve_backend(self.config.backend, device)
         spec = GroupSpec(
@@ -440,10 +490,11 @@ class WeightPublisher:
         )
         return spec, True
 
-    def _forget_group(self) -> None:
-        if self._group is not None:
-            self._group.abort()
-        self._group, self._group_key = None, ()
+    def close(self) -> None:
+        """Let the group and the store go (the trainer is stopping)."""
+        self._main.forget()
+        self._store = None
+        self._retained = self._buffers = None
 
     async def _ensure_store(self) -> dist.TCPStore:
         if self._store is None:
@@ -464,8 +515,10 @@ class WeightPublisher:
         return dict(self.members)
 
     def _reusable_buffers(self, buckets: list[BucketSpec], device: torch.device) -> list[torch.Tensor]:
-        """The retained buffers, reused while the layout stays the same (no allocation per publication)."""
-        if self._buffers is None or self._buffers[0] != buckets or self._buffers[2] != device:
+        """The retained buffers, reused while the layout stays the same (no allocation per
+        publication) and no catch-up is reading them."""
+        stale = self._buffers is None or self._buffers[0] != buckets or self._buffers[2] != device
+        if stale or id(self._buffers[1]) in self._catching_up:  # type: ignore[index]
             self._buffers = (buckets, [allocate(bucket, device) for bucket in buckets], device)
         return self._buffers[1]
 
@@ -521,3 +574,9 @@ class PublishesWeights(Actor):
     @handler(urgent=True)
     async def _weights_ready(self, notice: WeightsReady) -> None:
         self.weights.ready(notice)
+
+    async def on_stop(self) -> None:
+        weights = getattr(self, "weights", None)
+        if weights is not None:
+            weights.close()
+        await super().on_stop()

@@ -15,6 +15,7 @@ dropped, or whose publisher restarted, joins again by itself.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,9 @@ class WeightReceiver:
         self._staging: list[tuple[list[BucketSpec], list[torch.Tensor], torch.device] | None] = [None, None]
         self._in_use: int | None = None
         """The staging set the model's tensors are views of (adopting loaders only)."""
+        self._writing: list[threading.Event | None] = [None, None]
+        """Per staging set: cleared while a receiving thread may still write into it (one
+        whose receive was cancelled runs on until its group fails or times out)."""
         self._publisher_endpoint: str | None = None
         self._current = 0
         self._caught_up = asyncio.Event()
@@ -240,7 +244,8 @@ class WeightReceiver:
                     self.actor.log.lifecycle("weights.ready_not_sent", error=str(error))
             group = self._group
             deadline = time.monotonic() + spec.timeout_s
-            await groups.in_thread(self._receive_all, group, incoming.buffers, deadline, name="weights-recv")
+            writing = self._writing[incoming.staging] = threading.Event()
+            await groups.in_thread(self._receive_all, group, incoming.buffers, deadline, writing, name="weights-recv")
             incoming.received_s = time.monotonic() - incoming.started
         except asyncio.CancelledError:
             incoming.error = "aborted"
@@ -306,10 +311,13 @@ class WeightReceiver:
         override it to watch progress."""
         group.broadcast(flat, max(0.001, deadline - time.monotonic()))
 
-    def _receive_all(self, group: groups.BroadcastGroup, buffers: list[torch.Tensor], deadline: float) -> None:
-        for index, flat in enumerate(buffers):
-            if flat.numel():
-                self.receive_bucket(group, index, flat, deadline)
+    def _receive_all(self, group: groups.BroadcastGroup, buffers: list[torch.Tensor], deadline: float, done: threading.Event) -> None:
+        try:
+            for index, flat in enumerate(buffers):
+                if flat.numel():
+                    self.receive_bucket(group, index, flat, deadline)
+        finally:
+            done.set()
 
     # ------------------------------------------------------------------- internals
     def _cancel_incoming(self) -> None:
@@ -330,10 +338,17 @@ class WeightReceiver:
         device stay the same."""
         index = 1 if self._in_use == 0 else 0
         staged = self._staging[index]
-        if staged is None or staged[0] != buckets or staged[2] != device:
+        writing = self._writing[index]
+        if staged is None or staged[0] != buckets or staged[2] != device or (writing is not None and not writing.is_set()):
             self._staging[index] = None  # let the old ones go before allocating the new
             staged = self._staging[index] = (buckets, [allocate(bucket, device) for bucket in buckets], device)
         return index, staged[1]
+
+    def close(self) -> None:
+        """Let the group and the store go (the generator is stopping)."""
+        self._cancel_incoming()
+        self._drop_group()
+        self._stores = {}
 
     async def _store(self, host: str, port: int) -> Any:
         store = self._stores.get((host, port))
@@ -364,3 +379,9 @@ class ReceivesWeights(Actor):
 
     async def on_membership(self, event: MembershipEvent) -> None:
         self.weights.membership_changed(event)
+
+    async def on_stop(self) -> None:
+        weights = getattr(self, "weights", None)
+        if weights is not None:
+            weights.close()
+        await super().on_stop()

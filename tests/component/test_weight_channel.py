@@ -179,6 +179,45 @@ async def test_a_stalled_generator_cannot_hang_the_trainer(cluster: Cluster) -> 
         await stalled.wait(timeout=10)
 
 
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
+
+
+async def test_a_generator_stalled_in_its_catch_up_does_not_hold_up_publications(cluster: Cluster) -> None:
+    channel = {**CHANNEL, "transfer_timeout_s": 40}  # the stalled catch-up stays stuck this long
+    await cluster.start_trainers(2, channel=channel)  # rank 1 waits in the gathers: it must not wait on the join
+    await cluster.start_generator(0, channel=channel)
+    await cluster.publish()
+    joining = asyncio.ensure_future(
+        cluster.start_generator(1, channel=channel, stall_after_buckets=1, faults_on_catch_up=True)
+    )
+    pid = None
+    try:
+        for _ in range(200):
+            records = [event.record for event in cluster.driver.events if event.record.name == "generator-1"]
+            pid = records[-1].pid if records else None
+            if pid is not None and _stopped(pid):
+                break
+            await asyncio.sleep(0.1)
+        assert pid is not None and _stopped(pid), "generator-1 never stalled in its catch-up"
+        await cluster.train_step(seed=2)
+        started = time.monotonic()
+        report = await cluster.publish()
+        assert time.monotonic() - started < channel["transfer_timeout_s"] / 2  # nowhere near the stuck catch-up's end
+        assert report.version == 2 and report.committed == ["generator-0"] and not report.dropped
+        assert _stopped(pid)  # its catch-up is still stuck: the publication did not wait for it
+        await cluster.assert_generator_holds(0, await cluster.trainer_state(), version=2)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        joining.cancel()
+        await asyncio.gather(joining, return_exceptions=True)
+
+
 async def test_a_generator_attached_mid_run_is_caught_up_before_it_is_routable(cluster: Cluster) -> None:
     await cluster.start_trainers(2)
     await cluster.start_generator(0)

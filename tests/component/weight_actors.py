@@ -142,19 +142,23 @@ class GeneratorConfig(BaseModel):
     """SIGKILL this process after receiving this many buckets of a transfer."""
     stall_after_buckets: int | None = None
     """SIGSTOP this process after receiving this many buckets of a transfer."""
+    faults_on_catch_up: bool = False
+    """Strike in the first transfer (the catch-up at start) instead of the later ones."""
 
 
 class FaultyReceiver(WeightReceiver):
-    def __init__(self, *args: Any, kill_after: int | None, stall_after: int | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, kill_after: int | None, stall_after: int | None, on_catch_up: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.kill_after = kill_after
         self.stall_after = stall_after
+        self.on_catch_up = on_catch_up
 
     def receive_bucket(self, group: BroadcastGroup, index: int, flat: torch.Tensor, deadline: float) -> None:
         super().receive_bucket(group, index, flat, deadline)
-        if self.kill_after is not None and index + 1 >= self.kill_after and self.version is not None:
+        strikes = (self.version is None) if self.on_catch_up else (self.version is not None)
+        if self.kill_after is not None and index + 1 >= self.kill_after and strikes:
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.stall_after is not None and index + 1 >= self.stall_after and self.version is not None:
+        if self.stall_after is not None and index + 1 >= self.stall_after and strikes:
             os.kill(os.getpid(), signal.SIGSTOP)
 
 
@@ -174,7 +178,7 @@ class TinyGenerator(ReceivesWeights):
         loader = ModelLoader(self.model, adopt=config.adopt)
         self.weights = FaultyReceiver(
             self, loader, loader.expected, self.cache.clear, config.channel,
-            kill_after=config.kill_after_buckets, stall_after=config.stall_after_buckets,
+            kill_after=config.kill_after_buckets, stall_after=config.stall_after_buckets, on_catch_up=config.faults_on_catch_up,
         )
 
     async def on_start(self) -> None:
