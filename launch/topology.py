@@ -24,8 +24,14 @@ BUILTIN_ROLES: dict[str, str] = {
     "pipeline-producer": "roles.pipeline:Producer",
     "pipeline-stage": "roles.pipeline:Stage",
     "pipeline-sink": "roles.pipeline:Sink",
+    "controller": "roles.controller:Controller",
+    "generator": "roles.generator:Generator",
+    "trainer": "roles.trainer:Trainer",
+    "critic": "roles.critic:Critic",
+    "reference": "roles.reference:Reference",
+    "reward": "roles.reward:Reward",
 }
-"""Role entry points by built-in name (the RL roles join this table as they land)."""
+"""Role entry points by built-in name."""
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda:\d+)$")

@@ -1,0 +1,121 @@
+"""Messages of the RL dataflow: one type per interaction between the controller and
+the generator, reference, critic, reward and trainer roles.
+
+Rollout batches travel as `Batch`es. Their columns, by the role that adds them:
+
+* controller: ``prompt`` (text), ``ground_truth``, ``data_source``, ``uid`` (the
+  prompt's id: its samples form one group), ``prompt_index`` (row of the dataset)
+* generator: tensors ``prompt_ids`` / ``prompt_mask`` [N, P] (left-padded),
+  ``response_ids`` / ``response_mask`` [N, R] (right-padded), ``behavior_logprobs``
+  [N, R] (log-probs under the sampling weights), ``version`` [N] (the weights
+  version that sampled each row, -1 for the initial weights); column ``response``
+* controller, before training: ``advantages``, ``returns`` [N, R], and as
+  available ``old_logprobs``, ``ref_logprobs``, ``values`` [N, R]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from protocols.batch import Batch
+from protocols.messages import message
+
+
+@message("rl.generate")
+class Generate:  # controller / evaluator -> generator
+    batch: Batch
+    """Prompts: tensor-free columns ``prompt_ids`` (token id lists) and any others,
+    which are copied onto every sample of their prompt."""
+    sampling: dict[str, Any]
+    """`roles.generation.SamplingParams` fields (n, temperature, top_p, ...)."""
+
+
+@message("rl.rollouts")
+class Rollouts:  # generator -> controller
+    batch: Batch
+    version: int
+    """The weights version that produced every row (-1: the initial weights)."""
+    generator: str
+    generate_s: float
+
+
+@message("rl.logprobs")
+class ComputeLogProbs:  # controller -> reference / trainer ranks
+    batch: Batch
+    temperature: float
+    """The sampling temperature: log-probs are of softmax(logits / temperature)."""
+
+
+@message("rl.logprobs.result")
+class LogProbs:  # reference / trainer -> controller
+    logprobs: torch.Tensor
+    """[N, R] float32 (trainer ranks other than 0 answer an empty tensor)."""
+
+
+@message("rl.values")
+class ComputeValues:  # controller -> critic
+    batch: Batch
+
+
+@message("rl.values.result")
+class Values:  # critic -> controller
+    values: torch.Tensor
+    """[N, R] float32."""
+
+
+@message("rl.score")
+class Score:  # controller / evaluator -> reward
+    prompts: list[str]
+    responses: list[str]
+    ground_truths: list[Any]
+    data_sources: list[str]
+
+
+@message("rl.score.result")
+class Scores:  # reward -> controller
+    scores: list[float]
+    extracted: list[str | None]
+
+
+@message("rl.train")
+class Train:  # controller -> every trainer rank / the critic
+    batch: Batch
+    step: int
+    temperature: float
+    kl_coef: float
+    """The KL loss coefficient for this update."""
+    kl_estimator: str | None = None
+    """Add a KL-to-reference loss with this estimator (the batch then has
+    ``ref_logprobs``); None: no KL loss."""
+
+
+@message("rl.train.result")
+class TrainStats:  # trainer rank 0 / critic -> controller
+    stats: dict[str, float]
+    """``train/<name>`` values averaged over the update."""
+
+
+@message("rl.checkpoint.save")
+class SaveCheckpoint:  # controller -> every trainer rank / the critic
+    path: str
+    """The step's checkpoint folder (``checkpoints/step_N``)."""
+
+
+@message("rl.checkpoint.load")
+class LoadCheckpoint:  # controller -> every trainer rank / the critic
+    path: str
+
+
+@message("rl.checkpoint.done")
+class CheckpointDone:  # trainer / critic -> controller
+    path: str
+    version: int
+    """The trainer's last published weights version (the critic: 0)."""
+
+
+@message("rl.export")
+class ExportModel:  # launcher -> trainer ranks
+    path: str
+    """Folder for a Hugging Face ``save_pretrained`` of the current policy."""

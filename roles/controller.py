@@ -1,0 +1,482 @@
+"""The controller role: drives the RL dataflow, one step at a time.
+
+A synchronous step reads as the algorithm does (`Controller.sync_step`):
+
+    prompts  = next batch of the shuffled dataset
+    rollouts = generators sample n responses per prompt
+    in parallel: reference log-probs, critic values, reward scores, the policy's own
+                 log-probs ("old", unless the generator's are used)
+    advantages (roles.algorithms), with the KL in the reward or as a loss
+    train the critic and the trainer ranks
+    publish the new weights to the generators
+    metrics -> metrics.jsonl and TensorBoard
+
+In asynchronous mode (`Controller.async_steps`) generation runs ahead: while the
+trainer trains on one batch, generators already sample the next with the weights
+they hold. Every row carries the version that produced it; rows more than
+`max_staleness` versions behind are dropped, and the rest are corrected with a
+truncated importance ratio between the policy's log-probs and the sampler's.
+
+Every role is reached by messages (protocols.rl); the controller keeps only the
+dataset position, the KL controller and the step counter, all checkpointed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocols.batch import Batch
+from protocols.envelope import new_id
+from protocols.rl import (
+    CheckpointDone,
+    ComputeLogProbs,
+    ComputeValues,
+    Generate,
+    LoadCheckpoint,
+    LogProbs,
+    Rollouts,
+    SaveCheckpoint,
+    Score,
+    Scores,
+    Train,
+    TrainStats,
+    Values,
+)
+from protocols.weights import PublishReport, PublishWeights
+from roles.algorithms import (
+    AdvantageConfig,
+    AdvantageInputs,
+    GRPOConfig,
+    KLConfig,
+    apply_kl_penalty,
+    build_kl_controller,
+    compute_advantages,
+    compute_kl,
+    place_scores_on_last_token,
+)
+from roles.algorithms.aggregation import aggregate_loss
+from roles.data import DataConfig, PromptDataset, PromptSampler
+from roles.generation import SamplingParams
+from roles.metrics import MetricsLog
+from roles.rollout import concat_rollouts, response_lengths
+from runtime.actor import Actor
+from runtime.errors import ActorError
+from runtime.tracing import current_trace_id
+
+INITIAL_VERSION = -1
+
+
+class EvalConfig(BaseModel):
+    """Held-out evaluation through the live generators and reward roles."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    data: DataConfig | None = None
+    """Held-out prompts; None: no evaluation."""
+    every_steps: int = Field(0, ge=0)
+    """Evaluate every N steps (0: only before the first and after the last step)."""
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=1, temperature=1.0))
+    """How held-out responses are sampled."""
+    correct_at: float = 1.0
+    """A response counts as correct when its score is at least this."""
+
+
+class ControllerConfig(BaseModel):
+    """The algorithm, the data and the schedule of a run."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    tokenizer: str
+    """A local Hugging Face tokenizer (usually the policy's model directory)."""
+    data: DataConfig
+    """Training prompts."""
+    steps: int = Field(ge=1)
+    """Training steps in the run."""
+    prompts_per_step: int = Field(8, ge=1)
+    """Prompts per step; each gets `sampling.n` responses."""
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=8))
+    """How rollouts are sampled (n responses per prompt)."""
+    advantage: AdvantageConfig = Field(default_factory=GRPOConfig)
+    """The estimator: gae (PPO, needs a critic), grpo, drgrpo, rloo, reinforce_plus_plus, ..."""
+    kl: KLConfig = Field(default_factory=KLConfig)
+    """KL to the reference: in the reward, as a loss, or none; fixed or adaptive coefficient."""
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: on-policy steps; ``async``: generation runs one batch ahead of training."""
+    max_staleness: int = Field(1, ge=0)
+    """Async: rows sampled more than this many versions behind the policy are dropped."""
+    importance_cap: float = Field(2.0, gt=0)
+    """Async: the importance ratio policy/sampler is truncated at this."""
+    recompute_logprobs: bool = True
+    """Recompute the "old" log-probs with the trainer (False: use the generator's)."""
+    trainer_ranks: int = Field(1, ge=1)
+    """Trainer processes (the trainer role's count)."""
+    use_critic: bool | None = None
+    """Ask a critic for values (default: when the estimator is gae)."""
+    use_reference: bool = True
+    """Ask the reference role for log-probs (the KL is logged even at coefficient 0)."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Save a checkpoint every N steps (0: only after the last step)."""
+    resume: bool = True
+    """Continue from the newest checkpoint in the run directory, if there is one."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tensorboard: bool = True
+    startup_timeout_s: float = Field(600.0, gt=0)
+    """How long to wait for every role to be ready."""
+    call_timeout_s: float = Field(1800.0, gt=0)
+    """Deadline of one generate, score, forward or train call."""
+
+
+class Controller(Actor):
+    role = "controller"
+    Config: ClassVar[type[BaseModel]] = ControllerConfig
+
+    def __init__(self, name: str, config: ControllerConfig, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.config = config
+        self.step = 0
+        self.kl_controller = build_kl_controller(config.kl.kl_controller)
+        self.use_critic = config.use_critic if config.use_critic is not None else config.advantage.type == "gae"
+        self.use_reference = config.use_reference or config.kl.usage != "none"
+        self.version = INITIAL_VERSION
+        self.sampler_state: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ the run
+    async def on_start(self) -> None:
+        self.start_background(self._run(), "run")
+
+    async def _run(self) -> None:
+        config = self.config
+        run_dir = self.run_dir or Path.cwd()
+        from transformers import AutoTokenizer
+
+        self.tokenizer = await self.compute.run(lambda: AutoTokenizer.from_pretrained(config.tokenizer, local_files_only=True))
+        self.dataset = await self.compute.run(PromptDataset.load, config.data, self.tokenizer)
+        self.sampler = PromptSampler(len(self.dataset), config.prompts_per_step, config.data.shuffle, config.data.seed)
+        self.heldout = await self.compute.run(PromptDataset.load, config.eval.data, self.tokenizer) if config.eval.data else None
+        self.metrics = MetricsLog(run_dir, config.tensorboard)
+        await self._wait_for_roles()
+        if config.resume:
+            await self._resume(run_dir)
+        if self.step == 0:
+            await self.evaluate()
+        steps = self.sync_steps() if config.mode == "sync" else self.async_steps()
+        async for record in steps:
+            self.log.lifecycle("controller.step", **{k: v for k, v in record.items() if k in ("step", "train/reward", "train/kl_div", "train/loss")})
+            if self.step == config.steps or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
+                await self.save_checkpoint(run_dir)
+            if config.eval.every_steps and self.step % config.eval.every_steps == 0 and self.step < config.steps:
+                await self.evaluate()
+        await self.evaluate()
+        self.metrics.close()
+        self.log.lifecycle("controller.finished", steps=self.step)
+        self.stop()
+
+    # ------------------------------------------------------------------ sync
+    async def sync_steps(self) -> AsyncIterator[dict[str, Any]]:
+        while self.step < self.config.steps:
+            yield await self.sync_step()
+
+    async def sync_step(self) -> dict[str, Any]:
+        current_trace_id.set(new_id())  # one trace follows this batch through every role
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        async with timed(timings, "generate"):
+            batch = await self.generate(self.next_prompts(), self.config.sampling)
+        batch, numbers = await self.prepare(batch, timings)
+        return await self.train_and_publish(batch, numbers, timings, started)
+
+    # ------------------------------------------------------------------ async
+    async def async_steps(self) -> AsyncIterator[dict[str, Any]]:
+        """Generation runs one batch ahead of training."""
+        ahead: asyncio.Future[tuple[Batch, float, dict[str, int], str]] | None = None
+        while self.step < self.config.steps:
+            started = time.monotonic()
+            if ahead is None:
+                ahead = asyncio.ensure_future(self._generate_ahead())
+            batch, generate_s, sampler_state, trace = await ahead
+            current_trace_id.set(trace)  # the batch's trace, begun when its generation began
+            waited = time.monotonic() - started
+            ahead = asyncio.ensure_future(self._generate_ahead()) if self.step + 1 < self.config.steps else None
+            timings = {"generate": generate_s, "generate_wait": waited}
+            batch, dropped = self.drop_stale(batch)
+            if batch.size == 0:
+                self.log.lifecycle("controller.all_stale", step=self.step + 1, dropped=dropped)
+                continue
+            batch, numbers = await self.prepare(batch, timings)
+            numbers["train/staleness"] = float(self.staleness(batch).float().mean())
+            numbers["train/stale_dropped"] = float(dropped)
+            self.sampler_state = sampler_state
+            yield await self.train_and_publish(batch, numbers, timings, started)
+        if ahead is not None:
+            ahead.cancel()
+
+    async def _generate_ahead(self) -> tuple[Batch, float, dict[str, int], str]:
+        trace = new_id()
+        current_trace_id.set(trace)  # this task's own context
+        prompts = self.next_prompts()
+        state = self.sampler.state_dict()
+        started = time.monotonic()
+        batch = await self.generate(prompts, self.config.sampling)
+        return batch, time.monotonic() - started, state, trace
+
+    def staleness(self, batch: Batch) -> torch.Tensor:
+        """[N] versions each row is behind the policy (the initial weights count as 0)."""
+        return max(self.version, 0) - batch.tensors["version"].clamp(min=0)
+
+    def drop_stale(self, batch: Batch) -> tuple[Batch, int]:
+        keep = self.staleness(batch) <= self.config.max_staleness
+        # whole groups only: a group-based estimator needs every sample of a prompt
+        uids = batch.columns["uid"]
+        stale_groups = {uid for uid, kept in zip(uids, keep.tolist()) if not kept}
+        rows = [i for i, uid in enumerate(uids) if uid not in stale_groups]
+        return batch.select(rows), batch.size - len(rows)
+
+    # ------------------------------------------------------------------ the phases
+    def next_prompts(self) -> Batch:
+        indices = self.sampler.next_batch()
+        rows = [self.dataset[i] for i in indices]
+        self.prompt_counter = getattr(self, "prompt_counter", 0) + 1
+        return Batch(columns={
+            "prompt_ids": [row.prompt_ids for row in rows],
+            "prompt": [row.prompt for row in rows],
+            "ground_truth": [row.ground_truth for row in rows],
+            "data_source": [row.data_source for row in rows],
+            "prompt_index": [row.index for row in rows],
+            "uid": [f"{self.prompt_counter}-{i}" for i in range(len(rows))],
+        })
+
+    async def generate(self, prompts: Batch, sampling: SamplingParams) -> Batch:
+        """Sample on every ready generator at once (a dying one's share goes to another)."""
+        generators = max(1, len(await self.lookup(role="generator")))
+        pieces = [piece for piece in prompts.split(generators) if piece.size]
+        replies: list[Rollouts] = await asyncio.gather(*(
+            self.ask_role("generator", Generate(piece, sampling.model_dump()), self.config.call_timeout_s) for piece in pieces
+        ))
+        return concat_rollouts([reply.batch for reply in replies], self.tokenizer.pad_token_id)
+
+    async def prepare(self, batch: Batch, timings: dict[str, float]) -> tuple[Batch, dict[str, float]]:
+        """Reference, critic, reward and old log-probs in parallel, then advantages."""
+        config = self.config
+        temperature = config.sampling.temperature
+        calls: dict[str, Awaitable[Any]] = {"reward": self.score(batch)}
+        if self.use_reference:
+            calls["reference"] = self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
+        if self.use_critic:
+            calls["values"] = self.ask_role("critic", ComputeValues(batch), config.call_timeout_s)
+        if config.recompute_logprobs or config.mode == "async":
+            calls["old_logprobs"] = self.ask_trainers(ComputeLogProbs(batch, temperature))
+        results = await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))
+        result = dict(zip(calls, results))
+        scores: Scores = result["reward"]
+        mask = batch.tensors["response_mask"]
+        columns: dict[str, Any] = {"score": torch.tensor(scores.scores, dtype=torch.float32), "extracted": scores.extracted}
+        if "reference" in result:
+            columns["ref_logprobs"] = result["reference"].logprobs
+        if "values" in result:
+            columns["values"] = result["values"].values
+        if "old_logprobs" in result:
+            columns["old_logprobs"] = result["old_logprobs"][0].logprobs
+        batch = batch.with_columns(**columns)
+        async with timed(timings, "advantages"):
+            batch, numbers = self.advantages(batch)
+        lengths = response_lengths(batch)
+        numbers.update({
+            "train/reward": float(batch.tensors["score"].mean()),
+            "train/reward_std": float(batch.tensors["score"].std()) if batch.size > 1 else 0.0,
+            "train/response_length": float(lengths.mean()),
+            "train/response_length_max": float(lengths.max()),
+            "train/kl_coef": self.kl_controller.kl_coef,
+            "perf/tokens_generated": float(mask.sum()),
+        })
+        return batch, numbers
+
+    def advantages(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
+        """Token rewards (score on the last token, minus the KL when it goes in the reward),
+        then the configured estimator; the importance weights in async mode."""
+        config, t = self.config, batch.tensors
+        mask, scores = t["response_mask"], t["score"]
+        numbers: dict[str, float] = {}
+        policy = t["old_logprobs"] if "old_logprobs" in t else t["behavior_logprobs"]
+        if "ref_logprobs" in t:
+            kl = compute_kl(policy, t["ref_logprobs"], "k1" if config.kl.usage == "reward" else config.kl.estimator.rstrip("+"))  # type: ignore[arg-type]
+            numbers["train/kl_div"] = float(aggregate_loss(kl, mask, "seq-mean-token-mean"))
+        if config.kl.usage == "reward":
+            rewards = apply_kl_penalty(scores, kl, mask, self.kl_controller.kl_coef).token_level_rewards
+        else:
+            rewards = place_scores_on_last_token(scores, mask)
+        output = compute_advantages(config.advantage, AdvantageInputs(rewards, mask, t.get("values"), batch.columns["uid"]))
+        columns: dict[str, Any] = {"advantages": output.advantages.float(), "returns": output.returns.float()}
+        if config.mode == "async" and "old_logprobs" in t:
+            ratio = (t["old_logprobs"] - t["behavior_logprobs"]).clamp(max=20).exp()
+            columns["importance_weights"] = ratio.clamp(max=config.importance_cap) * mask
+            numbers["train/importance_ratio"] = float((ratio * mask).sum() / mask.sum().clamp(min=1))
+        valid = mask > 0
+        numbers["train/advantages_mean"] = float(output.advantages[valid].mean()) if valid.any() else 0.0
+        return batch.with_columns(**columns), numbers
+
+    async def score(self, batch: Batch) -> Scores:
+        """Every response scored by the reward role(s), spread over the ready instances."""
+        rewards = max(1, len(await self.lookup(role="reward")))
+        pieces = [piece for piece in batch.split(rewards) if piece.size]
+        replies: list[Scores] = await asyncio.gather(*(
+            self.ask_role("reward", Score(p.columns["prompt"], p.columns["response"], p.columns["ground_truth"], p.columns["data_source"]),
+                          self.config.call_timeout_s)
+            for p in pieces
+        ))
+        return Scores([s for r in replies for s in r.scores], [e for r in replies for e in r.extracted])
+
+    async def train_and_publish(self, batch: Batch, numbers: dict[str, float], timings: dict[str, float], started: float) -> dict[str, Any]:
+        config = self.config
+        self.step += 1
+        kl_loss = config.kl.usage == "loss" and "ref_logprobs" in batch
+        train = Train(batch, self.step, config.sampling.temperature, self.kl_controller.kl_coef, config.kl.estimator if kl_loss else None)
+        calls: dict[str, Awaitable[Any]] = {"train": self.ask_trainers(train)}
+        if self.use_critic:
+            calls["train_critic"] = self.ask_role("critic", train, config.call_timeout_s)
+        results = dict(zip(calls, await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))))
+        stats: list[TrainStats] = results["train"]
+        numbers.update(stats[0].stats)
+        if "train_critic" in results:
+            numbers.update(results["train_critic"].stats)
+        if "train/kl_div" in numbers:
+            self.kl_controller.update(numbers["train/kl_div"], batch.size)
+        async with timed(timings, "publish"):
+            report: PublishReport = (await self.ask_trainers(PublishWeights()))[0]
+        self.version = report.version
+        step_s = time.monotonic() - started
+        numbers.update({
+            "weights/version": float(report.version),
+            "weights/sync_s": report.total_s,
+            "weights/generators": float(len(report.committed)),
+            "perf/tokens_per_s": numbers.pop("perf/tokens_generated") / max(timings["generate"], 1e-9),
+            "perf/samples_per_s": batch.size / step_s,
+            "perf/rollout_version_min": float(batch.tensors["version"].min()),
+            **{f"timing/{name}_s": seconds for name, seconds in timings.items()},
+            "timing/step_s": step_s,
+        })
+        if self.sampler_state == {} or config.mode == "sync":
+            self.sampler_state = self.sampler.state_dict()
+        return self.metrics.write(self.step, numbers)
+
+    async def ask_trainers(self, request: Any) -> list[Any]:
+        """The same message to every trainer rank, in the same order (their collectives
+        pair up); rank 0's answer first."""
+        return list(await asyncio.gather(*(
+            self.ask(f"trainer-{rank}", request, timeout=self.config.call_timeout_s) for rank in range(self.config.trainer_ranks)
+        )))
+
+    # ------------------------------------------------------------------ evaluation
+    async def evaluate(self) -> dict[str, Any] | None:
+        """Held-out accuracy and reward of the current policy (eval/accuracy, eval/reward),
+        every sample dumped to ``eval/step_N.jsonl``."""
+        if self.heldout is None:
+            return None
+        current_trace_id.set(new_id())
+        rows = list(self.heldout)
+        prompts = Batch(columns={
+            "prompt_ids": [row.prompt_ids for row in rows], "prompt": [row.prompt for row in rows],
+            "ground_truth": [row.ground_truth for row in rows], "data_source": [row.data_source for row in rows],
+        })
+        started = time.monotonic()
+        batch = await self.generate(prompts, self.config.eval.sampling)
+        scores = await self.score(batch)
+        values = torch.tensor(scores.scores)
+        correct = values >= self.config.eval.correct_at
+        numbers = {"eval/accuracy": float(correct.float().mean()), "eval/reward": float(values.mean()),
+                   "eval/samples": float(batch.size), "timing/eval_s": time.monotonic() - started}
+        versions = batch.tensors["version"].tolist()
+        out = (self.run_dir or Path.cwd()) / "eval" / f"step_{self.step}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as dump:
+            for i in range(batch.size):
+                dump.write(json.dumps({
+                    "prompt": batch.columns["prompt"][i], "response": batch.columns["response"][i],
+                    "extracted": scores.extracted[i], "ground_truth": batch.columns["ground_truth"][i],
+                    "score": scores.scores[i], "weights_version": versions[i],
+                }) + "\n")
+        self.log.lifecycle("controller.evaluated", step=self.step, **numbers)
+        return self.metrics.write(self.step, numbers)
+
+    # ------------------------------------------------------------------ checkpoints
+    async def save_checkpoint(self, run_dir: Path) -> Path:
+        path = run_dir / "checkpoints" / f"step_{self.step}"
+        path.mkdir(parents=True, exist_ok=True)
+        calls: list[Awaitable[Any]] = [self.ask_trainers(SaveCheckpoint(str(path)))]
+        if self.use_critic:
+            calls.append(self.ask_role("critic", SaveCheckpoint(str(path)), self.config.call_timeout_s))
+        await asyncio.gather(*calls)
+        state = {"step": self.step, "sampler": self.sampler_state or self.sampler.state_dict(),
+                 "kl_controller": self.kl_controller.state_dict(), "version": self.version,
+                 "prompt_counter": getattr(self, "prompt_counter", 0)}
+        (path / "controller.json").write_text(json.dumps(state))  # written last: marks the checkpoint complete
+        self.log.lifecycle("controller.checkpoint", step=self.step, path=str(path))
+        return path
+
+    async def _resume(self, run_dir: Path) -> None:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            return
+        state = json.loads((path / "controller.json").read_text())
+        calls: list[Awaitable[Any]] = [self.ask_trainers(LoadCheckpoint(str(path)))]
+        if self.use_critic:
+            calls.append(self.ask_role("critic", LoadCheckpoint(str(path)), self.config.call_timeout_s))
+        done = await asyncio.gather(*calls)
+        loaded: CheckpointDone = done[0][0]
+        self.step = state["step"]
+        self.sampler.load_state_dict(state["sampler"])
+        self.sampler_state = state["sampler"]
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.prompt_counter = state["prompt_counter"]
+        report: PublishReport = (await self.ask_trainers(PublishWeights()))[0]  # the generators get the restored weights
+        self.version = report.version
+        self.log.lifecycle("controller.resumed", step=self.step, path=str(path), trainer_version=loaded.version, version=report.version)
+
+    async def _wait_for_roles(self) -> None:
+        """Until every role this algorithm uses has a ready instance (and every trainer rank)."""
+        needed = {"generator": 1, "reward": 1, "trainer": self.config.trainer_ranks}
+        if self.use_reference:
+            needed["reference"] = 1
+        if self.use_critic:
+            needed["critic"] = 1
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while True:
+            missing = {}
+            for role, count in needed.items():
+                ready = [r for r in await self.lookup(role=role) if r.state == "ready"]
+                if len(ready) < count:
+                    missing[role] = f"{len(ready)}/{count}"
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise ActorError(f"roles not ready after {self.config.startup_timeout_s:g} s: {missing}")
+            await asyncio.sleep(0.5)
+
+
+def latest_checkpoint(run_dir: Path | str) -> Path | None:
+    """The newest complete checkpoint (one with controller.json) of a run, or None."""
+    folder = Path(run_dir) / "checkpoints"
+    complete = [p for p in folder.glob("step_*") if (p / "controller.json").exists()] if folder.exists() else []
+    return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+@asynccontextmanager
+async def timed(timings: dict[str, float], name: str) -> AsyncIterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = time.monotonic() - started
+
+
+async def timed_call(timings: dict[str, float], name: str, call: Awaitable[Any]) -> Any:
+    async with timed(timings, name):
+        return await call

@@ -1,0 +1,117 @@
+"""The generator role: samples responses to prompts with the policy's latest weights.
+
+Each `Generate` request carries prompts (token id lists) and sampling settings; the
+generator answers with a `Rollouts` batch: token ids, masks, the log-prob of every
+sampled token, and the weights version that produced every row. The version is read
+on the compute thread in the same call that generates, and new weights are loaded on
+that thread between two calls (runtime.weights.receiver), so a row is never stamped
+with a version other than the one that produced it.
+
+Backends (roles.generation): Hugging Face transformers (default, CPU or GPU) and vLLM
+(optional extra). Weights arrive over the broadcast channel from trainer-0.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocols.batch import Batch
+from protocols.rl import Generate, Rollouts
+from roles.generation import GenerationBackend, GenerationOutput, HFBackend, SamplingParams, limit_cpu_threads, load_causal_lm
+from runtime.actor import handler
+from runtime.weights.config import WeightChannelConfig
+from runtime.weights.receiver import ModelLoader, ReceivesWeights, WeightReceiver
+
+INITIAL_VERSION = -1
+"""The version stamped on rows sampled with the weights the generator started with."""
+
+
+class GeneratorConfig(BaseModel):
+    """Which model a generator serves, and how."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str
+    """A local Hugging Face causal LM directory (the initial policy)."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """``hf``: transformers (CPU or GPU); ``vllm``: the vLLM engine (optional extra, GPU)."""
+    dtype: str = "float32"
+    """Weights dtype (float32, bfloat16, float16)."""
+    device: str = "cpu"
+    """``cpu`` or ``cuda`` (the launcher's placement sets which GPU)."""
+    micro_batch: int = Field(64, ge=1)
+    cpu_threads: int | None = Field(1, ge=1)
+    """torch threads on the CPU (role processes share the cores); None: torch's default."""
+    """Rows generated at once by the transformers backend."""
+    channel: WeightChannelConfig = Field(default_factory=WeightChannelConfig)
+    """The weight channel (must match the trainer's)."""
+    join_channel: bool = True
+    """Join the weight channel at start (False: serve the initial weights only)."""
+    vllm: dict[str, Any] = Field(default_factory=dict)
+    """Extra `vllm.LLM` arguments (gpu_memory_utilization, tensor_parallel_size, ...)."""
+
+
+class Generator(ReceivesWeights):
+    role = "generator"
+    Config: ClassVar[type[BaseModel]] = GeneratorConfig
+
+    def __init__(self, name: str, config: GeneratorConfig, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.config = config
+        self.backend: GenerationBackend | None = None
+
+    async def on_start(self) -> None:
+        config = self.config
+        limit_cpu_threads(config.device, config.cpu_threads)
+        self.backend, loader, expected = await self.compute.run(_build_backend, config)
+        self.weights = WeightReceiver(
+            self, loader, expected, clear_caches=self.backend.clear_caches, config=config.channel, device=config.device,
+        )
+        if config.join_channel:
+            await self.weights.join()  # unroutable until it holds the current version
+
+    @handler
+    async def generate(self, request: Generate) -> Rollouts:
+        params = SamplingParams(**request.sampling)
+        started = time.monotonic()
+        output, version = await self.compute.run(self._generate, request.batch, params)
+        batch = _rollout_batch(request.batch, output, params.n, version)
+        return Rollouts(batch, version, self.name, time.monotonic() - started)
+
+    def _generate(self, prompts: Batch, params: SamplingParams) -> tuple[GenerationOutput, int]:
+        """On the compute thread: the version read here is the one generating."""
+        assert self.backend is not None
+        version = self.weights.version if self.weights.version is not None else INITIAL_VERSION
+        return self.backend.generate(prompts.columns["prompt_ids"], params), version
+
+
+def _build_backend(config: GeneratorConfig) -> tuple[GenerationBackend, Any, dict[str, tuple[int, ...]] | None]:
+    """The backend, the loader the weight channel hands tensors to, and the names and
+    shapes that loader accepts."""
+    if config.backend == "vllm":
+        from roles.generation import VllmBackend
+
+        backend = VllmBackend(config.model, dtype=config.dtype, **config.vllm)
+        return backend, backend.load_weights, None  # vLLM's own loader fuses and slices full tensors
+    model, tokenizer = load_causal_lm(config.model, config.dtype, config.device)
+    loader = ModelLoader(model)
+    return HFBackend(model, tokenizer, config.device, config.micro_batch), loader, loader.expected
+
+
+def _rollout_batch(prompts: Batch, output: GenerationOutput, n: int, version: int) -> Batch:
+    """The prompts' columns, each repeated for its n samples, with the samples' tensors."""
+    rows = prompts.without("prompt_ids").repeat(n) if len(prompts.names()) > 1 else Batch(size=prompts.size * n)
+    return rows.with_columns(
+        prompt_ids=output.prompt_ids,
+        prompt_mask=output.prompt_mask,
+        response_ids=output.response_ids,
+        response_mask=output.response_mask.float(),
+        behavior_logprobs=output.logprobs.float(),
+        version=torch.full((prompts.size * n,), version, dtype=torch.long),
+        response=output.texts,
+        finish_reason=output.finish_reasons,
+    )

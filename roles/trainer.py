@@ -1,0 +1,322 @@
+"""The trainer role: the policy, updated with PPO-style losses on T ranks.
+
+T trainer processes form one torch.distributed group (gloo on CPUs, NCCL on GPUs)
+and, for T > 1, shard the model with FSDP2. The controller sends every rank the same
+messages in the same order; each rank trains on its slice of the batch, so the
+collectives (FSDP gathers, gradient reduction) line up. Rank 0 answers with the
+numbers and publishes weights to the generators (runtime.weights).
+
+One update (`Train`): `ppo_epochs` passes over the batch in shuffled mini-batches;
+each mini-batch is one optimizer step, its gradient accumulated over micro-batches;
+loss = policy loss (roles.algorithms.ppo_policy_loss) + KL loss (when the controller
+asks for it) - entropy bonus; gradients clipped; AdamW with a warm-up then constant or
+cosine learning rate. Checkpoints use torch.distributed.checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import socket
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocols.batch import Batch
+from protocols.rl import CheckpointDone, ComputeLogProbs, ExportModel, LoadCheckpoint, LogProbs, SaveCheckpoint, Train, TrainStats
+from roles.algorithms import compute_kl, compute_kl_loss, ppo_policy_loss
+from roles.algorithms.policy_loss import PolicyLossConfig
+from roles.generation import limit_cpu_threads, load_causal_lm, response_logprobs
+from roles.rollout import without_rows_weight
+from runtime.actor import handler
+from runtime.errors import ActorError
+from runtime.weights.config import WeightChannelConfig
+from runtime.weights.publisher import PublishesWeights, WeightPublisher
+
+
+class OptimConfig(BaseModel):
+    """AdamW and its learning-rate schedule."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    lr: float = Field(1e-6, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear warm-up from 0 to `lr`."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant, or cosine decay to `min_lr_ratio * lr` at `total_steps`."""
+    total_steps: int = Field(1000, ge=1)
+    """Optimizer steps the cosine schedule spans."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this; None: no clipping (the norm is still logged)."""
+
+
+class UpdateConfig(BaseModel):
+    """How one batch becomes optimizer steps (shared by the trainer and the critic)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each batch."""
+    mini_batch_size: int = Field(64, ge=1)
+    """Rows per optimizer step, over all ranks together."""
+    micro_batch_size: int = Field(16, ge=1)
+    """Rows per forward/backward on one rank (gradient accumulation in between)."""
+    shuffle_seed: int = 0
+
+
+class TrainerConfig(BaseModel):
+    """The policy model and how it is trained."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str
+    """A local Hugging Face causal LM directory (the initial policy)."""
+    ranks: int = Field(1, ge=1)
+    """Trainer processes in the FSDP group: the role's `count`."""
+    init_method: str | None = None
+    """Rendezvous of the trainers' group; default: a file store in the run directory."""
+    dtype: str = "float32"
+    device: str = "cpu"
+    cpu_threads: int | None = Field(1, ge=1)
+    """torch threads on the CPU (role processes share the cores); None: torch's default."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)
+    policy_loss: PolicyLossConfig = Field(default_factory=PolicyLossConfig)
+    entropy_coef: float = Field(0.0, ge=0)
+    """Weight of the entropy bonus (0: entropy is logged only)."""
+    channel: WeightChannelConfig = Field(default_factory=WeightChannelConfig)
+    """The weight channel to the generators."""
+    seed: int = 0
+
+
+class Trainer(PublishesWeights):
+    role = "trainer"
+    Config: ClassVar[type[BaseModel]] = TrainerConfig
+
+    def __init__(self, name: str, config: TrainerConfig, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.config = config
+        self.rank = self.instance
+        if self.rank >= config.ranks:
+            raise ActorError(f"{name} is rank {self.rank} but the trainer config says ranks: {config.ranks}; set it to the role's count")
+        self.weights = WeightPublisher(self, self.rank, config.channel)
+        self.optimizer_steps = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def on_start(self) -> None:
+        await self.compute.run(self._build)
+
+    def _build(self) -> None:
+        config = self.config
+        limit_cpu_threads(config.device, config.cpu_threads)
+        torch.manual_seed(config.seed)
+        backend = "nccl" if config.device.startswith("cuda") else "gloo"
+        dist.init_process_group(
+            backend, init_method=self._init_method(), rank=self.rank, world_size=config.ranks,
+            timeout=datetime.timedelta(seconds=600),
+        )
+        self.model, self.tokenizer = load_causal_lm(config.model, config.dtype, config.device)
+        self.model.train()
+        if config.ranks > 1:
+            shard_model(self.model, config.device, config.ranks)
+        optim = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(optim, step))
+
+    def _init_method(self) -> str:
+        if self.config.init_method:
+            return self.config.init_method
+        if self.config.ranks == 1:
+            return f"tcp://127.0.0.1:{_free_port()}"
+        if self.run_dir is None:
+            raise ActorError("trainer ranks > 1 need init_method (or a run directory for a file store)")
+        from launch.rundir import read_run_info
+
+        launch = read_run_info(self.run_dir).started_at  # a new launch (a resume) gets a new store
+        path = self.run_dir / ".rendezvous" / f"trainers-{launch:.0f}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"file://{path}"
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def weights_model(self) -> torch.nn.Module:
+        return self.model
+
+    # ------------------------------------------------------------------ handlers
+    @handler
+    async def compute_logprobs(self, request: ComputeLogProbs) -> LogProbs:
+        """The current policy's log-probs of the rollouts ("old" log-probs for PPO); every
+        rank computes them (the FSDP gathers need all), rank 0 answers with them."""
+        logprobs = await self.compute.run(self._logprobs, request.batch, request.temperature)
+        return LogProbs(logprobs if self.rank == 0 else torch.zeros(0))
+
+    @handler
+    async def train(self, request: Train) -> TrainStats:
+        stats = await self.compute.run(self._train, request)
+        return TrainStats(stats)
+
+    @handler
+    async def save_checkpoint(self, request: SaveCheckpoint) -> CheckpointDone:
+        await self.compute.run(self._save, Path(request.path))
+        return CheckpointDone(request.path, self.weights.version)
+
+    @handler
+    async def load_checkpoint(self, request: LoadCheckpoint) -> CheckpointDone:
+        await self.compute.run(self._load, Path(request.path))
+        return CheckpointDone(request.path, self.weights.version)
+
+    @handler
+    async def export_model(self, request: ExportModel) -> CheckpointDone:
+        await self.compute.run(self._export, Path(request.path))
+        return CheckpointDone(request.path, self.weights.version)
+
+    # ------------------------------------------------------------------ compute
+    @torch.no_grad()
+    def _logprobs(self, batch: Batch, temperature: float) -> torch.Tensor:
+        pieces = []
+        for micro in batch.split_by_size(self.config.update.micro_batch_size):
+            logprobs, _ = forward_batch(self.model, micro.to(self.config.device), temperature)
+            pieces.append(logprobs.float().cpu())
+        return torch.cat(pieces)
+
+    def _train(self, request: Train) -> dict[str, float]:
+        config, update = self.config, self.config.update
+        local = rank_slice(request.batch, self.rank, config.ranks).to(config.device)
+        mini_size = max(1, update.mini_batch_size // config.ranks)
+        totals: dict[str, float] = {}
+        count = 0
+        for epoch in range(update.ppo_epochs):
+            order = torch.randperm(local.size, generator=torch.Generator().manual_seed(update.shuffle_seed + 1000 * request.step + epoch))
+            for mini in local.select(order).split_by_size(mini_size):
+                stats = self._optimizer_step(mini, request)
+                for name, value in stats.items():
+                    totals[name] = totals.get(name, 0.0) + value
+                count += 1
+        stats = {name: value / count for name, value in totals.items()}
+        stats["train/lr"] = self.scheduler.get_last_lr()[0]
+        return stats
+
+    def _optimizer_step(self, mini: Batch, request: Train) -> dict[str, float]:
+        config = self.config
+        mask_total = mini.tensors["response_mask"].sum().clamp(min=1.0)
+        sums = {"train/loss": 0.0, "train/entropy": 0.0, "train/pg_clipfrac": 0.0, "train/ppo_kl": 0.0, "train/kl_loss": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in mini.split_by_size(config.update.micro_batch_size):
+            mask = micro.tensors["response_mask"]
+            weight = float(mask.sum() / mask_total)  # token-weighted accumulation over micro-batches
+            logprobs, entropy = forward_batch(self.model, micro, request.temperature, with_entropy=True)
+            old = micro.tensors["old_logprobs"] if "old_logprobs" in micro else micro.tensors["behavior_logprobs"]
+            policy = ppo_policy_loss(
+                logprobs, old, micro.tensors["advantages"], mask,
+                importance_weights=micro.tensors.get("importance_weights"), **config.policy_loss.model_dump(),
+            )
+            entropy_mean = (entropy * mask).sum() / mask.sum().clamp(min=1.0)
+            loss = policy.loss - config.entropy_coef * entropy_mean
+            if request.kl_estimator is not None:
+                kl = compute_kl(logprobs, micro.tensors["ref_logprobs"], request.kl_estimator)  # type: ignore[arg-type]
+                kl_term = compute_kl_loss(kl, mask, request.kl_coef, config.policy_loss.loss_agg_mode)
+                loss = loss + kl_term.loss
+                sums["train/kl_loss"] += weight * float(kl_term.kl_mean)
+            (loss * weight).backward()
+            sums["train/loss"] += weight * float(policy.loss.detach())
+            sums["train/entropy"] += weight * float(entropy_mean.detach())
+            sums["train/pg_clipfrac"] += weight * float(policy.clip_fraction)
+            sums["train/ppo_kl"] += weight * float(policy.approx_kl)
+        grad_norm = clip_gradients(self.model, config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer_steps += 1
+        sums["train/grad_norm"] = grad_norm
+        return sums
+
+    def _save(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path / "trainer"))
+        if self.rank == 0:
+            meta = {"version": self.weights.version, "optimizer_steps": self.optimizer_steps, "scheduler": self.scheduler.state_dict()}
+            (path / "trainer_meta.json").write_text(json.dumps(meta))
+
+    def _load(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(path / "trainer"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        meta = json.loads((path / "trainer_meta.json").read_text())
+        self.weights.version = meta["version"]
+        self.optimizer_steps = meta["optimizer_steps"]
+        self.scheduler.load_state_dict(meta["scheduler"])
+
+    def _export(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(path, state_dict=state)
+            self.tokenizer.save_pretrained(path)
+
+
+# ---------------------------------------------------------------------- shared pieces
+def forward_batch(model: torch.nn.Module, batch: Batch, temperature: float, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of a rollout batch's responses under `model`."""
+    t = batch.tensors
+    return response_logprobs(model, t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], temperature, with_entropy)
+
+
+def rank_slice(batch: Batch, rank: int, ranks: int) -> Batch:
+    """This rank's equal share of `batch`; rows added to even the shares weigh nothing."""
+    padded, padding = batch.pad_to_multiple(ranks)
+    return without_rows_weight(padded, padding).split(ranks)[rank]
+
+
+def shard_model(model: torch.nn.Module, device: str, ranks: int) -> None:
+    """FSDP2: each decoder layer, then the whole model, sharded over the trainer ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (ranks,))
+    for layer in model.model.layers:  # type: ignore[union-attr]
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
+    """Clip the global gradient norm (over FSDP shards too); returns the norm before clipping."""
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm is not None else math.inf)
+    full = getattr(norm, "full_tensor", None)
+    return float(full() if full is not None else norm)
+
+
+def lr_factor(optim: OptimConfig, step: int) -> float:
+    """The learning rate at optimizer step `step`, as a fraction of the peak."""
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, optim.total_steps - optim.warmup_steps))
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
