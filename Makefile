@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.troupe-installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo showcase test bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
+	$(PY) examples/arith/demo.py
+
+showcase: setup
 	$(PY) examples/showcase.py
 
 test: setup

@@ -1,0 +1,163 @@
+"""RL runs end to end through `troupe launch`: every role its own process, on a tiny
+model and dataset built by the example's own build code (quick mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from examples.arith.build import build
+from tests.e2e.cli import ps, run_state, troupe, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+STEP_NAMES = {
+    "train/reward", "train/reward_std", "train/kl_div", "train/kl_coef", "train/loss", "train/entropy",
+    "train/pg_clipfrac", "train/ppo_kl", "train/grad_norm", "train/response_length", "timing/generate_s",
+    "timing/reward_s", "timing/reference_s", "timing/train_s", "timing/publish_s", "timing/step_s",
+    "perf/tokens_per_s", "weights/version", "weights/sync_s",
+}
+
+
+@pytest.fixture(scope="module")
+def arith(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("arith")
+    build(out, seed=0, quick=True)
+    return out
+
+
+def rl_topology(tmp_path: Path, data: Path, algorithm: str = "grpo", mode: str = "sync", steps: int = 3, **controller: Any) -> Path:
+    topology = yaml.safe_load((REPO / f"examples/arith-{algorithm}.yaml").read_text())
+    topology["runtime"] = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 5.0}
+    roles = topology["roles"]
+    for role in roles.values():
+        config = role.get("config", {})
+        if "model" in config:
+            config["model"] = str(data / "model")
+    control = roles["controller"]["config"]
+    control.update({
+        "tokenizer": str(data / "model"), "steps": steps, "prompts_per_step": 4, "mode": mode,
+        "data": {"files": [str(data / "train.jsonl")], "seed": 0},
+        "sampling": {"n": 4, "temperature": 1.0, "max_new_tokens": 4},
+        "eval": {"data": {"files": [str(data / "heldout.jsonl")], "shuffle": False}, "sampling": {"n": 1, "max_new_tokens": 4}},
+        **controller,
+    })
+    path = tmp_path / f"{algorithm}-{mode}.yaml"
+    path.write_text(yaml.safe_dump(topology, sort_keys=False))
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def message_kinds_by_trace(run_dir: Path) -> dict[str, Counter[str]]:
+    traces: dict[str, Counter[str]] = {}
+    for path in (run_dir / "logs").glob("controller-*.jsonl"):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "send" and event.get("trace_id"):
+                traces.setdefault(event["trace_id"], Counter())[event.get("kind", "")] += 1
+    return traces
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_grpo_trains_end_to_end_with_every_role_in_its_own_process(tmp_path: Path, run_dir: Path, arith: Path, mode: str) -> None:
+    result = troupe("launch", str(rl_topology(tmp_path, arith, mode=mode)), "--run-dir", str(run_dir), "--no-status", timeout=540)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = metrics(run_dir)
+    steps = [r for r in records if "train/reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for record in steps:
+        assert STEP_NAMES <= record.keys(), STEP_NAMES - record.keys()
+    assert [r["weights/version"] for r in steps] == [1, 2, 3]
+    if mode == "async":
+        assert all("train/staleness" in r for r in steps)
+    evals = [r for r in records if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 3]
+    assert (run_dir / "checkpoints" / "step_3" / "controller.json").exists()
+    assert any((run_dir / "tb").iterdir())
+    # one trace per batch: each step's generate, score, reference and train messages share a trace
+    traces = message_kinds_by_trace(run_dir)
+    trained = [kinds for kinds in traces.values() if kinds["rl.train"]]
+    assert len(trained) == 3
+    for kinds in trained:
+        assert kinds["rl.generate"] >= 1 and kinds["rl.score"] >= 1 and kinds["rl.logprobs"] >= 1 and kinds["rl.train"] == 1
+
+
+def test_ppo_trains_a_critic_and_logs_its_value_loss(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+    result = troupe("launch", str(rl_topology(tmp_path, arith, algorithm="ppo")), "--run-dir", str(run_dir), "--no-status", timeout=540)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = [r for r in metrics(run_dir) if "train/reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for record in steps:
+        assert STEP_NAMES | {"train/value_loss", "timing/values_s"} <= record.keys()
+    assert (run_dir / "checkpoints" / "step_3" / "critic.pt").exists()
+
+
+def handled(run_dir: Path, instance_prefix: str, kind: str) -> list[str]:
+    """Message ids of `kind` handled by instances whose name starts with the prefix."""
+    ids = []
+    for path in (run_dir / "logs").glob(f"{instance_prefix}*.jsonl"):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "handled" and event.get("kind") == kind:
+                ids.append(event["message_id"])
+    return ids
+
+
+def trained_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [r["step"] for r in metrics(run_dir) if "train/reward" in r] if path.exists() else []
+
+
+def test_a_killed_generator_and_reward_are_restarted_and_no_batch_is_trained_twice(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+    steps = 30
+    topology = rl_topology(tmp_path, arith, steps=steps, prompts_per_step=32, sampling={"n": 8, "temperature": 1.0, "max_new_tokens": 6})
+    assert troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", timeout=300).returncode == 0
+    try:
+        wait_for(lambda: len(trained_steps(run_dir)) >= 2, 120, "two steps")
+        rows = ps(run_dir)
+        for victim in ("generator-0", "reward-0"):  # both at once, mid-run
+            os.kill(rows[victim]["pid"], signal.SIGKILL)
+        assert len(trained_steps(run_dir)) < steps, "the run ended before the faults: make it longer"
+        wait_for(lambda: run_state(run_dir) in ("finished", "failed"), 400, "the run to end")
+    finally:
+        troupe("stop", str(run_dir))
+    launcher_log = (run_dir / "launcher.log").read_text() if (run_dir / "launcher.log").exists() else ""
+    for victim in ("generator-0", "reward-0"):
+        assert f"{victim} exited with code" in launcher_log and "restart 1/" in launcher_log, launcher_log[-2000:]
+    assert run_state(run_dir) == "finished"
+    assert trained_steps(run_dir) == list(range(1, steps + 1))
+    train_ids = handled(run_dir, "trainer-", "rl.train")
+    assert len(train_ids) == steps and len(set(train_ids)) == steps  # every batch trained exactly once
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+    topology = rl_topology(tmp_path, arith, steps=4, checkpoint_every=2,
+                           kl={"usage": "loss", "estimator": "k3", "kl_controller": {"type": "adaptive", "kl_coef": 0.01, "target_kl": 0.001, "horizon": 10}})
+    first = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", "--set", "roles.controller.config.steps=2", timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    saved = json.loads((run_dir / "checkpoints" / "step_2" / "controller.json").read_text())
+    trainer_meta = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_meta.json").read_text())
+    second = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert trained_steps(run_dir) == [1, 2, 3, 4]  # the step counter continued
+    resumed = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()
+               if '"controller.resumed"' in line]
+    assert resumed and resumed[-1]["step"] == 2
+    steps = {r["step"]: r for r in metrics(run_dir) if "train/reward" in r}
+    assert steps[3]["train/kl_coef"] == pytest.approx(saved["kl_controller"]["kl_coef"])  # the KL coefficient continued
+    assert steps[3]["weights/version"] == trainer_meta["version"] + 2  # restored version, republished, then step 3
+    final = json.loads((run_dir / "checkpoints" / "step_4" / "trainer_meta.json").read_text())
+    assert final["optimizer_steps"] == trainer_meta["optimizer_steps"] * 2  # the optimizer state went on
+    sampler = json.loads((run_dir / "checkpoints" / "step_4" / "controller.json").read_text())["sampler"]
+    assert sampler["position"] == (saved["sampler"]["position"] + 2 * 4) % sampler["size"] or sampler["epoch"] > saved["sampler"]["epoch"]
