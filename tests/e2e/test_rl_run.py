@@ -161,3 +161,27 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path: Path, run_dir: Path
     assert final["optimizer_steps"] == trainer_meta["optimizer_steps"] * 2  # the optimizer state went on
     sampler = json.loads((run_dir / "checkpoints" / "step_4" / "controller.json").read_text())["sampler"]
     assert sampler["position"] == (saved["sampler"]["position"] + 2 * 4) % sampler["size"] or sampler["epoch"] > saved["sampler"]["epoch"]
+
+
+def test_an_attached_generator_gets_the_current_weights_and_its_rollouts_are_trained_on(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+    steps = 60
+    topology = rl_topology(tmp_path, arith, steps=steps, prompts_per_step=32, sampling={"n": 8, "temperature": 1.0, "max_new_tokens": 6})
+    assert troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", timeout=300).returncode == 0
+    try:
+        wait_for(lambda: len(trained_steps(run_dir)) >= 2, 120, "two steps")
+        attached = troupe("attach", str(run_dir), "generator", timeout=120)
+        assert attached.returncode == 0, attached.stdout + attached.stderr
+        log = run_dir / "logs" / "generator-1.jsonl"
+        wait_for(lambda: log.exists() and '"rl.generate"' in log.read_text(), 120, "generator-1 to get work")
+        wait_for(lambda: run_state(run_dir) in ("finished", "failed"), 400, "the run to end")
+    finally:
+        troupe("stop", str(run_dir))
+    assert run_state(run_dir) == "finished"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    loaded = [e for e in events if e.get("event") == "weights.loaded"]
+    first_generate = next(i for i, e in enumerate(events) if e.get("event") == "handled" and e.get("kind") == "rl.generate")
+    assert loaded and events.index(loaded[0]) < first_generate  # it held trained weights before it generated
+    assert loaded[0]["version"] >= 2
+    # its rollouts were trained on: the controller received rollouts from generator-1 in a step's trace
+    controller = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "receive" and e.get("kind") == "rl.rollouts" and e.get("peer") == "generator-1" for e in controller)
