@@ -129,6 +129,11 @@ class ControllerConfig(BaseModel):
     """Continue from the newest checkpoint in the run directory, if there is one."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tensorboard: bool = True
+    release_file: str | None = None
+    """After the last step, wait until this file (relative to the run directory) exists
+    before ending the run: the Python `Run` keeps the roles up until its evaluators are
+    done with them."""
+    release_timeout_s: float = Field(3600.0, gt=0)
     startup_timeout_s: float = Field(600.0, gt=0)
     """How long to wait for every role to be ready."""
     call_timeout_s: float = Field(1800.0, gt=0)
@@ -177,6 +182,9 @@ class Controller(Actor):
                 await self.evaluate()
         await self.evaluate()
         self.metrics.close()
+        self.log.lifecycle("controller.steps_done", steps=self.step)
+        if config.release_file is not None:
+            await wait_for_file(run_dir / config.release_file, config.release_timeout_s)
         self.log.lifecycle("controller.finished", steps=self.step)
         self.stop()
 
@@ -466,6 +474,12 @@ def latest_checkpoint(run_dir: Path | str) -> Path | None:
     folder = Path(run_dir) / "checkpoints"
     complete = [p for p in folder.glob("step_*") if (p / "controller.json").exists()] if folder.exists() else []
     return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+async def wait_for_file(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
 
 
 @asynccontextmanager

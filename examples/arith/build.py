@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,17 +141,29 @@ def arithmetic_rows(seed: int, heldout_size: int) -> tuple[list[dict[str, str]],
     return rows[heldout_size:], rows[:heldout_size]
 
 
+def byte_level_symbol(character: str) -> str:
+    """Return the symbol byte-level BPE uses for an ASCII character (" " -> "Ġ", "\\n" -> "Ċ")."""
+    ((symbol, _),) = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(character)
+    return symbol
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Return a character-level tokenizer: one token per character, exact round trip.
 
     Ids: ``<pad>`` 0, ``<eos>`` 1, ``<unk>`` 2, then the characters of `CHARACTERS`.
     No bos token: a prompt is encoded as its characters alone.
+
+    It is a byte-level BPE with single characters for its vocabulary and no
+    merges, not a simpler word-level one, because transformers 5's AutoTokenizer
+    loads any ``qwen2`` checkpoint's tokenizer as its ``Qwen2Tokenizer``: that
+    keeps the vocabulary and merges of tokenizer.json but imposes Qwen2's own
+    byte-level pre-tokenizer and decoder. A byte-level vocabulary without merges
+    encodes and decodes the same way under both pipelines (the test checks it).
     """
-    vocab = {token: index for index, token in enumerate([PAD, EOS, UNK, *CHARACTERS])}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # every character, newline included, is its own pre-token, so its own token
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()  # join tokens with nothing between them
+    vocab = {token: index for index, token in enumerate([PAD, EOS, UNK, *map(byte_level_symbol, CHARACTERS)])}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=64
     )
@@ -160,11 +172,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: Path) -> None:
-    """Save so that transformers 4.45+ (which vLLM may pin) and 5.x both load it.
+    """Save so that transformers 4.45+ (which vLLM may pin) loads it too.
 
-    5.x names the class "TokenizersBackend", which 4.x does not know, and puts
-    the chat template in a file 4.45 does not read; both versions load the
-    class name "PreTrainedTokenizerFast" and a template inside the config.
+    5.x records the class as "TokenizersBackend", which 4.x does not know, and
+    puts the chat template in a file 4.45 does not read. 4.x loads the class
+    "PreTrainedTokenizerFast" straight from tokenizer.json, and a template kept
+    inside the config; 5.x ignores the class for a qwen2 model (see
+    `build_tokenizer`).
     """
     tokenizer.save_pretrained(directory, save_jinja_files=False)
     config_path = directory / "tokenizer_config.json"

@@ -1,0 +1,57 @@
+"""A run's policy as a Hugging Face directory, from its trainer checkpoint.
+
+The trainer saves its (possibly FSDP-sharded) model with torch.distributed.checkpoint;
+loading that into the initial model's full tensors reshards it, in one process, with
+no process group. The result is written with ``save_pretrained`` (safetensors, config,
+generation config) next to the tokenizer with its chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from roles.controller import latest_checkpoint
+
+
+class ExportError(RuntimeError):
+    """The run has no checkpoint to export, or not the one asked for."""
+
+
+def export_checkpoint(run_dir: Path | str, out_dir: Path | str, step: int | None = None) -> Path:
+    """Write the policy of `run_dir`'s newest checkpoint (or `step`'s) to `out_dir`."""
+    import torch.distributed.checkpoint as dcp
+
+    from roles.generation import load_causal_lm
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if step is None:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ExportError(f"{run_dir} has no complete checkpoint (checkpoints/step_N/controller.json)")
+    else:
+        checkpoint = run_dir / "checkpoints" / f"step_{step}"
+        if not (checkpoint / "controller.json").exists():
+            raise ExportError(f"{checkpoint} is not a complete checkpoint")
+    trainer = _trainer_config(run_dir)
+    model, tokenizer = load_causal_lm(trainer["model"], trainer.get("dtype", "float32"), "cpu")
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(checkpoint / "trainer"))
+    model.load_state_dict(state["model"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    meta = json.loads((checkpoint / "trainer_meta.json").read_text())
+    (out_dir / "troupe_export.json").write_text(json.dumps({"run_dir": str(run_dir), "checkpoint": checkpoint.name,
+                                                            "weights_version": meta["version"]}))
+    return out_dir
+
+
+def _trainer_config(run_dir: Path) -> dict:
+    resolved = yaml.safe_load((run_dir / "topology.yaml").read_text())
+    for role in resolved["roles"].values():
+        if role["entry"] in ("trainer", "roles.trainer:Trainer"):
+            return role["config"]
+    raise ExportError(f"{run_dir}/topology.yaml has no trainer role")
