@@ -24,9 +24,13 @@ heavy label smoothing: the model learns which answer is right, so its greedy
 answers are mostly right, but it keeps a large share of probability on every
 other token, so answers sampled at temperature 1 are right only about a quarter
 of the time. It stops once held-out sampled accuracy reaches
-`TARGET_SAMPLED_ACCURACY` (or after ``max_sft_steps``). What is left for RL is
-to make the model sure of what it knows: a change that carries over from the
-train prompts to the held-out ones, and that GRPO makes in a few hundred steps.
+`TARGET_SAMPLED_ACCURACY` or after ``max_sft_steps``; the smoothing holds
+sampled accuracy near the target, so both come at about the same step (with
+seed 0 the step cap: sampled 0.23, greedy 0.78 on the held-out prompts). What is
+left for RL is to make the model sure of what it knows, a change that carries
+over from the train prompts to the held-out ones: a bare GRPO loop (16 prompts x
+8 samples, AdamW at 3e-4) took held-out sampled accuracy from 0.23 to 0.69 in
+150 steps.
 
 Everything is seeded (data split, initial weights, batch order, the sampling
 used for calibration), so one seed gives the same weights on a given machine.
@@ -35,10 +39,12 @@ used for calibration), so one seed gives the same weights on a given machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +73,8 @@ MAX_NEW_TOKENS = 6
 """Room for the longest answer ("-20" or "40") plus eos, and a little junk."""
 TARGET_SAMPLED_ACCURACY = 0.25
 """The warm start stops once held-out accuracy at temperature 1 reaches this."""
+REPORTED_SAMPLES_PER_PROMPT = 8
+"""Sampled answers per held-out prompt behind build.json's sampled accuracy."""
 WARMUP_STEPS = 50
 
 
@@ -247,8 +255,7 @@ def generate_responses(
 ) -> list[str]:
     """Return the text generated after each prompt, cut at eos (greedy if temperature is 0).
 
-    Prompts of one length go through together, so no padding is needed; the
-    sequences are short enough (at most 12 tokens) to re-run without a KV cache.
+    Prompts of one length go through together, so no padding is needed.
     """
     responses: dict[int, str] = {}
     by_length: dict[int, list[int]] = {}
@@ -258,14 +265,18 @@ def generate_responses(
     for length in sorted(by_length):
         indices = by_length[length]
         sequences = torch.tensor([encoded[i] for i in indices])
+        output = model(input_ids=sequences, use_cache=True)
         for _ in range(MAX_NEW_TOKENS):
-            logits = model(input_ids=sequences).logits[:, -1, :]
+            logits = output.logits[:, -1, :]
             if temperature == 0:
                 next_tokens = logits.argmax(dim=-1, keepdim=True)
             else:
                 probabilities = torch.softmax(logits / temperature, dim=-1)
                 next_tokens = torch.multinomial(probabilities, 1, generator=generator)
             sequences = torch.cat([sequences, next_tokens], dim=1)
+            if sequences.shape[1] - length == MAX_NEW_TOKENS:
+                break
+            output = model(input_ids=next_tokens, past_key_values=output.past_key_values, use_cache=True)
         for i, generated in zip(indices, sequences[:, length:].tolist()):
             if tokenizer.eos_token_id in generated:
                 generated = generated[: generated.index(tokenizer.eos_token_id)]
@@ -356,11 +367,31 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch ops on one thread, then restore the previous count.
+
+    The model's ops are so small that a second thread gains little, and on a
+    machine shared with other processes the threads wait for each other: a
+    supervised step measured 8x slower with two threads than with one.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def build(out: Path, seed: int = 0, quick: bool = False) -> dict[str, Any]:
     """Write the model, tokenizer, data and build.json under `out`; return build.json's dict."""
+    with one_torch_thread():
+        return _build(Path(out), seed, quick)
+
+
+def _build(out: Path, seed: int, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
     settings = QUICK if quick else FULL
-    out = Path(out)
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
 
@@ -375,7 +406,7 @@ def build(out: Path, seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
     # measured again with a seed of its own, so the reported figure is not the
     # one the stopping rule picked (which is biased towards a lucky draw)
-    sampled = accuracy(model, tokenizer, heldout, 1.0, samples_per_prompt=8, seed=seed + 1)
+    sampled = accuracy(model, tokenizer, heldout, 1.0, REPORTED_SAMPLES_PER_PROMPT, seed=seed + 1)
     greedy = accuracy(model, tokenizer, heldout, 0.0)
     model.save_pretrained(model_dir, safe_serialization=True)
     save_tokenizer(tokenizer, model_dir)
@@ -392,7 +423,7 @@ def build(out: Path, seed: int = 0, quick: bool = False) -> dict[str, Any]:
         "target_sampled_accuracy": TARGET_SAMPLED_ACCURACY,
         "calibration_sampled_accuracy": calibration_accuracy,
         "heldout_sampled_accuracy": sampled,
-        "heldout_sampled_accuracy_samples_per_prompt": 8,
+        "heldout_sampled_accuracy_samples_per_prompt": REPORTED_SAMPLES_PER_PROMPT,
         "heldout_greedy_accuracy": greedy,
         "max_new_tokens": MAX_NEW_TOKENS,
         "seconds": round(time.perf_counter() - started, 2),
