@@ -29,6 +29,8 @@ test: setup
 bench: setup
 	$(PY) benchmarks/transport.py
 	$(PY) benchmarks/weight_sync.py
+	$(PY) benchmarks/step_breakdown.py
+	$(PY) benchmarks/async_vs_sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
