@@ -102,15 +102,25 @@ class Supervisor(Actor):
     # -------------------------------------------------------------- startup
     async def start_roles(self) -> None:
         """Start every instance; roles start last-listed first (drivers last), each role's
-        instances together. Raises StartupError naming what did not come up."""
-        for role in reversed(list(self.topology.roles)):
-            spec = self.topology.roles[role]
-            instances = [self._add(role, index, spec, self.configs.get(role)) for index in range(spec.count)]
+        instances together, or with ``start: together`` every role not ending the run at
+        once, then the rest. Raises StartupError naming what did not come up."""
+        for wave in self._start_waves():
+            instances = [
+                self._add(role, index, self.topology.roles[role], self.configs.get(role))
+                for role in wave for index in range(self.topology.roles[role].count)
+            ]
             results = await asyncio.gather(*(self._spawn(i) for i in instances), return_exceptions=True)
             missing = [(i, r) for i, r in zip(instances, results) if isinstance(r, BaseException)]
             if missing:
                 raise StartupError("\n".join(self._startup_report(i, error) for i, error in missing))
         self.state = "running"
+
+    def _start_waves(self) -> list[list[str]]:
+        order = list(reversed(list(self.topology.roles)))
+        if self.topology.start == "ordered":
+            return [[role] for role in order]
+        drivers = [role for role in order if self.topology.roles[role].ends_run]
+        return [wave for wave in ([r for r in order if r not in drivers], drivers) if wave]
 
     def _startup_report(self, instance: Instance, error: BaseException) -> str:
         lines = tail(self._stderr_path(instance), 15)

@@ -153,6 +153,10 @@ class Topology(Strict):
     """How long every instance may take to register before the launch is abandoned."""
     stop_timeout_s: float = Field(30.0, gt=0)
     """How long each role gets to stop gracefully before its processes are killed."""
+    start: Literal["ordered", "together"] = "ordered"
+    """``ordered``: roles start one after the other, last-listed first. ``together``:
+    every role that does not end the run starts at once (roles that wait for each
+    other themselves, as the RL roles do), then the ones with ``ends_run``."""
     roles: dict[str, RoleSpec]
     """The roles, by name. They start in this order and stop in this order (so list
     producers first); the registry starts first and stops last."""

@@ -42,7 +42,7 @@ def test_a_foreground_run_processes_every_item_exactly_once_and_ends_by_itself(t
 
 
 def test_a_detached_run_can_be_listed_grown_inspected_and_stopped(tmp_path, run_dir):
-    topology = write_topology(tmp_path, items=2000, interval_s=0.02)
+    topology = write_topology(tmp_path, items=20000, interval_s=0.02)
     started = troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach")
     assert started.returncode == 0, started.stderr
     rows = ps(run_dir)

@@ -1,4 +1,4 @@
-"""The Python API: `Run.from_topology(...)`, `register_evaluator`, `train()`, `export()`,
+"""A synchronous GRPO run through the Python API: `Run.from_topology(...)`, `register_evaluator`, `train()`, `export()`,
 against a real run (every role its own process) of the tiny arithmetic example."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from launch import Evaluator, Run
-from tests.e2e.test_rl_run import STEP_NAMES, arith, rl_topology  # noqa: F401 - arith is a fixture
+from tests.e2e.test_rl_run import STEP_NAMES, arith, check_step_records, rl_topology  # noqa: F401 - arith is a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -47,6 +47,7 @@ def test_run_trains_evaluates_and_exports(tmp_path: Path, run_dir: Path, arith: 
     assert len(evaluator.versions) == 3 * len(rows) and max(evaluator.versions) >= 1  # trained weights answered
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "eval/accuracy" in r and r.get("source") == "python-evaluators"] == [1, 2, 3]
+    check_step_records(run_dir, 3, "sync")  # the synchronous run itself: every name, versions, traces
 
     out = run.export(tmp_path / "exported")
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)

@@ -69,38 +69,31 @@ def message_kinds_by_trace(run_dir: Path) -> dict[str, Counter[str]]:
     return traces
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_grpo_trains_end_to_end_with_every_role_in_its_own_process(tmp_path: Path, run_dir: Path, arith: Path, mode: str) -> None:
-    result = troupe("launch", str(rl_topology(tmp_path, arith, mode=mode)), "--run-dir", str(run_dir), "--no-status", timeout=540)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def check_step_records(run_dir: Path, steps: int, mode: str) -> None:
+    """metrics.jsonl has every step with every name, versions advance, evaluations
+    before and after, a checkpoint, TensorBoard files, and one trace per batch."""
     records = metrics(run_dir)
-    steps = [r for r in records if "train/reward" in r]
-    assert [r["step"] for r in steps] == [1, 2, 3]
-    for record in steps:
+    trained = [r for r in records if "train/reward" in r]
+    assert [r["step"] for r in trained] == list(range(1, steps + 1))
+    for record in trained:
         assert STEP_NAMES <= record.keys(), STEP_NAMES - record.keys()
-    assert [r["weights/version"] for r in steps] == [1, 2, 3]
-    if mode == "async":
-        assert all("train/staleness" in r for r in steps)
-    evals = [r for r in records if "eval/accuracy" in r]
-    assert [r["step"] for r in evals] == [0, 3]
-    assert (run_dir / "checkpoints" / "step_3" / "controller.json").exists()
+        if mode == "async":
+            assert "train/staleness" in record
+    assert [r["weights/version"] for r in trained] == list(range(1, steps + 1))
+    assert [r["step"] for r in records if "eval/accuracy" in r and "source" not in r] == [0, steps]
+    assert (run_dir / "checkpoints" / f"step_{steps}" / "controller.json").exists()
     assert any((run_dir / "tb").iterdir())
-    # one trace per batch: each step's generate, score, reference and train messages share a trace
-    traces = message_kinds_by_trace(run_dir)
-    trained = [kinds for kinds in traces.values() if kinds["rl.train"]]
-    assert len(trained) == 3
-    for kinds in trained:
+    # one trace per batch: each step's generate, score, log-prob and train messages share a trace
+    batches = [kinds for kinds in message_kinds_by_trace(run_dir).values() if kinds["rl.train"]]
+    assert len(batches) == steps
+    for kinds in batches:
         assert kinds["rl.generate"] >= 1 and kinds["rl.score"] >= 1 and kinds["rl.logprobs"] >= 1 and kinds["rl.train"] == 1
 
 
-def test_ppo_trains_a_critic_and_logs_its_value_loss(tmp_path: Path, run_dir: Path, arith: Path) -> None:
-    result = troupe("launch", str(rl_topology(tmp_path, arith, algorithm="ppo")), "--run-dir", str(run_dir), "--no-status", timeout=540)
+def test_async_grpo_trains_end_to_end_with_every_role_in_its_own_process(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+    result = troupe("launch", str(rl_topology(tmp_path, arith, mode="async")), "--run-dir", str(run_dir), "--no-status", timeout=540)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    steps = [r for r in metrics(run_dir) if "train/reward" in r]
-    assert [r["step"] for r in steps] == [1, 2, 3]
-    for record in steps:
-        assert STEP_NAMES | {"train/value_loss", "timing/values_s"} <= record.keys()
-    assert (run_dir / "checkpoints" / "step_3" / "critic.pt").exists()
+    check_step_records(run_dir, 3, "async")
 
 
 def handled(run_dir: Path, instance_prefix: str, kind: str) -> list[str]:
@@ -119,56 +112,18 @@ def trained_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in metrics(run_dir) if "train/reward" in r] if path.exists() else []
 
 
-def test_a_killed_generator_and_reward_are_restarted_and_no_batch_is_trained_twice(tmp_path: Path, run_dir: Path, arith: Path) -> None:
-    steps = 30
+def test_killed_generator_and_reward_restart_an_attached_generator_joins_and_no_batch_is_trained_twice(
+    tmp_path: Path, run_dir: Path, arith: Path,
+) -> None:
+    steps = 80
     topology = rl_topology(tmp_path, arith, steps=steps, prompts_per_step=32, sampling={"n": 8, "temperature": 1.0, "max_new_tokens": 6})
     assert troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", timeout=300).returncode == 0
     try:
+        pids = {name: row["pid"] for name, row in ps(run_dir).items()}
         wait_for(lambda: len(trained_steps(run_dir)) >= 2, 120, "two steps")
-        rows = ps(run_dir)
         for victim in ("generator-0", "reward-0"):  # both at once, mid-run
-            os.kill(rows[victim]["pid"], signal.SIGKILL)
+            os.kill(pids[victim], signal.SIGKILL)
         assert len(trained_steps(run_dir)) < steps, "the run ended before the faults: make it longer"
-        wait_for(lambda: run_state(run_dir) in ("finished", "failed"), 400, "the run to end")
-    finally:
-        troupe("stop", str(run_dir))
-    launcher_log = (run_dir / "launcher.log").read_text() if (run_dir / "launcher.log").exists() else ""
-    for victim in ("generator-0", "reward-0"):
-        assert f"{victim} exited with code" in launcher_log and "restart 1/" in launcher_log, launcher_log[-2000:]
-    assert run_state(run_dir) == "finished"
-    assert trained_steps(run_dir) == list(range(1, steps + 1))
-    train_ids = handled(run_dir, "trainer-", "rl.train")
-    assert len(train_ids) == steps and len(set(train_ids)) == steps  # every batch trained exactly once
-
-
-def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path: Path, run_dir: Path, arith: Path) -> None:
-    topology = rl_topology(tmp_path, arith, steps=4, checkpoint_every=2,
-                           kl={"usage": "loss", "estimator": "k3", "kl_controller": {"type": "adaptive", "kl_coef": 0.01, "target_kl": 0.001, "horizon": 10}})
-    first = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", "--set", "roles.controller.config.steps=2", timeout=300)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    saved = json.loads((run_dir / "checkpoints" / "step_2" / "controller.json").read_text())
-    trainer_meta = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_meta.json").read_text())
-    second = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert trained_steps(run_dir) == [1, 2, 3, 4]  # the step counter continued
-    resumed = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()
-               if '"controller.resumed"' in line]
-    assert resumed and resumed[-1]["step"] == 2
-    steps = {r["step"]: r for r in metrics(run_dir) if "train/reward" in r}
-    assert steps[3]["train/kl_coef"] == pytest.approx(saved["kl_controller"]["kl_coef"])  # the KL coefficient continued
-    assert steps[3]["weights/version"] == trainer_meta["version"] + 2  # restored version, republished, then step 3
-    final = json.loads((run_dir / "checkpoints" / "step_4" / "trainer_meta.json").read_text())
-    assert final["optimizer_steps"] == trainer_meta["optimizer_steps"] * 2  # the optimizer state went on
-    sampler = json.loads((run_dir / "checkpoints" / "step_4" / "controller.json").read_text())["sampler"]
-    assert sampler["position"] == (saved["sampler"]["position"] + 2 * 4) % sampler["size"] or sampler["epoch"] > saved["sampler"]["epoch"]
-
-
-def test_an_attached_generator_gets_the_current_weights_and_its_rollouts_are_trained_on(tmp_path: Path, run_dir: Path, arith: Path) -> None:
-    steps = 60
-    topology = rl_topology(tmp_path, arith, steps=steps, prompts_per_step=32, sampling={"n": 8, "temperature": 1.0, "max_new_tokens": 6})
-    assert troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", timeout=300).returncode == 0
-    try:
-        wait_for(lambda: len(trained_steps(run_dir)) >= 2, 120, "two steps")
         attached = troupe("attach", str(run_dir), "generator", timeout=120)
         assert attached.returncode == 0, attached.stdout + attached.stderr
         log = run_dir / "logs" / "generator-1.jsonl"
@@ -176,12 +131,57 @@ def test_an_attached_generator_gets_the_current_weights_and_its_rollouts_are_tra
         wait_for(lambda: run_state(run_dir) in ("finished", "failed"), 400, "the run to end")
     finally:
         troupe("stop", str(run_dir))
+    launcher_log = (run_dir / "launcher.log").read_text()
+    for victim in ("generator-0", "reward-0"):
+        assert f"{victim} exited with code" in launcher_log, launcher_log[-2000:]
     assert run_state(run_dir) == "finished"
+    assert trained_steps(run_dir) == list(range(1, steps + 1))
+    train_ids = handled(run_dir, "trainer-", "rl.train")
+    assert len(train_ids) == steps and len(set(train_ids)) == steps  # every batch trained exactly once
+    # the attached generator held trained weights before it generated, and its rollouts reached training
     events = [json.loads(line) for line in log.read_text().splitlines()]
     loaded = [e for e in events if e.get("event") == "weights.loaded"]
     first_generate = next(i for i, e in enumerate(events) if e.get("event") == "handled" and e.get("kind") == "rl.generate")
-    assert loaded and events.index(loaded[0]) < first_generate  # it held trained weights before it generated
-    assert loaded[0]["version"] >= 2
-    # its rollouts were trained on: the controller received rollouts from generator-1 in a step's trace
+    assert loaded and events.index(loaded[0]) < first_generate and loaded[0]["version"] >= 2
     controller = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "receive" and e.get("kind") == "rl.rollouts" and e.get("peer") == "generator-1" for e in controller)
+
+
+def test_a_stopped_ppo_run_resumes_from_its_checkpoint(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+    topology = rl_topology(tmp_path, arith, algorithm="ppo", steps=4, checkpoint_every=2,
+                           kl={"usage": "reward", "estimator": "k1", "kl_controller": {"type": "adaptive", "kl_coef": 0.01, "target_kl": 0.001, "horizon": 10}})
+    first = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", "--set", "roles.controller.config.steps=2", timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    saved = json.loads((run_dir / "checkpoints" / "step_2" / "controller.json").read_text())
+    trainer_meta = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_meta.json").read_text())
+    assert (run_dir / "checkpoints" / "step_2" / "critic.pt").exists()
+    second = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert trained_steps(run_dir) == [1, 2, 3, 4]  # the step counter continued
+    steps = {r["step"]: r for r in metrics(run_dir) if "train/reward" in r}
+    for record in steps.values():  # PPO: the critic's numbers too
+        assert STEP_NAMES | {"train/value_loss", "timing/values_s", "timing/train_critic_s"} <= record.keys()
+    resumed = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()
+               if '"controller.resumed"' in line]
+    assert resumed and resumed[-1]["step"] == 2
+    assert steps[3]["train/kl_coef"] == pytest.approx(saved["kl_controller"]["kl_coef"])  # the KL coefficient continued
+    assert steps[3]["weights/version"] == trainer_meta["version"] + 2  # restored version, republished, then step 3
+    final = json.loads((run_dir / "checkpoints" / "step_4" / "trainer_meta.json").read_text())
+    assert final["optimizer_steps"] == trainer_meta["optimizer_steps"] * 2  # the optimizer state went on
+    sampler = json.loads((run_dir / "checkpoints" / "step_4" / "controller.json").read_text())["sampler"]
+    assert (sampler["epoch"], sampler["position"]) != (saved["sampler"]["epoch"], saved["sampler"]["position"])
+    assert sampler["epoch"] * sampler["size"] + sampler["position"] == saved["sampler"]["epoch"] * saved["sampler"]["size"] + saved["sampler"]["position"] + 2 * 4
+
+
+def test_two_fsdp_trainer_ranks_train_and_publish_together(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+    topology = rl_topology(tmp_path, arith, steps=2, trainer_ranks=2)
+    result = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status",
+                    "--set", "roles.trainer.count=2", "--set", "roles.trainer.config.ranks=2", timeout=540)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = [r for r in metrics(run_dir) if "train/reward" in r]
+    assert [r["weights/version"] for r in steps] == [1, 2]
+    assert all(r["weights/generators"] == 1 for r in steps)
+    for rank in (0, 1):  # every rank took part in every update and every gather
+        assert len(handled(run_dir, f"trainer-{rank}", "rl.train")) == 2
+        assert len(handled(run_dir, f"trainer-{rank}", "weights.publish")) == 2
+    assert (run_dir / "checkpoints" / "step_2" / "trainer" / ".metadata").exists()
