@@ -153,6 +153,9 @@ class Controller(Actor):
         self.use_reference = config.use_reference or config.kl.usage != "none"
         self.version = INITIAL_VERSION
         self.sampler_state: dict[str, int] = {}
+        """The sampler's position after the last batch trained (async mode draws ahead)."""
+        self.prompt_counter = 0
+        """Batches of prompts drawn; names each prompt's group (``uid``)."""
 
     # ------------------------------------------------------------------ the run
     async def on_start(self) -> None:
@@ -252,7 +255,7 @@ class Controller(Actor):
     def next_prompts(self) -> Batch:
         indices = self.sampler.next_batch()
         rows = [self.dataset[i] for i in indices]
-        self.prompt_counter = getattr(self, "prompt_counter", 0) + 1
+        self.prompt_counter += 1
         return Batch(columns={
             "prompt_ids": [row.prompt_ids for row in rows],
             "prompt": [row.prompt for row in rows],
@@ -424,7 +427,7 @@ class Controller(Actor):
         await asyncio.gather(*calls)
         state = {"step": self.step, "sampler": self.sampler_state or self.sampler.state_dict(),
                  "kl_controller": self.kl_controller.state_dict(), "version": self.version,
-                 "prompt_counter": getattr(self, "prompt_counter", 0)}
+                 "prompt_counter": self.prompt_counter}
         (path / "controller.json").write_text(json.dumps(state))  # written last: marks the checkpoint complete
         self.log.lifecycle("controller.checkpoint", step=self.step, path=str(path))
         return path

@@ -147,7 +147,7 @@ def test_killed_generator_and_reward_restart_an_attached_generator_joins_and_no_
     assert any(e.get("event") == "receive" and e.get("kind") == "rl.rollouts" and e.get("peer") == "generator-1" for e in controller)
 
 
-def test_a_stopped_ppo_run_resumes_from_its_checkpoint(tmp_path: Path, run_dir: Path, arith: Path) -> None:
+def test_a_stopped_ppo_run_resumes_from_its_checkpoint_in_async_mode(tmp_path: Path, run_dir: Path, arith: Path) -> None:
     topology = rl_topology(tmp_path, arith, algorithm="ppo", steps=4, checkpoint_every=2,
                            kl={"usage": "reward", "estimator": "k1", "kl_controller": {"type": "adaptive", "kl_coef": 0.01, "target_kl": 0.001, "horizon": 10}})
     first = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", "--set", "roles.controller.config.steps=2", timeout=300)
@@ -155,12 +155,14 @@ def test_a_stopped_ppo_run_resumes_from_its_checkpoint(tmp_path: Path, run_dir: 
     saved = json.loads((run_dir / "checkpoints" / "step_2" / "controller.json").read_text())
     trainer_meta = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_meta.json").read_text())
     assert (run_dir / "checkpoints" / "step_2" / "critic.pt").exists()
-    second = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", timeout=300)
+    # resumed in async mode: PPO with generation running ahead
+    second = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", "--set", "roles.controller.config.mode=async", timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert trained_steps(run_dir) == [1, 2, 3, 4]  # the step counter continued
     steps = {r["step"]: r for r in metrics(run_dir) if "train/reward" in r}
     for record in steps.values():  # PPO: the critic's numbers too
         assert STEP_NAMES | {"train/value_loss", "timing/values_s", "timing/train_critic_s"} <= record.keys()
+    assert "train/staleness" in steps[3] and "train/staleness" in steps[4] and "train/staleness" not in steps[2]
     resumed = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()
                if '"controller.resumed"' in line]
     assert resumed and resumed[-1]["step"] == 2
