@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.rl_runs import ensure_data, launch, machine, metrics  # noqa: E402
 
 
-def measure(mode: str, steps: int, tmp: Path) -> dict[str, float]:
+def measure(mode: str, steps: int, tmp: Path, extra: list[str]) -> dict[str, float]:
     run_dir = tmp / mode
     wall = launch(run_dir, [f"roles.controller.config.steps={steps}", f"roles.controller.config.mode={mode}",
-                            "roles.controller.config.checkpoint_every=0", "roles.controller.config.eval.every_steps=0"])
+                            "roles.controller.config.checkpoint_every=0", "roles.controller.config.eval.every_steps=0", *extra])
     records = metrics(run_dir)
     trained = [r for r in records if "train/reward" in r]
     evals = [r for r in records if "eval/accuracy" in r]
@@ -46,11 +46,13 @@ def measure(mode: str, steps: int, tmp: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="PATH=VALUE",
+                        help="a topology override for both runs, e.g. roles.controller.config.recompute_logprobs=false")
     args = parser.parse_args()
     ensure_data()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {mode: measure(mode, args.steps, Path(tmp)) for mode in ("sync", "async")}
-    print(f"# async vs sync  {time.strftime('%Y-%m-%d')}  {machine()}  {args.steps} steps x 16 prompts x 8 samples (arith GRPO)")
+        results = {mode: measure(mode, args.steps, Path(tmp), args.extra) for mode in ("sync", "async")}
+    print(f"# async vs sync  {time.strftime('%Y-%m-%d')}  {machine()}  {args.steps} steps of examples/arith-grpo.yaml  {' '.join(args.extra)}")
     print()
     print(f"{'mode':<8}{'steps':>7}{'rows':>8}{'step s':>10}{'samples/s':>11}{'acc before':>12}{'acc after':>11}{'staleness':>11}")
     for mode, r in results.items():

@@ -43,7 +43,7 @@ def main() -> None:
         records = [r for r in metrics(run_dir) if "train/reward" in r]
         events = log_events(run_dir)
     phases = sorted({k for r in records for k in r if k.startswith("timing/")})
-    print(f"# step breakdown  {time.strftime('%Y-%m-%d')}  {machine()}  steps {len(records)}  (arith GRPO: 16 prompts x 8 samples)")
+    print(f"# step breakdown  {time.strftime('%Y-%m-%d')}  {machine()}  steps {len(records)}  (examples/arith-grpo.yaml)")
     print()
     print(f"{'phase':<28}{'mean s':>10}")
     for phase in phases:

@@ -116,7 +116,9 @@ class ControllerConfig(BaseModel):
     importance_cap: float = Field(2.0, gt=0)
     """Async: the importance ratio policy/sampler is truncated at this."""
     recompute_logprobs: bool = True
-    """Recompute the "old" log-probs with the trainer (False: use the generator's)."""
+    """Recompute the "old" log-probs with the trainer (False: use the generator's; in
+    async mode the PPO ratio is then taken against the sampling weights directly, so
+    the clipped ratio itself is the off-policy correction)."""
     trainer_ranks: int = Field(1, ge=1)
     """Trainer processes (the trainer role's count)."""
     use_critic: bool | None = None
@@ -283,7 +285,7 @@ class Controller(Actor):
             calls["reference"] = self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
         if self.use_critic:
             calls["values"] = self.ask_role("critic", ComputeValues(batch), config.call_timeout_s)
-        if config.recompute_logprobs or config.mode == "async":
+        if config.recompute_logprobs:
             calls["old_logprobs"] = self.ask_trainers(ComputeLogProbs(batch, temperature))
         results = await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))
         result = dict(zip(calls, results))
