@@ -1,26 +1,18 @@
 """The algorithms package stays pure, and its configs stay strict and documented."""
 
-import ast
 import pathlib
 
 import pytest
 from pydantic import BaseModel
 
 import roles.algorithms as algorithms
+from tests.unit.package_rules import imported_modules
 
 PACKAGE_DIR = pathlib.Path(algorithms.__file__).parent
 FORBIDDEN_IMPORTS = ("zmq", "asyncio", "torch.distributed", "subprocess", "multiprocessing", "socket", "threading")
 CONFIG_CLASSES = [
     value for value in vars(algorithms).values() if isinstance(value, type) and issubclass(value, BaseModel)
 ]
-
-
-def imported_modules(path):
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.module
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda path: path.name)

@@ -1,6 +1,5 @@
 """The rewards package stays free of transport code, and its configs stay strict and documented."""
 
-import ast
 import pathlib
 import subprocess
 import sys
@@ -9,19 +8,12 @@ import pytest
 from pydantic import BaseModel
 
 import roles.rewards as rewards
+from tests.unit.package_rules import imported_modules
 
 PACKAGE_DIR = pathlib.Path(rewards.__file__).parent
 FORBIDDEN_IMPORTS = ("zmq", "asyncio", "torch.distributed")
 SANDBOX_MODULES = ("sandbox", "code.py")  # written separately; they run untrusted code in processes
 CONFIG_CLASSES = [value for value in vars(rewards).values() if isinstance(value, type) and issubclass(value, BaseModel)]
-
-
-def imported_modules(path):
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.module
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda path: path.name)
