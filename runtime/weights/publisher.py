@@ -47,6 +47,7 @@ from runtime.actor import Actor, handler
 from runtime.errors import ActorError
 from runtime.outbox import ActorRef
 from runtime.weights import group as groups
+from runtime.weights.actor import ChannelActor
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.layout import (
     TensorMeta,
@@ -550,7 +551,7 @@ def _short(error: BaseException | str) -> str:
 
 
 # -------------------------------------------------------------------------- the mixin
-class PublishesWeights(Actor):
+class PublishesWeights(ChannelActor):
     """Base of trainer actors: handles `PublishWeights` on every rank, and on rank 0 the
     generators' `WeightsJoin` and `WeightsReady` (urgently: beside training).
 
@@ -574,9 +575,3 @@ class PublishesWeights(Actor):
     @handler(urgent=True)
     async def _weights_ready(self, notice: WeightsReady) -> None:
         self.weights.ready(notice)
-
-    async def on_stop(self) -> None:
-        weights = getattr(self, "weights", None)
-        if weights is not None:
-            weights.close()
-        await super().on_stop()

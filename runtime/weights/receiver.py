@@ -37,6 +37,7 @@ from protocols.weights import (
 from runtime.actor import Actor, handler
 from runtime.errors import ActorDeadError, ActorError
 from runtime.weights import group as groups
+from runtime.weights.actor import ChannelActor
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.layout import allocate, check_layout, unpack
 
@@ -358,7 +359,7 @@ class WeightReceiver:
         return store
 
 
-class ReceivesWeights(Actor):
+class ReceivesWeights(ChannelActor):
     """Base of generator actors: answers the channel's phases urgently (beside a running
     generation). Subclasses set ``self.weights = WeightReceiver(...)`` and call
     ``await self.weights.join()`` at the end of their ``on_start``."""
@@ -379,9 +380,3 @@ class ReceivesWeights(Actor):
 
     async def on_membership(self, event: MembershipEvent) -> None:
         self.weights.membership_changed(event)
-
-    async def on_stop(self) -> None:
-        weights = getattr(self, "weights", None)
-        if weights is not None:
-            weights.close()
-        await super().on_stop()
