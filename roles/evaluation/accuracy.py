@@ -122,6 +122,19 @@ def mean_at_k(scores: Sequence[float], k: int) -> float:
     return float(sum(scores[:k]) / k)
 
 
+def _check_bootstrap(resamples: int, confidence: float) -> None:
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
+
+
+def _percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicates, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 class BootstrapInterval(NamedTuple):
     """A statistic and its bootstrap confidence interval.
 
@@ -165,13 +178,65 @@ def bootstrap_ci(
         raise ValueError(f"values must be one-dimensional, got shape {data.shape}")
     if data.size == 0:
         raise ValueError("values is empty; a confidence interval needs at least one value")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence}")
+    _check_bootstrap(resamples, confidence)
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, data.size, size=(resamples, data.size))
     replicates = np.array([statistic(data[row]) for row in indices], dtype=np.float64)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [tail, 1.0 - tail])
-    return BootstrapInterval(float(statistic(data)), float(low), float(high))
+    return BootstrapInterval(float(statistic(data)), *_percentile_interval(replicates, confidence))
+
+
+class PairedDifference(NamedTuple):
+    """The mean difference b - a over paired items, its bootstrap interval and p-value.
+
+    Attributes:
+        difference: mean(b - a) on the original pairs.
+        low: lower percentile bound of the interval.
+        high: upper percentile bound of the interval.
+        p_value: two-sided bootstrap p-value of "no difference": twice the share of
+            resampled differences on the other side of zero from `difference` (a
+            resampled difference of exactly zero counts half), capped at 1.
+        pairs: number of paired items.
+    """
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    pairs: int
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> PairedDifference:
+    """Paired bootstrap test of the mean difference between two systems on the same items.
+
+    `a[i]` and `b[i]` are the two systems' values on item i (for example per-problem
+    accuracy on a shared eval set). Items are resampled with replacement, both values
+    of an item together, so the variation between items common to both systems cancels.
+
+    Args:
+        a, b: [N] values of the two systems, in the same item order, N >= 1.
+        resamples: bootstrap resamples, >= 1.
+        confidence: coverage of the interval, in (0, 1).
+        seed: seed of numpy's default_rng.
+
+    Returns:
+        PairedDifference(difference, low, high, p_value, pairs).
+    """
+    first, second = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(f"a and b must be one-dimensional and of equal length, got {first.shape} and {second.shape}")
+    if first.size == 0:
+        raise ValueError("a and b are empty; a paired test needs at least one item")
+    _check_bootstrap(resamples, confidence)
+    deltas = second - first
+    rng = np.random.default_rng(seed)
+    replicates = deltas[rng.integers(0, deltas.size, size=(resamples, deltas.size))].mean(axis=1)
+    observed = float(deltas.mean())
+    low, high = _percentile_interval(replicates, confidence)
+    if observed == 0.0:
+        p_value = 1.0
+    else:
+        other_side = np.sum(replicates * np.sign(observed) < 0) + 0.5 * np.sum(replicates == 0)
+        p_value = min(1.0, 2.0 * float(other_side) / resamples)
+    return PairedDifference(observed, low, high, p_value, int(deltas.size))

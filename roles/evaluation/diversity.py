@@ -122,16 +122,37 @@ def sentence_bleu(hypothesis: Tokens, references: Sequence[Tokens], max_n: int =
         raise ValueError(f"max_n must be at least 1, got max_n={max_n}")
     if len(references) == 0:
         raise ValueError("references is empty; BLEU needs at least one reference")
-    hypothesis_length = len(hypothesis)
-    if hypothesis_length == 0:
+    if len(hypothesis) == 0:
         return 0.0
+    reference_counts = [_max_counts(references, n) for n in range(1, max_n + 1)]
+    return _bleu(
+        hypothesis, max_n, lambda n, gram: reference_counts[n - 1][gram],
+        _closest_length(len(hypothesis), Counter(len(reference) for reference in references)),
+    )
+
+
+def _max_counts(references: Sequence[Tokens], n: int) -> Counter[tuple[Hashable, ...]]:
+    """Each n-gram's largest count in any single reference."""
+    largest: Counter[tuple[Hashable, ...]] = Counter()
+    for reference in references:
+        largest |= Counter(ngrams(reference, n))
+    return largest
+
+
+def _closest_length(length: int, reference_lengths: Counter[int]) -> int:
+    """The reference length closest to `length` (the shorter one on a tie)."""
+    return min((other for other, count in reference_lengths.items() if count > 0),
+               key=lambda other: (abs(other - length), other))
+
+
+def _bleu(hypothesis: Tokens, max_n: int, reference_count: Callable[[int, tuple[Hashable, ...]], int],
+          closest_reference_length: int) -> float:
+    """`sentence_bleu` of a non-empty hypothesis, given each n-gram's largest reference count."""
+    hypothesis_length = len(hypothesis)
     log_precision_sum = 0.0
     for n in range(1, max_n + 1):
         hypothesis_counts = Counter(ngrams(hypothesis, n))
-        max_reference_counts: Counter[tuple[Hashable, ...]] = Counter()
-        for reference in references:
-            max_reference_counts |= Counter(ngrams(reference, n))
-        clipped = sum(min(count, max_reference_counts[gram]) for gram, count in hypothesis_counts.items())
+        clipped = sum(min(count, reference_count(n, gram)) for gram, count in hypothesis_counts.items())
         total = sum(hypothesis_counts.values())
         if n == 1:
             if clipped == 0:
@@ -139,15 +160,35 @@ def sentence_bleu(hypothesis: Tokens, references: Sequence[Tokens], max_n: int =
             log_precision_sum += math.log(clipped / total)
         else:
             log_precision_sum += math.log((clipped + 1) / (total + 1))
-    closest_reference_length = min(
-        (len(reference) for reference in references),
-        key=lambda length: (abs(length - hypothesis_length), length),
-    )
     if hypothesis_length > closest_reference_length:
         brevity_penalty = 1.0
     else:
         brevity_penalty = math.exp(1.0 - closest_reference_length / hypothesis_length)
     return brevity_penalty * math.exp(log_precision_sum / max_n)
+
+
+class _TopTwoCounts:
+    """For every n-gram, its two largest counts in single sequences and whose the
+    largest is: the largest count among all sequences but one, in constant time."""
+
+    def __init__(self, sequences: Sequence[Tokens], n: int) -> None:
+        self.best: dict[tuple[Hashable, ...], tuple[int, int]] = {}
+        self.second: Counter[tuple[Hashable, ...]] = Counter()
+        for index, tokens in enumerate(sequences):
+            for gram, count in Counter(ngrams(tokens, n)).items():
+                best = self.best.get(gram)
+                if best is None or count > best[0]:
+                    if best is not None:
+                        self.second[gram] = best[0]
+                    self.best[gram] = (count, index)
+                elif count > self.second[gram]:
+                    self.second[gram] = count
+
+    def largest_without(self, gram: tuple[Hashable, ...], excluded: int) -> int:
+        best = self.best.get(gram)
+        if best is None:
+            return 0
+        return best[0] if best[1] != excluded else self.second[gram]
 
 
 def self_bleu(
@@ -182,10 +223,20 @@ def self_bleu(
         hypothesis_indices = sorted(int(index) for index in drawn)
     else:
         hypothesis_indices = range(count)
-    scores = [
-        sentence_bleu(sequences[index], [sequences[other] for other in range(count) if other != index], max_n)
-        for index in hypothesis_indices
-    ]
+    # every hypothesis against all the others: each n-gram's largest count in any other
+    # sequence comes from a table built once, so the cost is linear in the sequences
+    tables = [_TopTwoCounts(sequences, n) for n in range(1, max_n + 1)]
+    lengths = Counter(len(tokens) for tokens in sequences)
+    scores = []
+    for index in hypothesis_indices:
+        hypothesis = sequences[index]
+        if len(hypothesis) == 0:
+            scores.append(0.0)
+            continue
+        lengths[len(hypothesis)] -= 1  # never its own reference
+        closest = _closest_length(len(hypothesis), lengths)
+        lengths[len(hypothesis)] += 1
+        scores.append(_bleu(hypothesis, max_n, lambda n, gram, index=index: tables[n - 1].largest_without(gram, index), closest))
     return sum(scores) / len(scores), len(scores)
 
 

@@ -171,3 +171,36 @@ def test_bootstrap_ci_accepts_any_statistic():
 def test_bootstrap_ci_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         bootstrap_ci(**kwargs)
+
+
+def test_paired_bootstrap_of_a_constant_shift() -> None:
+    from roles.evaluation.accuracy import paired_bootstrap
+
+    a = [0.1 * i for i in range(20)]
+    result = paired_bootstrap(a, [value + 0.25 for value in a])
+    assert result.difference == pytest.approx(0.25) and result.low == pytest.approx(0.25) and result.high == pytest.approx(0.25)
+    assert result.p_value == 0.0 and result.pairs == 20
+
+
+def test_paired_bootstrap_sees_through_shared_item_difficulty() -> None:
+    from roles.evaluation.accuracy import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0, 1, 200)  # large spread between items, common to both systems
+    a = difficulty
+    b = difficulty + rng.normal(0.05, 0.02, 200)
+    result = paired_bootstrap(a, b, seed=1)
+    assert 0.04 < result.low < result.difference < result.high < 0.06 and result.p_value < 0.01
+
+
+def test_paired_bootstrap_of_no_difference_and_bad_input() -> None:
+    from roles.evaluation.accuracy import paired_bootstrap
+
+    same = paired_bootstrap([1.0, 0.0, 1.0], [1.0, 0.0, 1.0])
+    assert same.difference == 0.0 and same.p_value == 1.0
+    noisy = paired_bootstrap([0, 1, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 1, 1, 0], seed=3)
+    assert noisy.low < 0 < noisy.high and noisy.p_value > 0.2
+    with pytest.raises(ValueError, match="equal length"):
+        paired_bootstrap([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="empty"):
+        paired_bootstrap([], [])

@@ -201,3 +201,15 @@ def test_within_and_across_rejects_empty_groups():
         within_and_across([], lambda samples: 0.0)
     with pytest.raises(ValueError, match=r"groups\[1\]"):
         within_and_across([[[1]], []], lambda samples: 0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_self_bleu_equals_sentence_bleu_of_each_sequence_against_all_the_others(seed):
+    rng = random.Random(seed)
+    sequences = [[rng.randrange(5) for _ in range(rng.randrange(0, 9))] for _ in range(rng.randrange(2, 12))]
+    expected = [
+        sentence_bleu(sequences[i], [s for j, s in enumerate(sequences) if j != i]) for i in range(len(sequences))
+    ]
+    score, scored = self_bleu(sequences)
+    assert scored == len(sequences)
+    assert score == pytest.approx(sum(expected) / len(expected), abs=1e-12)
