@@ -24,67 +24,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocols.batch import Batch
 from protocols.membership import Lookup, LookupResult
-from protocols.rl import Generate, Rollouts, Score, Scores
+from roles.evaluator import EvalContext, Evaluator
 from roles.metrics import read_metrics
+
+__all__ = ["EvalContext", "Evaluator", "Run", "RunError"]
 
 
 class RunError(RuntimeError):
     """The run could not start, or failed; the text says where to look."""
 
 
-class Evaluator:
-    """Base of evaluators: `evaluate(ctx)` returns named floats (logged as ``eval/<name>``)."""
-
-    every_steps: int = 1
-    """Evaluate after every N-th training step."""
-
-    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        raise NotImplementedError(f"{type(self).__name__} must implement evaluate(ctx)")
-
-
-@dataclass
-class EvalContext:
-    """What an evaluator can use: the step, the weights version the generators hold, and
-    the live generator and reward roles."""
-
-    step: int
-    weights_version: int
-    run_dir: Path
-    registry: str
-    tokenizer: Any
-    calls: list[str] = field(default_factory=list)
-
-    def generate(self, prompts: Sequence[str], **sampling: Any) -> list[dict[str, Any]]:
-        """Sample responses on a live generator; one dict per response: ``prompt``,
-        ``response``, ``version`` (the weights version that produced it)."""
-        ids = [self.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        batch = Batch(columns={"prompt_ids": ids, "prompt": list(prompts)})
-        reply: Rollouts = self._ask("generator", Generate(batch, sampling))
-        return [
-            {"prompt": prompt, "response": response, "version": version}
-            for prompt, response, version in zip(reply.batch.columns["prompt"], reply.batch.columns["response"],
-                                                 reply.batch.tensors["version"].tolist())
-        ]
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any],
-              data_source: str | Sequence[str]) -> list[float]:
-        """Score responses with the live reward role."""
-        sources = [data_source] * len(prompts) if isinstance(data_source, str) else list(data_source)
-        reply: Scores = self._ask("reward", Score(list(prompts), list(responses), list(ground_truths), sources))
-        return reply.scores
-
-    def _ask(self, role: str, message: Any) -> Any:
-        self.calls.append(role)
-        return asyncio.run(_ask_role(self.registry, self.run_dir, role, message))
-
-
-async def _ask_role(registry: str, run_dir: Path, role: str, message: Any, timeout: float = 600.0) -> Any:
+async def ask_ready_role(registry: str, run_dir: Path, role: str, message: Any, timeout: float = 600.0) -> Any:
     from runtime.client import Client
     from runtime.outbox import ActorRef
 
@@ -210,7 +164,9 @@ class Run:
             return record
         assert self.run_dir is not None
         info = json.loads((self.run_dir / "registry.json").read_text())
-        context = EvalContext(step, int(record.get("weights/version", -1)), self.run_dir, info["registry"], self._load_tokenizer())
+        registry, run_dir = info["registry"], self.run_dir
+        context = EvalContext(step, int(record.get("weights/version", -1)), run_dir, self._load_tokenizer(),
+                              lambda role, message: asyncio.run(ask_ready_role(registry, run_dir, role, message)))
         values: dict[str, float] = {}
         for name, evaluator in due:
             for key, value in evaluator.evaluate(context).items():

@@ -30,6 +30,7 @@ BUILTIN_ROLES: dict[str, str] = {
     "critic": "roles.critic:Critic",
     "reference": "roles.reference:Reference",
     "reward": "roles.reward:Reward",
+    "evaluator": "roles.evaluator:HeldoutEvaluator",
 }
 """Role entry points by built-in name."""
 

@@ -1,5 +1,5 @@
 """Messages of the RL dataflow: one type per interaction between the controller and
-the generator, reference, critic, reward and trainer roles.
+the generator, reference, critic, reward, trainer and evaluator roles.
 
 Rollout batches travel as `Batch`es. Their columns, by the role that adds them:
 
@@ -119,3 +119,16 @@ class CheckpointDone:  # trainer / critic -> controller
 class ExportModel:  # launcher -> trainer ranks
     path: str
     """Folder for a Hugging Face ``save_pretrained`` of the current policy."""
+
+
+@message("rl.evaluate")
+class Evaluate:  # controller (or anyone) -> evaluator
+    step: int
+    """The training step the policy has reached; names ``eval/step_N.jsonl``."""
+
+
+@message("rl.evaluate.result")
+class Evaluated:  # evaluator -> controller
+    step: int
+    values: dict[str, float]
+    """``eval/<name>`` values written to metrics.jsonl for this step."""

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocols.batch import Batch
 from protocols.envelope import new_id
@@ -40,12 +40,10 @@ from protocols.rl import (
     CheckpointDone,
     ComputeLogProbs,
     ComputeValues,
-    Generate,
+    Evaluate,
     LoadCheckpoint,
     LogProbs,
-    Rollouts,
     SaveCheckpoint,
-    Score,
     Scores,
     Train,
     TrainStats,
@@ -61,13 +59,16 @@ from roles.algorithms import (
     build_kl_controller,
     compute_advantages,
     compute_kl,
+    kl_metrics,
     place_scores_on_last_token,
+    zero_variance_share,
 )
 from roles.algorithms.aggregation import aggregate_loss
 from roles.data import DataConfig, PromptDataset, PromptSampler
+from roles.evaluator import HeldoutConfig, run_heldout
 from roles.generation import SamplingParams
-from roles.metrics import MetricsLog
-from roles.rollout import concat_rollouts, response_lengths
+from roles.metrics import MetricsLog, read_metrics, run_hyperparameters
+from roles.rollout import generate_on, response_lengths, score_on
 from runtime.actor import Actor
 from runtime.errors import ActorError
 from runtime.tracing import current_trace_id
@@ -75,19 +76,21 @@ from runtime.tracing import current_trace_id
 INITIAL_VERSION = -1
 
 
-class EvalConfig(BaseModel):
-    """Held-out evaluation through the live generators and reward roles."""
+class EvalConfig(HeldoutConfig):
+    """When to evaluate, and where: here, or in the evaluator role (its own process)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    data: DataConfig | None = None
-    """Held-out prompts; None: no evaluation."""
     every_steps: int = Field(0, ge=0)
     """Evaluate every N steps (0: only before the first and after the last step)."""
-    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=1, temperature=1.0))
-    """How held-out responses are sampled."""
-    correct_at: float = 1.0
-    """A response counts as correct when its score is at least this."""
+    evaluator: bool = False
+    """Send each evaluation to the evaluator role, so training goes on while it runs (the
+    held-out settings are then the evaluator's config); False: evaluate here, between
+    two steps, with the settings below."""
+
+    @model_validator(mode="after")
+    def _settings_in_one_place(self) -> EvalConfig:
+        if self.evaluator and self.data is not None:
+            raise ValueError("eval.evaluator is set: give the held-out data in the evaluator role's config, not here")
+        return self
 
 
 class ControllerConfig(BaseModel):
@@ -158,6 +161,8 @@ class Controller(Actor):
         """The sampler's position after the last batch trained (async mode draws ahead)."""
         self.prompt_counter = 0
         """Batches of prompts drawn; names each prompt's group (``uid``)."""
+        self.evaluations: list[asyncio.Future[Any]] = []
+        """Evaluations sent to the evaluator role (awaited before the run ends)."""
 
     # ------------------------------------------------------------------ the run
     async def on_start(self) -> None:
@@ -185,7 +190,8 @@ class Controller(Actor):
                 await self.save_checkpoint(run_dir)
             if config.eval.every_steps and self.step % config.eval.every_steps == 0 and self.step < config.steps:
                 await self.evaluate()
-        await self.evaluate()
+        await self.evaluate(last=True)
+        self.metrics.hparams(run_hyperparameters(run_dir), final_metrics(read_metrics(run_dir)), self.step)
         self.metrics.close()
         self.log.lifecycle("controller.steps_done", steps=self.step)
         if config.release_file is not None:
@@ -268,13 +274,7 @@ class Controller(Actor):
         })
 
     async def generate(self, prompts: Batch, sampling: SamplingParams) -> Batch:
-        """Sample on every ready generator at once (a dying one's share goes to another)."""
-        generators = max(1, len(await self.lookup(role="generator")))
-        pieces = [piece for piece in prompts.split(generators) if piece.size]
-        replies: list[Rollouts] = await asyncio.gather(*(
-            self.ask_role("generator", Generate(piece, sampling.model_dump()), self.config.call_timeout_s) for piece in pieces
-        ))
-        return concat_rollouts([reply.batch for reply in replies], self.tokenizer.pad_token_id)
+        return await generate_on(self, prompts, sampling, self.tokenizer.pad_token_id, self.config.call_timeout_s)
 
     async def prepare(self, batch: Batch, timings: dict[str, float]) -> tuple[Batch, dict[str, float]]:
         """Reference, critic, reward and old log-probs in parallel, then advantages."""
@@ -322,6 +322,8 @@ class Controller(Actor):
         if "ref_logprobs" in t:
             kl = compute_kl(policy, t["ref_logprobs"], "k1" if config.kl.usage == "reward" else config.kl.estimator.rstrip("+"))  # type: ignore[arg-type]
             numbers["train/kl_div"] = float(aggregate_loss(kl, mask, "seq-mean-token-mean"))
+            numbers.update(kl_metrics(policy, t["ref_logprobs"], mask))
+        numbers["train/zero_variance_groups"] = zero_variance_share(scores, batch.columns["uid"])
         if config.kl.usage == "reward":
             rewards = apply_kl_penalty(scores, kl, mask, self.kl_controller.kl_coef).token_level_rewards
         else:
@@ -337,15 +339,7 @@ class Controller(Actor):
         return batch.with_columns(**columns), numbers
 
     async def score(self, batch: Batch) -> Scores:
-        """Every response scored by the reward role(s), spread over the ready instances."""
-        rewards = max(1, len(await self.lookup(role="reward")))
-        pieces = [piece for piece in batch.split(rewards) if piece.size]
-        replies: list[Scores] = await asyncio.gather(*(
-            self.ask_role("reward", Score(p.columns["prompt"], p.columns["response"], p.columns["ground_truth"], p.columns["data_source"]),
-                          self.config.call_timeout_s)
-            for p in pieces
-        ))
-        return Scores([s for r in replies for s in r.scores], [e for r in replies for e in r.extracted])
+        return await score_on(self, batch, self.config.call_timeout_s)
 
     async def train_and_publish(self, batch: Batch, numbers: dict[str, float], timings: dict[str, float], started: float) -> dict[str, Any]:
         config = self.config
@@ -378,6 +372,9 @@ class Controller(Actor):
         })
         if self.sampler_state == {} or config.mode == "sync":
             self.sampler_state = self.sampler.state_dict()
+        valid = batch.tensors["response_mask"] > 0
+        self.metrics.histograms(self.step, {"reward": batch.tensors["score"], "response_length": response_lengths(batch),
+                                            "advantages": batch.tensors["advantages"][valid]})
         return self.metrics.write(self.step, numbers)
 
     async def ask_trainers(self, request: Any) -> list[Any]:
@@ -388,36 +385,26 @@ class Controller(Actor):
         )))
 
     # ------------------------------------------------------------------ evaluation
-    async def evaluate(self) -> dict[str, Any] | None:
-        """Held-out accuracy and reward of the current policy (eval/accuracy, eval/reward),
-        every sample dumped to ``eval/step_N.jsonl``."""
+    async def evaluate(self, last: bool = False) -> None:
+        """Held-out evaluation of the current policy (roles.evaluator): here, between two
+        steps, or by the evaluator role while training goes on; the last one is waited
+        for, so the run ends with it (and every earlier one) done."""
+        config = self.config.eval
+        if config.evaluator:
+            self.evaluations.append(asyncio.ensure_future(self.ask_role("evaluator", Evaluate(self.step), self.config.call_timeout_s)))
+            if last:
+                for outcome in await asyncio.gather(*self.evaluations, return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        self.log.lifecycle("controller.evaluation_failed", error=repr(outcome))
+            return
         if self.heldout is None:
-            return None
+            return
         current_trace_id.set(new_id())
-        rows = list(self.heldout)
-        prompts = Batch(columns={
-            "prompt_ids": [row.prompt_ids for row in rows], "prompt": [row.prompt for row in rows],
-            "ground_truth": [row.ground_truth for row in rows], "data_source": [row.data_source for row in rows],
-        })
         started = time.monotonic()
-        batch = await self.generate(prompts, self.config.eval.sampling)
-        scores = await self.score(batch)
-        values = torch.tensor(scores.scores)
-        correct = values >= self.config.eval.correct_at
-        numbers = {"eval/accuracy": float(correct.float().mean()), "eval/reward": float(values.mean()),
-                   "eval/samples": float(batch.size), "timing/eval_s": time.monotonic() - started}
-        versions = batch.tensors["version"].tolist()
-        out = (self.run_dir or Path.cwd()) / "eval" / f"step_{self.step}.jsonl"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", encoding="utf-8") as dump:
-            for i in range(batch.size):
-                dump.write(json.dumps({
-                    "prompt": batch.columns["prompt"][i], "response": batch.columns["response"][i],
-                    "extracted": scores.extracted[i], "ground_truth": batch.columns["ground_truth"][i],
-                    "score": scores.scores[i], "weights_version": versions[i],
-                }) + "\n")
-        self.log.lifecycle("controller.evaluated", step=self.step, **numbers)
-        return self.metrics.write(self.step, numbers)
+        numbers = await run_heldout(self, self.heldout, config, self.step, self.metrics, self.config.call_timeout_s)
+        numbers["timing/eval_s"] = time.monotonic() - started
+        self.log.lifecycle("controller.evaluated", step=self.step, **{k: numbers[k] for k in ("eval/accuracy", "eval/reward")})
+        self.metrics.write(self.step, numbers)
 
     # ------------------------------------------------------------------ checkpoints
     async def save_checkpoint(self, run_dir: Path) -> Path:
@@ -460,6 +447,8 @@ class Controller(Actor):
             needed["reference"] = 1
         if self.use_critic:
             needed["critic"] = 1
+        if self.config.eval.evaluator:
+            needed["evaluator"] = 1
         deadline = time.monotonic() + self.config.startup_timeout_s
         while True:
             missing = {}
@@ -472,6 +461,17 @@ class Controller(Actor):
             if time.monotonic() > deadline:
                 raise ActorError(f"roles not ready after {self.config.startup_timeout_s:g} s: {missing}")
             await asyncio.sleep(0.5)
+
+
+FINAL_METRICS = ("train/reward", "train/kl_div", "train/entropy", "train/response_length", "eval/accuracy", "eval/reward")
+
+
+def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The last value of each of FINAL_METRICS in a run's records (the HParams table's columns)."""
+    final: dict[str, float] = {}
+    for record in records:
+        final.update({name: record[name] for name in FINAL_METRICS if isinstance(record.get(name), (int, float))})
+    return final
 
 
 def latest_checkpoint(run_dir: Path | str) -> Path | None:

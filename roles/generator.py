@@ -79,7 +79,7 @@ class Generator(ReceivesWeights):
         params = SamplingParams(**request.sampling)
         started = time.monotonic()
         output, version = await self.compute.run(self._generate, request.batch, params)
-        batch = _rollout_batch(request.batch, output, params.n, version)
+        batch = rollout_batch(request.batch, output, params.n, version)
         return Rollouts(batch, version, self.name, time.monotonic() - started)
 
     def _generate(self, prompts: Batch, params: SamplingParams) -> tuple[GenerationOutput, int]:
@@ -102,7 +102,7 @@ def _build_backend(config: GeneratorConfig) -> tuple[GenerationBackend, Any, dic
     return HFBackend(model, tokenizer, config.device, config.micro_batch), loader, loader.expected
 
 
-def _rollout_batch(prompts: Batch, output: GenerationOutput, n: int, version: int) -> Batch:
+def rollout_batch(prompts: Batch, output: GenerationOutput, n: int, version: int) -> Batch:
     """The prompts' columns, each repeated for its n samples, with the samples' tensors."""
     rows = prompts.without("prompt_ids").repeat(n) if len(prompts.names()) > 1 else Batch(size=prompts.size * n)
     return rows.with_columns(

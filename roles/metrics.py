@@ -1,11 +1,22 @@
 """Where a run's numbers go: one JSON object per step in ``metrics.jsonl`` and the same
-values as TensorBoard scalars under ``tb/``."""
+values as TensorBoard scalars under ``tb/``, plus histograms, text and hyperparameters.
+
+The controller and the evaluator role write to the same run: each record is appended
+with a single ``write`` on a file opened for appending, so lines from two processes
+never interleave; each process has its own TensorBoard event file in ``tb/``, which
+TensorBoard reads as one run.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class MetricsLog:
@@ -20,15 +31,54 @@ class MetricsLog:
 
             self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
 
-    def write(self, step: int, values: dict[str, float]) -> dict[str, Any]:
-        record: dict[str, Any] = {"step": step, **{name: _plain(value) for name, value in sorted(values.items())}}
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(record) + "\n")
+    def write(self, step: int, values: Mapping[str, float], source: str | None = None) -> dict[str, Any]:
+        """One record: ``{"step": N, ["source": ...,] name: value, ...}`` (names sorted)."""
+        record: dict[str, Any] = {"step": step, **({"source": source} if source else {}),
+                                  **{name: float(value) for name, value in sorted(values.items())}}
+        line = (json.dumps(record) + "\n").encode("utf-8")  # NaN and inf are kept: alerts look for them
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+        finally:
+            os.close(descriptor)
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(name, value, step)
             self.writer.flush()
         return record
+
+    def histograms(self, step: int, values: Mapping[str, torch.Tensor]) -> None:
+        """TensorBoard histograms (``hist/<name>``) of per-sample values; empty ones skipped."""
+        if self.writer is None:
+            return
+        for name, tensor in values.items():
+            finite = tensor.detach().float().flatten()
+            finite = finite[torch.isfinite(finite)]
+            if finite.numel():
+                self.writer.add_histogram(f"hist/{name}", finite, step)
+        self.writer.flush()
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """A markdown text entry (TensorBoard's text tab)."""
+        if self.writer is not None:
+            self.writer.add_text(tag, markdown, step)
+            self.writer.flush()
+
+    def hparams(self, hyperparameters: Mapping[str, Any], final: Mapping[str, float], step: int) -> None:
+        """The run's hyperparameters with its final metrics (as ``final/<name>`` scalars),
+        written into this run's own event file, so ``tensorboard --logdir runs`` lists
+        every run in one HParams table."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {f"final/{name}": float(value) for name, value in final.items() if math.isfinite(value)}
+        experiment, session_start, session_end = hparams(dict(hyperparameters), metrics)
+        for summary in (experiment, session_start, session_end):
+            self.writer.file_writer.add_summary(summary)
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -49,6 +99,42 @@ def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
     return records
 
 
-def _plain(value: float) -> float:
-    """A plain float (NaN and inf are kept: json writes them, and alerts look for them)."""
-    return float(value)
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``a.b.c`` keys with values TensorBoard's HParams accepts
+    (numbers, strings, booleans; lists and None as text)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value)
+    return flat
+
+
+#: Settings that name places rather than choices; they differ between any two runs.
+NOT_HYPERPARAMETERS = {"model", "tokenizer", "files", "release_file", "release_timeout_s", "startup_timeout_s",
+                       "call_timeout_s", "channel", "tensorboard", "device", "cpu_threads"}
+
+
+def run_hyperparameters(run_dir: Path | str) -> dict[str, Any]:
+    """The settings of every role of a run (from its resolved ``topology.yaml``) as
+    ``<role>.<setting>`` keys, without paths, timeouts and placement."""
+    import yaml
+
+    path = Path(run_dir) / "topology.yaml"
+    if not path.exists():
+        return {}
+    resolved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    settings: dict[str, Any] = {}
+    for name, role in (resolved.get("roles") or {}).items():
+        settings[f"{name}.count"] = role.get("count", 1)
+        settings.update(flatten_config(_without(role.get("config") or {}), f"{name}."))
+    return settings
+
+
+def _without(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _without(value) if isinstance(value, Mapping) else value
+            for key, value in config.items() if key not in NOT_HYPERPARAMETERS}

@@ -1,19 +1,50 @@
-"""Rollout batches: joining the pieces generators return, and the per-batch numbers
-every role reports (shared by the controller, trainer, critic and evaluator)."""
+"""Rollout batches: asking every generator and reward instance for their share, joining
+the pieces they return, and the per-batch numbers every role reports (shared by the
+controller, trainer, critic and evaluator)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from protocols.batch import Batch
+from protocols.rl import Generate, Rollouts, Score, Scores
+
+if TYPE_CHECKING:
+    from roles.generation import SamplingParams
+    from runtime.actor import Actor
 
 PROMPT_TENSORS = ("prompt_ids", "prompt_mask")
 """Left-padded: widened on the left."""
 RESPONSE_TENSORS = ("response_ids", "response_mask", "behavior_logprobs", "old_logprobs", "ref_logprobs",
                     "values", "advantages", "returns")
 """Right-padded: widened on the right."""
+
+
+async def generate_on(actor: Actor, prompts: Batch, sampling: SamplingParams, pad_token_id: int, timeout: float) -> Batch:
+    """Sample on every ready generator at once, each its share of the prompts (a dying
+    one's share goes to another); the pieces joined in prompt order."""
+    generators = max(1, len(await actor.lookup(role="generator")))
+    pieces = [piece for piece in prompts.split(generators) if piece.size]
+    replies: list[Rollouts] = await asyncio.gather(*(
+        actor.ask_role("generator", Generate(piece, sampling.model_dump()), timeout) for piece in pieces
+    ))
+    return concat_rollouts([reply.batch for reply in replies], pad_token_id)
+
+
+async def score_on(actor: Actor, batch: Batch, timeout: float) -> Scores:
+    """Every response scored by the reward role, spread over its ready instances."""
+    rewards = max(1, len(await actor.lookup(role="reward")))
+    pieces = [piece for piece in batch.split(rewards) if piece.size]
+    replies: list[Scores] = await asyncio.gather(*(
+        actor.ask_role("reward", Score(p.columns["prompt"], p.columns["response"], p.columns["ground_truth"],
+                                       p.columns["data_source"]), timeout)
+        for p in pieces
+    ))
+    return Scores([s for r in replies for s in r.scores], [e for r in replies for e in r.extracted])
 
 
 def concat_rollouts(batches: Sequence[Batch], pad_token_id: int) -> Batch:
@@ -57,3 +88,9 @@ def without_rows_weight(batch: Batch, padding: int) -> Batch:
 def response_lengths(batch: Batch) -> torch.Tensor:
     """[N] generated tokens per row."""
     return batch.tensors["response_mask"].sum(dim=1)
+
+
+def response_id_lists(batch: Batch) -> list[list[int]]:
+    """Each row's generated token ids, without padding."""
+    ids, mask = batch.tensors["response_ids"], batch.tensors["response_mask"] > 0
+    return [row[keep].tolist() for row, keep in zip(ids, mask)]

@@ -33,7 +33,7 @@ from roles.algorithms.advantages import (
 )
 from roles.algorithms.aggregation import LOSS_AGG_MODES, LossAggMode, aggregate_loss
 from roles.algorithms.entropy import entropy_from_logits, logprobs_from_logits
-from roles.algorithms.groups import GroupIds, GroupStats, group_stats
+from roles.algorithms.groups import GroupIds, GroupStats, group_stats, zero_variance_share
 from roles.algorithms.kl import (
     KL_ESTIMATOR_NAMES,
     KLConfig,
@@ -47,6 +47,7 @@ from roles.algorithms.kl import (
     kl_k1,
     kl_k2,
     kl_k3,
+    kl_metrics,
     place_scores_on_last_token,
     straight_through_kl,
 )
@@ -115,6 +116,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_metrics",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
@@ -122,4 +124,5 @@ __all__ = [
     "place_scores_on_last_token",
     "ppo_policy_loss",
     "straight_through_kl",
+    "zero_variance_share",
 ]

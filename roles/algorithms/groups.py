@@ -10,6 +10,7 @@ reshaping to [num_groups, group_size].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple, Union
 
@@ -94,3 +95,26 @@ def group_stats(scores: torch.Tensor, group_ids: GroupIds, unbiased_std: bool = 
     divisor = (size - 1.0).clamp(min=1.0) if unbiased_std else size
     std = torch.where(size > 1, (squared_deviation / divisor).sqrt(), torch.zeros_like(size))
     return GroupStats(mean=mean[index], std=std[index], size=size[index], total=total[index])
+
+
+def zero_variance_share(scores: torch.Tensor, group_ids: GroupIds) -> float:
+    """The share of groups (of two or more samples) whose samples all scored the same.
+
+    Such a group gives a group-relative estimator (GRPO, RLOO) no advantage and so no
+    gradient. Groups of one sample are not counted; 0.0 when no group has two.
+
+    Args:
+        scores: [B] per-sequence scores.
+        group_ids: integer tensor [B] or a sequence of B hashable ids.
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must have shape [B], got {tuple(scores.shape)}")
+    index = dense_group_index(group_ids, scores.shape[0], scores.device)
+    if index.numel() == 0:
+        return 0.0
+    groups = int(index.max()) + 1
+    size = scores.new_zeros(groups).index_add(0, index, torch.ones_like(scores))
+    highest = scores.new_full((groups,), -math.inf).scatter_reduce(0, index, scores, "amax")
+    lowest = scores.new_full((groups,), math.inf).scatter_reduce(0, index, scores, "amin")
+    counted = size > 1
+    return float(((highest == lowest) & counted).sum() / counted.sum()) if counted.any() else 0.0

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from roles.algorithms.aggregation import LossAggMode, aggregate_loss
 from roles.algorithms.kl_control import FixedKLControllerConfig, KLControllerConfig
-from roles.algorithms.masked import require_rank, require_same_shape
+from roles.algorithms.masked import as_float_mask, require_rank, require_same_shape
 
 #: The log-ratio is clamped to +-this before exponentiating in k3.
 LOG_RATIO_CLAMP = 20.0
@@ -109,6 +109,29 @@ def compute_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KL
     if estimator.endswith("+"):
         return straight_through_kl(value, logprobs, ref_logprobs)
     return value
+
+
+def kl_metrics(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """The KL to the reference as logged numbers, k1 and k3, per token and per sequence.
+
+    ``train/kl_{k}_token``: the estimator's mean over every valid response token of the
+    batch; ``train/kl_{k}_seq``: its sum over each response's tokens, averaged over the
+    responses. The two differ by about the mean response length.
+
+    Args:
+        logprobs: [B, T] the policy's log-probs of the sampled tokens.
+        ref_logprobs: [B, T] the reference's log-probs of the same tokens.
+        response_mask: [B, T] 0/1.
+    """
+    require_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, response_mask=response_mask)
+    mask = as_float_mask(response_mask, logprobs)
+    tokens = mask.sum().clamp(min=1.0)
+    numbers = {}
+    for name, estimator in (("k1", kl_k1), ("k3", kl_k3)):
+        per_token = estimator(logprobs, ref_logprobs) * mask
+        numbers[f"train/kl_{name}_token"] = float(per_token.sum() / tokens)
+        numbers[f"train/kl_{name}_seq"] = float(per_token.sum(dim=-1).mean()) if mask.shape[0] else 0.0
+    return numbers
 
 
 def place_scores_on_last_token(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
