@@ -20,6 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attach": ("launch.cmd_attach", "add role processes to a running topology"),
     "stop": ("launch.cmd_stop", "stop one instance or the whole run"),
     "logs": ("launch.cmd_logs", "inspect the structured message logs of a run"),
+    "eval": ("launch.cmd_eval", "evaluate a model or a run's checkpoint on a held-out set"),
+    "report": ("launch.cmd_report", "trend plots, health alerts and an HTML report of a run"),
+    "compare": ("launch.cmd_compare", "A/B table across runs"),
+    "export": ("launch.cmd_export", "a run's policy as a Hugging Face directory"),
+    "serve": ("launch.cmd_serve", "serve a model over HTTP (FastAPI, dynamic batching)"),
+    "loadtest": ("launch.cmd_loadtest", "load-test a served model with locust"),
 }
 
 

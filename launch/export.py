@@ -9,7 +9,9 @@ generation config) next to the tokenizer with its chat template.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -20,32 +22,48 @@ class ExportError(RuntimeError):
     """The run has no checkpoint to export, or not the one asked for."""
 
 
-def export_checkpoint(run_dir: Path | str, out_dir: Path | str, step: int | None = None) -> Path:
-    """Write the policy of `run_dir`'s newest checkpoint (or `step`'s) to `out_dir`."""
-    import torch.distributed.checkpoint as dcp
-
-    from roles.generation import load_causal_lm
-
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+def checkpoint_path(run_dir: Path, step: int | None = None) -> Path:
+    """The run's newest complete checkpoint, or `step`'s."""
     if step is None:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ExportError(f"{run_dir} has no complete checkpoint (checkpoints/step_N/controller.json)")
-    else:
-        checkpoint = run_dir / "checkpoints" / f"step_{step}"
-        if not (checkpoint / "controller.json").exists():
-            raise ExportError(f"{checkpoint} is not a complete checkpoint")
+        return checkpoint
+    checkpoint = run_dir / "checkpoints" / f"step_{step}"
+    if not (checkpoint / "controller.json").exists():
+        raise ExportError(f"{checkpoint} is not a complete checkpoint")
+    return checkpoint
+
+
+def load_checkpoint_policy(run_dir: Path | str, step: int | None = None) -> tuple[Any, Any, Path, int]:
+    """The policy of `run_dir`'s newest checkpoint (or `step`'s), in this process:
+    (model, tokenizer, checkpoint folder, weights version)."""
+    import torch.distributed.checkpoint as dcp
+
+    from roles.generation import load_causal_lm
+
+    run_dir = Path(run_dir)
+    checkpoint = checkpoint_path(run_dir, step)
     trainer = _trainer_config(run_dir)
     model, tokenizer = load_causal_lm(trainer["model"], trainer.get("dtype", "float32"), "cpu")
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(checkpoint / "trainer"))
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(checkpoint / "trainer"))
     model.load_state_dict(state["model"])
+    version = json.loads((checkpoint / "trainer_meta.json").read_text())["version"]
+    return model, tokenizer, checkpoint, version
+
+
+def export_checkpoint(run_dir: Path | str, out_dir: Path | str, step: int | None = None) -> Path:
+    """Write the policy of `run_dir`'s newest checkpoint (or `step`'s) to `out_dir`."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, tokenizer, checkpoint, version = load_checkpoint_policy(run_dir, step)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    meta = json.loads((checkpoint / "trainer_meta.json").read_text())
     (out_dir / "troupe_export.json").write_text(json.dumps({"run_dir": str(run_dir), "checkpoint": checkpoint.name,
-                                                            "weights_version": meta["version"]}))
+                                                            "weights_version": version}))
     return out_dir
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.rundir import RunInfo, read_topology, write_run_info, write_topology
-from launch.status import StatusView
+from launch.status import HealthWatch, StatusView
 from launch.supervisor import StartupError, Supervisor, runtime_settings_for
 from launch.topology import Topology, resolved, validate
 from runtime.actor import start_actor
@@ -79,8 +79,11 @@ async def launch_run(topology: Topology, configs: dict[str, Any], run_dir: Path,
             write_run_info(run_dir, info.model_copy(update={"state": "running"}))
             view.notify(f"run {topology.name} is up: troupe ps {run_dir} | troupe logs {run_dir} | troupe stop {run_dir}")
             view.start(supervisor, registry)
+            health = HealthWatch(run_dir)
             while not supervisor.finished.done():
                 view.refresh(supervisor, registry)
+                for alert in health.poll():
+                    view.notify(f"health alert {alert.line()}")
                 await asyncio.wait({supervisor.finished}, timeout=0.5)
             outcome = supervisor.finished.result()
     finally:

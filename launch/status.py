@@ -1,14 +1,20 @@
-"""What a running launch shows: a live table on a terminal, plain lines otherwise."""
+"""What a running launch shows: a live table on a terminal, plain lines otherwise, and
+the run's health alerts as they appear (`HealthWatch`)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from roles.evaluation.health import Alert, HealthThresholds, check_health
+from roles.evaluation.trends import series_from_records
 
 if TYPE_CHECKING:
     from launch.supervisor import Supervisor
@@ -65,3 +71,43 @@ class StatusView:
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+class HealthWatch:
+    """The run's health alerts as it goes: every `interval_s` reads the lines added to
+    metrics.jsonl, runs roles.evaluation.health on everything so far, and returns the
+    alerts not reported before (an alert is known by its kind and first step, so one
+    that goes on is reported once)."""
+
+    def __init__(self, run_dir: Path, interval_s: float = 5.0, thresholds: HealthThresholds | None = None) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.interval_s = interval_s
+        self.thresholds = thresholds or HealthThresholds()
+        self.records: list[dict[str, Any]] = []
+        self.offset = 0
+        self.reported: set[tuple[str, int]] = set()
+        self.next_check = 0.0
+
+    def poll(self) -> list[Alert]:
+        now = time.monotonic()
+        if now < self.next_check or not self.path.exists():
+            return []
+        self.next_check = now + self.interval_s
+        with open(self.path, "rb") as metrics:
+            metrics.seek(self.offset)
+            added = metrics.read()
+        complete = added[: added.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                self.records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        if not complete:
+            return []
+        fresh = []
+        for alert in check_health(series_from_records(self.records), self.thresholds):
+            if (alert.kind, alert.first_step) not in self.reported:
+                self.reported.add((alert.kind, alert.first_step))
+                fresh.append(alert)
+        return fresh

@@ -2,7 +2,9 @@
 `troupe launch` (every role its own process), then print held-out accuracy before and
 after training.
 
-    python examples/arith/demo.py [--topology examples/arith-grpo.yaml] [--rebuild]
+    python examples/arith/demo.py [--topology examples/arith-grpo.yaml] [--rebuild] [--set KEY=VALUE ...]
+
+It ends with `troupe report` on the run (plots, health alerts, an HTML page).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def main() -> int:
     parser.add_argument("--topology", default=str(REPO / "examples" / "arith-grpo.yaml"))
     parser.add_argument("--rebuild", action="store_true", help="build the model and data again")
     parser.add_argument("--run-dir", default=None, help="default: runs/arith-<time>")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a topology override, as `troupe launch --set` (e.g. roles.trainer.config.optim.lr=1e-4)")
     args = parser.parse_args()
 
     if args.rebuild or not (DATA / "build.json").exists():
@@ -34,17 +38,22 @@ def main() -> int:
     run_dir = Path(args.run_dir or REPO / "runs" / f"arith-{time.strftime('%Y%m%d-%H%M%S')}")
     troupe = Path(sys.executable).parent / "troupe"
     started = time.monotonic()
-    launched = subprocess.run([str(troupe), "launch", args.topology, "--run-dir", str(run_dir)], cwd=REPO)
+    overrides = [item for override in args.set for item in ("--set", override)]
+    launched = subprocess.run([str(troupe), "launch", args.topology, "--run-dir", str(run_dir), *overrides], cwd=REPO)
     minutes = (time.monotonic() - started) / 60
     if launched.returncode != 0:
         print(f"the run failed (exit {launched.returncode}); see {run_dir}/logs and `troupe logs {run_dir}`", file=sys.stderr)
         return launched.returncode
-    return report(run_dir, minutes)
+    code = report(run_dir, minutes)
+    if code == 0:
+        print(f"\n$ troupe report {run_dir}", flush=True)
+        subprocess.run([str(troupe), "report", str(run_dir)], cwd=REPO)
+    return code
 
 
 def report(run_dir: Path, minutes: float) -> int:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in records if "eval/accuracy" in r]
+    evals = sorted((r for r in records if "eval/accuracy" in r), key=lambda r: r["step"])
     steps = [r for r in records if "train/reward" in r]
     if len(evals) < 2 or not steps:
         print(f"no before/after evaluation in {run_dir}/metrics.jsonl", file=sys.stderr)
@@ -55,7 +64,8 @@ def report(run_dir: Path, minutes: float) -> int:
     print(f"steps: {len(steps)} in {minutes:.1f} min; train/reward {steps[0]['train/reward']:.3f} (step 1) -> "
           f"{steps[-1]['train/reward']:.3f} (step {steps[-1]['step']})")
     print(f"held-out accuracy: before {before['eval/accuracy']:.3f} -> after {after['eval/accuracy']:.3f} "
-          f"({after['eval/accuracy'] - before['eval/accuracy']:+.3f} absolute, {int(after['eval/samples'])} samples)")
+          f"({after['eval/accuracy'] - before['eval/accuracy']:+.3f} absolute, {int(after['eval/samples'])} samples; "
+          f"95% CI after: {after.get('eval/accuracy_ci_low', float('nan')):.3f}-{after.get('eval/accuracy_ci_high', float('nan')):.3f})")
     print(f"samples: {run_dir}/eval/step_{after['step']}.jsonl; TensorBoard: tensorboard --logdir {run_dir}/tb")
     return 0
 

@@ -1,0 +1,107 @@
+"""The evaluation layer on real runs of the tiny arithmetic example: the evaluator role
+(its own process, built-in and custom evaluators), TensorBoard's histograms, text and
+hyperparameters, then `troupe report` and `troupe compare` on two runs with different
+learning rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.e2e.cli import run_state, troupe, wait_for
+from tests.e2e.test_rl_run import arith, check_step_records, handled, metrics, rl_topology  # noqa: F401 - arith is a fixture
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+GREEDY = {"entry": "examples.arith.evaluators:GreedyAccuracy", "args": {"rows": 8, "max_new_tokens": 4}, "name": "greedy"}
+
+
+@pytest.fixture(scope="module")
+def lr_runs(tmp_path_factory: pytest.TempPathFactory, arith: Path) -> dict[str, Path]:  # noqa: F811
+    """Async GRPO at the example's learning rate with evaluations every 2 steps, and sync
+    GRPO at a higher one, both evaluated by the evaluator role."""
+    root = tmp_path_factory.mktemp("lr-runs")
+    runs = {}
+    for name, mode, steps, lr in (("async-lr4e-4", "async", 4, 4e-4), ("sync-lr2e-3", "sync", 3, 2e-3)):
+        topology = rl_topology(root, arith, mode=mode, steps=steps, evaluator_role=True, name=name)
+        overrides = ["--set", f"roles.trainer.config.optim.lr={lr}", "--set", "roles.controller.config.eval.every_steps=2",
+                     "--set", f"roles.evaluator.config.evaluators=[{json.dumps({**GREEDY, 'args': {**GREEDY['args'], 'data': str(arith / 'heldout.jsonl')}})}]"]
+        run_dir = root / name
+        if mode == "async":
+            result = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", *overrides, timeout=540)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        else:  # held up after its last step, for an evaluation on demand
+            overrides += ["--set", "roles.controller.config.release_file=release"]
+            assert troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", *overrides).returncode == 0
+            try:
+                log = run_dir / "logs" / "controller-0.jsonl"
+                wait_for(lambda: log.exists() and "controller.steps_done" in log.read_text(), 300, "the last step")
+                on_demand = troupe("eval", str(run_dir), "--now", timeout=300)
+                assert on_demand.returncode == 0, on_demand.stdout + on_demand.stderr
+                assert "eval/accuracy:" in on_demand.stdout and "step 3:" in on_demand.stdout
+                (run_dir / "release").touch()
+                wait_for(lambda: run_state(run_dir) == "finished", 120, "the run to end")
+            finally:
+                troupe("stop", str(run_dir))
+        runs[name] = run_dir
+    return runs
+
+
+def test_the_evaluator_role_evaluates_in_its_own_process_with_every_number(lr_runs: dict[str, Path]) -> None:
+    run_dir = lr_runs["async-lr4e-4"]
+    check_step_records(run_dir, 4, "async", eval_steps=[0, 2, 4])
+    assert len(handled(run_dir, "evaluator-", "rl.evaluate")) == 3
+    assert not handled(run_dir, "controller-", "rl.generate")  # the controller asked, the evaluator generated
+    evaluations = [r for r in metrics(run_dir) if r.get("source") == "evaluator"]
+    for record in evaluations:  # the custom evaluator, by import path, after the built-in one
+        assert 0.0 <= record["eval/greedy/accuracy"] <= 1.0
+        # training goes on while the evaluator works: its later calls may meet newer weights
+        assert record["eval/greedy/weights_version"] >= record["eval/weights_version_max"]
+        dump = [json.loads(line) for line in (run_dir / "eval" / f"step_{record['step']}.jsonl").read_text().splitlines()]
+        assert set(dump[0]) == {"prompt", "response", "extracted", "ground_truth", "score", "weights_version"}
+        assert {d["weights_version"] for d in dump} <= {record["eval/weights_version_min"], record["eval/weights_version_max"]}
+    assert evaluations[-1]["eval/weights_version_min"] >= 3  # the last evaluation saw trained weights
+
+
+def test_tensorboard_has_histograms_sample_text_and_hyperparameters_and_evaluation_on_demand(lr_runs: dict[str, Path]) -> None:
+    run_dir = lr_runs["sync-lr2e-3"]
+    on_demand = [r for r in metrics(run_dir) if r.get("source") == "evaluator" and r["step"] == 3]
+    assert len(on_demand) == 2  # the scheduled last evaluation and `troupe eval --now`
+    tb = EventAccumulator(str(run_dir / "tb"))
+    tb.Reload()
+    tags = tb.Tags()
+    assert {"hist/reward", "hist/response_length", "hist/advantages"} <= set(tags["histograms"])
+    assert {"train/reward", "train/kl_k3_seq", "eval/accuracy", "final/train/reward", "final/eval/accuracy"} <= set(tags["scalars"])
+    assert any(tag.startswith("eval/samples") for tag in tags["tensors"])  # the text tab's entries
+    hparams = tb.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in hparams and b"trainer.optim.lr" in hparams["_hparams_/experiment"]
+
+
+def test_report_on_a_run(lr_runs: dict[str, Path]) -> None:
+    run_dir = lr_runs["async-lr4e-4"]
+    result = troupe("report", str(run_dir), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    plots = sorted((run_dir / "report").glob("*.png"))
+    assert {p.name for p in plots} >= {"reward.png", "kl.png", "entropy.png", "accuracy.png", "diversity.png"}
+    assert all(p.stat().st_size > 5000 for p in plots)
+    page = (run_dir / "report" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == len(plots) and "Health alerts" in page
+    assert f"{len(plots)} plots and {run_dir / 'report' / 'index.html'}" in result.stdout
+
+
+def test_compare_two_runs_with_different_learning_rates(lr_runs: dict[str, Path], tmp_path: Path) -> None:
+    runs = [str(path) for path in lr_runs.values()]
+    result = troupe("compare", *runs, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, _, first, second = result.stdout.splitlines()[:4]
+    assert "trainer.optim.lr" in header and "controller.mode" in header and "final accuracy [95% CI]" in header
+    assert first.startswith("| async-lr4e-4 |") and "| 0.0004 |" in first and "| 0.002 |" in second
+    heldout = len((Path(runs[0]) / "eval" / "step_0.jsonl").read_text().splitlines()) // 2  # 2 samples per prompt
+    assert f"| sync-lr2e-3 - async-lr4e-4 |" in result.stdout and f"| {heldout} |" in result.stdout
+    for style in ("csv", "html"):
+        out = tmp_path / f"table.{style}"
+        assert troupe("compare", *runs, "--format", style, "--out", str(out)).returncode == 0
+        assert "async-lr4e-4" in out.read_text()
