@@ -65,7 +65,7 @@ class HealthThresholds:
     """A KL more than this many rolling standard deviations (at least half the rolling
     mean each) above its rolling mean is a jump."""
     kl_window: int = 20
-    """Steps of the rolling mean and standard deviation (at least 10 earlier points needed)."""
+    """Steps of the rolling mean and standard deviation (a jump needs this many earlier points)."""
     min_run: int = 3
     """Consecutive steps a condition must hold before it is an alert."""
     oscillation_smoothing: float = 0.8
@@ -104,7 +104,7 @@ def check_health(series: Mapping[str, Series], thresholds: HealthThresholds = He
 
 
 # ---------------------------------------------------------------------- helpers
-def runs_of(steps: Sequence[int], flagged: Sequence[bool], min_length: int, bridge: int = 5) -> list[tuple[int, int]]:
+def runs_of(steps: Sequence[int], flagged: Sequence[bool], min_length: int, bridge: int = 10) -> list[tuple[int, int]]:
     """(first, last) step of every run of at least `min_length` consecutive flagged
     points; runs apart by fewer than `bridge` unflagged points are one (a value hovering
     at a threshold is one episode, not many)."""
@@ -223,7 +223,7 @@ def kl_explosion(series: Mapping[str, Series], thresholds: HealthThresholds) -> 
     window, limits, flagged = thresholds.kl_window, {}, []
     for index, value in enumerate(values):
         before = values[max(0, index - window):index]
-        if len(before) < 10:
+        if len(before) < window:  # a full window: the first steps of a run move the KL the most
             flagged.append(False)
             continue
         mean = statistics.fmean(before)
