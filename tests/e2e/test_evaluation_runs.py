@@ -22,12 +22,14 @@ GREEDY = {"entry": "examples.arith.evaluators:GreedyAccuracy", "args": {"rows": 
 @pytest.fixture(scope="module")
 def lr_runs(tmp_path_factory: pytest.TempPathFactory, arith: Path) -> dict[str, Path]:  # noqa: F811
     """Async GRPO at the example's learning rate with evaluations every 2 steps, and sync
-    GRPO at a higher one, both evaluated by the evaluator role."""
+    GRPO at a higher one on two FSDP trainer ranks, both evaluated by the evaluator role."""
     root = tmp_path_factory.mktemp("lr-runs")
     runs = {}
     for name, mode, steps, lr in (("async-lr4e-4", "async", 4, 4e-4), ("sync-lr2e-3", "sync", 3, 2e-3)):
-        topology = rl_topology(root, arith, mode=mode, steps=steps, evaluator_role=True, name=name)
+        ranks = 1 if mode == "async" else 2
+        topology = rl_topology(root, arith, mode=mode, steps=steps, evaluator_role=True, name=name, trainer_ranks=ranks)
         overrides = ["--set", f"roles.trainer.config.optim.lr={lr}", "--set", "roles.controller.config.eval.every_steps=2",
+                     "--set", f"roles.trainer.count={ranks}", "--set", f"roles.trainer.config.ranks={ranks}",
                      "--set", f"roles.evaluator.config.evaluators=[{json.dumps({**GREEDY, 'args': {**GREEDY['args'], 'data': str(arith / 'heldout.jsonl')}})}]"]
         run_dir = root / name
         if mode == "async":
@@ -78,6 +80,17 @@ def test_tensorboard_has_histograms_sample_text_and_hyperparameters_and_evaluati
     assert any(tag.startswith("eval/samples") for tag in tags["tensors"])  # the text tab's entries
     hparams = tb.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in hparams and b"trainer.optim.lr" in hparams["_hparams_/experiment"]
+
+
+def test_two_fsdp_trainer_ranks_train_and_publish_together(lr_runs: dict[str, Path]) -> None:
+    run_dir = lr_runs["sync-lr2e-3"]
+    steps = [r for r in metrics(run_dir) if "train/reward" in r]
+    assert [r["weights/version"] for r in steps] == [1, 2, 3]
+    assert all(r["weights/generators"] == 1 for r in steps)
+    for rank in (0, 1):  # every rank took part in every update and every gather
+        assert len(handled(run_dir, f"trainer-{rank}", "rl.train")) == 3
+        assert len(handled(run_dir, f"trainer-{rank}", "weights.publish")) == 3
+    assert (run_dir / "checkpoints" / "step_3" / "trainer" / ".metadata").exists()
 
 
 def test_report_on_a_run(lr_runs: dict[str, Path]) -> None:

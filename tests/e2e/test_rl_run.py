@@ -190,17 +190,3 @@ def test_a_stopped_ppo_run_resumes_from_its_checkpoint_in_async_mode(tmp_path: P
     sampler = json.loads((run_dir / "checkpoints" / "step_4" / "controller.json").read_text())["sampler"]
     assert (sampler["epoch"], sampler["position"]) != (saved["sampler"]["epoch"], saved["sampler"]["position"])
     assert sampler["epoch"] * sampler["size"] + sampler["position"] == saved["sampler"]["epoch"] * saved["sampler"]["size"] + saved["sampler"]["position"] + 2 * 4
-
-
-def test_two_fsdp_trainer_ranks_train_and_publish_together(tmp_path: Path, run_dir: Path, arith: Path) -> None:
-    topology = rl_topology(tmp_path, arith, steps=2, trainer_ranks=2)
-    result = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status",
-                    "--set", "roles.trainer.count=2", "--set", "roles.trainer.config.ranks=2", timeout=540)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    steps = [r for r in metrics(run_dir) if "train/reward" in r]
-    assert [r["weights/version"] for r in steps] == [1, 2]
-    assert all(r["weights/generators"] == 1 for r in steps)
-    for rank in (0, 1):  # every rank took part in every update and every gather
-        assert len(handled(run_dir, f"trainer-{rank}", "rl.train")) == 2
-        assert len(handled(run_dir, f"trainer-{rank}", "weights.publish")) == 2
-    assert (run_dir / "checkpoints" / "step_2" / "trainer" / ".metadata").exists()
