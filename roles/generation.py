@@ -8,6 +8,12 @@ controls exactly that, and `response_logprobs` recomputes it in one forward over
 and response with the same left padding and position ids, so the two agree to float
 precision (the unit tests check it).
 
+`HFBackend.generate_requests` decodes several requests with different sampling
+parameters in shared micro-batches (each request's rows are drawn with its own
+parameters, and with its own generator when it has a seed), and an optional
+``on_step`` callback sees each step's tokens as they are drawn: the inference service
+(launch/serving) batches and streams with these.
+
 `VllmBackend` does the same through vLLM, an optional extra imported only when one is
 built. Nothing here sends or receives messages: a generator role wires these in.
 """
@@ -16,21 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from roles.weight_loaders import VllmLoader
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded: the controller,
+    # evaluator and reward processes use this module's settings only, and start faster
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,6 +61,9 @@ class SamplingParams(BaseModel):
     seed: int | None = None
     """Seeds the sampling: the same prompts, parameters, weights and micro-batch size give
     the same responses. None draws from torch's global generator."""
+    ignore_eos: bool = False
+    """Keep generating past eos tokens, up to ``max_new_tokens`` (stop strings still end a
+    response): load tests and benchmarks fix the response length with it."""
 
     @field_validator("stop")
     @classmethod
@@ -93,6 +100,32 @@ class GenerationOutput:
     finish_reasons: list[str]
 
 
+class GenerationRequest(NamedTuple):
+    """Prompts (token ids, unpadded) that share sampling parameters, one of several
+    requests decoded together by `HFBackend.generate_requests`."""
+
+    prompts: Sequence[Sequence[int]]
+    params: SamplingParams
+
+
+class DecodingStep(NamedTuple):
+    """What one decoding step drew, as an ``on_step`` callback sees it.
+
+    Rows are numbered as in the outputs: prompt-major within a request (``n`` rows per
+    prompt), request after request.
+    """
+
+    tokens: dict[int, int]
+    """Row -> the token drawn at this step, for every row that was still generating
+    (the token that ends a row included)."""
+    finished: dict[int, str]
+    """Row -> ``"stop"`` or ``"length"``, for the rows that ended at this step."""
+
+
+StepCallback = Callable[[DecodingStep], None]
+"""Called on the generating thread once per decoding step, before the next forward."""
+
+
 @runtime_checkable
 class GenerationBackend(Protocol):
     """What a generator role needs from a sampling engine."""
@@ -120,6 +153,8 @@ def load_causal_lm(
         raise FileNotFoundError(f"{path} has no config.json: it is not a Hugging Face model directory")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -269,30 +304,59 @@ class HFBackend:
         self.pad_token_id = int(pad_token_id)
         self.eos_token_ids = sorted(eos_token_ids(model, tokenizer))
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> GenerationOutput:
-        rows = [token_list(prompt) for prompt in prompts for _ in range(params.n)]
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_step: StepCallback | None = None) -> GenerationOutput:
+        return self.generate_requests([GenerationRequest(prompts, params)], on_step)[0]
+
+    def generate_requests(self, requests: Sequence[GenerationRequest],
+                          on_step: StepCallback | None = None) -> list[GenerationOutput]:
+        """Samples every request with its own parameters, its rows sharing micro-batches
+        with the other requests' rows; one `GenerationOutput` per request, in order.
+
+        A seeded request draws from its own generator over its own rows of the logits, so
+        its samples do not depend on the other requests' parameters or seeds (they can
+        still differ in the last float bits with the micro-batch's padding and size);
+        unseeded requests draw from torch's global generator. A micro-batch decodes until
+        its longest row ends: rows that end sooner idle.
+        """
+        rows: list[list[int]] = []
+        spans: list[RowSpan] = []
+        for request in requests:
+            start = len(rows)
+            rows += [token_list(prompt) for prompt in request.prompts for _ in range(request.params.n)]
+            generator = None
+            if request.params.seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
+            spans.append(RowSpan(start, len(rows), request.params, generator))
         if any(not row for row in rows):
             raise ValueError("every prompt needs at least one token")
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
         responses, logprobs, reasons = [], [], []
         with torch.inference_mode():
             for start in range(0, len(rows), self.micro_batch):
-                sampled = self._sample(rows[start : start + self.micro_batch], params, generator)
+                end = min(start + self.micro_batch, len(rows))
+                local = [span.within(start, end) for span in spans if span.start < end and span.end > start]
+                sampled = self._sample(rows[start:end], local, on_step, start)
                 responses += sampled.responses
                 logprobs += sampled.logprobs
                 reasons += sampled.finish_reasons
-        texts = [cut_at_stop(text, params.stop)
-                 for text in self.tokenizer.batch_decode(responses, skip_special_tokens=True)]
-        # built outside inference mode: the trainer uses these tensors under autograd,
-        # which refuses to save inference tensors for backward
-        return collate(rows, responses, logprobs, texts, reasons, self.pad_token_id)
+        outputs = []
+        for span in spans:
+            texts = [cut_at_stop(text, span.params.stop) for text in
+                     self.tokenizer.batch_decode(responses[span.start : span.end], skip_special_tokens=True)]
+            # built outside inference mode: the trainer uses these tensors under autograd,
+            # which refuses to save inference tensors for backward
+            outputs.append(collate(rows[span.start : span.end], responses[span.start : span.end],
+                                   logprobs[span.start : span.end], texts, reasons[span.start : span.end],
+                                   self.pad_token_id))
+        return outputs
 
     def clear_caches(self) -> None:
         """Nothing to clear: the KV cache lives for one `generate` call."""
 
-    def _sample(self, rows: list[list[int]], params: SamplingParams, generator: torch.Generator | None) -> Sampled:
+    def _sample(self, rows: list[list[int]], spans: list[RowSpan], on_step: StepCallback | None,
+                row_offset: int) -> Sampled:
+        """Decodes one micro-batch; `spans` cover its rows (numbered from 0 here, from
+        ``row_offset`` for ``on_step``)."""
         batch = len(rows)
         width = max(len(row) for row in rows)
         prompt_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
@@ -302,7 +366,15 @@ class HFBackend:
             attention_mask[index, width - len(row):] = 1
         prompt_ids, attention_mask = prompt_ids.to(self.device), attention_mask.to(self.device)
         eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=self.device)
-        stop_window = 4 * max((len(string) for string in params.stop), default=0) + 8
+        limits = torch.zeros(batch, dtype=torch.long, device=self.device)
+        ends_at_eos = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        groups = sampling_groups(spans, self.device)
+        span_masks = []
+        for span in spans:
+            limits[span.start : span.end] = span.params.max_new_tokens
+            ends_at_eos[span.start : span.end] = not span.params.ignore_eos
+            span_masks.append(torch.zeros(batch, dtype=torch.bool, device=self.device))
+            span_masks[-1][span.start : span.end] = True
 
         out = self.model(input_ids=prompt_ids, attention_mask=attention_mask,
                          position_ids=positions_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
@@ -311,23 +383,32 @@ class HFBackend:
         responses: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
         reasons = ["length"] * batch
-        for step in range(params.max_new_tokens):
-            tokens, token_logprobs = sample_next_tokens(out.logits[:, -1], params, generator)
+        for step in range(max(span.params.max_new_tokens for span in spans)):
+            tokens, token_logprobs = sample_groups(out.logits[:, -1], groups)
             active = ~finished
             tokens = torch.where(active, tokens, self.pad_token_id)
-            ended = active & torch.isin(tokens, eos)
+            ended = active & torch.isin(tokens, eos) & ends_at_eos
             for index, token, logprob, is_active in zip(
                 range(batch), tokens.tolist(), token_logprobs.tolist(), active.tolist(),
             ):
                 if is_active:
                     responses[index].append(token)
                     logprobs[index].append(logprob)
-            if params.stop:
-                ended |= self._completes_stop_string(responses, active & ~ended, params.stop, stop_window)
+            for span, in_span in zip(spans, span_masks):
+                if span.params.stop:
+                    stop_window = 4 * max(len(string) for string in span.params.stop) + 8
+                    ended |= self._completes_stop_string(responses, active & ~ended & in_span, span.params.stop,
+                                                         stop_window)
             for index in ended.nonzero().flatten().tolist():
                 reasons[index] = "stop"
-            finished |= ended
-            if bool(finished.all()) or step == params.max_new_tokens - 1:
+            out_of_room = active & ~ended & (limits <= step + 1)
+            finished |= ended | out_of_room
+            if on_step is not None:
+                on_step(DecodingStep(
+                    {row_offset + index: responses[index][-1] for index in active.nonzero().flatten().tolist()},
+                    {row_offset + index: reasons[index] for index in (ended | out_of_room).nonzero().flatten().tolist()},
+                ))
+            if bool(finished.all()):
                 break
             # finished rows keep feeding pad tokens: they only ever attend to themselves
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
@@ -349,6 +430,58 @@ class HFBackend:
         for index, tail in zip(indices, tails):
             completes[index] = any(string in tail for string in stop)
         return completes
+
+
+@dataclass(frozen=True)
+class RowSpan:
+    """Rows ``start:end`` of a batch that one request's parameters and generator sample."""
+
+    start: int
+    end: int
+    params: SamplingParams
+    generator: torch.Generator | None
+
+    def within(self, start: int, end: int) -> RowSpan:
+        """This span's part of rows ``start:end``, numbered from ``start``."""
+        return RowSpan(max(self.start, start) - start, min(self.end, end) - start, self.params, self.generator)
+
+
+class SamplingGroup(NamedTuple):
+    """Rows of a micro-batch drawn in one `sample_next_tokens` call."""
+
+    rows: slice | torch.Tensor
+    params: SamplingParams
+    generator: torch.Generator | None
+
+
+def sampling_groups(spans: Sequence[RowSpan], device: torch.device) -> list[SamplingGroup]:
+    """A group per seeded span (its own generator), and one per distinct temperature,
+    top-k and top-p among the unseeded spans: those all draw from torch's global
+    generator, so drawing them together changes nothing but the number of calls."""
+    groups, unseeded = [], {}
+    for span in spans:
+        if span.generator is not None:
+            groups.append(SamplingGroup(slice(span.start, span.end), span.params, span.generator))
+        else:
+            key = (span.params.temperature, span.params.top_k, span.params.top_p)
+            unseeded.setdefault(key, (span.params, []))[1].extend(range(span.start, span.end))
+    for params, rows in unseeded.values():
+        contiguous = rows == list(range(rows[0], rows[-1] + 1))
+        groups.append(SamplingGroup(slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows, device=device),
+                                    params, None))
+    return groups
+
+
+def sample_groups(logits: torch.Tensor, groups: Sequence[SamplingGroup]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_next_tokens` for each group's rows of the [B, V] logits, with its
+    parameters and generator; the groups cover every row once."""
+    if len(groups) == 1 and groups[0].rows == slice(0, logits.shape[0]):
+        return sample_next_tokens(logits, groups[0].params, groups[0].generator)
+    tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    logprobs = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    for group in groups:
+        tokens[group.rows], logprobs[group.rows] = sample_next_tokens(logits[group.rows], group.params, group.generator)
+    return tokens, logprobs
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -397,6 +530,28 @@ class VllmBackend:
         request_outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         return outputs_from_vllm(prompts, request_outputs, self.pad_token_id)
 
+    def generate_requests(self, requests: Sequence[GenerationRequest],
+                          on_step: StepCallback | None = None) -> list[GenerationOutput]:
+        """`HFBackend.generate_requests` through vLLM: one engine call, a sampling
+        parameter set per prompt.
+
+        The offline engine hands back whole responses, so ``on_step`` runs afterwards,
+        replaying each row's tokens one step at a time.
+        """
+        prompts = [token_list(prompt) for request in requests for prompt in request.prompts]
+        sampling = [self._vllm.SamplingParams(**vllm_sampling_arguments(request.params))
+                    for request in requests for _ in request.prompts]
+        request_outputs = self.llm.generate([{"prompt_token_ids": prompt} for prompt in prompts], sampling,
+                                            use_tqdm=False)
+        outputs, start = [], 0
+        for request in requests:
+            end = start + len(request.prompts)
+            outputs.append(outputs_from_vllm(request.prompts, request_outputs[start:end], self.pad_token_id))
+            start = end
+        if on_step is not None:
+            replay_steps(outputs, on_step)
+        return outputs
+
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copies full, Hugging Face-named tensors into the running model (vLLM fuses and
         slices them). Call `clear_caches` afterwards: cached prefixes hold old activations."""
@@ -415,8 +570,19 @@ def vllm_sampling_arguments(params: SamplingParams) -> dict[str, Any]:
     return {
         "n": params.n, "temperature": params.temperature, "top_p": params.top_p,
         "top_k": params.top_k if params.top_k > 0 else -1, "max_tokens": params.max_new_tokens,
-        "stop": list(params.stop), "seed": params.seed, "logprobs": 0,
+        "stop": list(params.stop), "seed": params.seed, "logprobs": 0, "ignore_eos": params.ignore_eos,
     }
+
+
+def replay_steps(outputs: Sequence[GenerationOutput], on_step: StepCallback) -> None:
+    """Calls ``on_step`` as if `outputs` had been decoded one step at a time."""
+    rows = [(ids[: int(mask.sum())].tolist(), reason) for output in outputs
+            for ids, mask, reason in zip(output.response_ids, output.response_mask, output.finish_reasons)]
+    for step in range(max((len(tokens) for tokens, _ in rows), default=0)):
+        on_step(DecodingStep(
+            {row: tokens[step] for row, (tokens, _) in enumerate(rows) if step < len(tokens)},
+            {row: reason for row, (tokens, reason) in enumerate(rows) if step == len(tokens) - 1},
+        ))
 
 
 def outputs_from_vllm(prompts: Sequence[Sequence[int]], request_outputs: Sequence[Any],
