@@ -1,0 +1,62 @@
+"""`troupe export RUN_DIR OUT_DIR [--step N]`: a run's policy as a Hugging Face directory.
+
+Gathers the trainer's (possibly sharded) checkpoint into safetensors, config, generation
+config and the tokenizer with its chat template (`launch.export.export_checkpoint`, the
+same as ``Run.export``). ``troupe serve OUT_DIR`` serves the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run directory (it holds checkpoints/)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="the Hugging Face directory to write")
+    parser.add_argument("--step", type=int, default=None, metavar="N",
+                        help="export checkpoints/step_N (default: the newest complete checkpoint)")
+    parser.add_argument("--overwrite", action="store_true", help="write into OUT_DIR even if it is not empty")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.run_dir / "topology.yaml").is_file():
+        return _fail(f"{args.run_dir} is not a run directory (no topology.yaml): give runs/<run>")
+    if args.out_dir.exists() and any(args.out_dir.iterdir()) and not args.overwrite:
+        return _fail(f"{args.out_dir} is not empty: choose another OUT_DIR or pass --overwrite")
+    steps = _complete_steps(args.run_dir)
+    if (args.step is None and not steps) or (args.step is not None and args.step not in steps):
+        missing = "no complete checkpoint" if args.step is None else f"no complete checkpoint of step {args.step}"
+        listed = ", ".join(f"step_{step}" for step in steps) or "none"
+        return _fail(f"{args.run_dir} has {missing} (complete checkpoints: {listed})")
+
+    from transformers.utils import logging as transformers_logging
+
+    from launch.export import ExportError, export_checkpoint
+
+    transformers_logging.disable_progress_bar()  # one small model: the bars are noise
+    try:
+        out = export_checkpoint(args.run_dir, args.out_dir, args.step)
+    except ExportError as error:  # e.g. the topology has no trainer role
+        return _fail(str(error))
+    print(f"exported {args.run_dir} ({_checkpoint_name(out)}) to {out}")
+    print(f"  serve it: troupe serve {out}")
+    return 0
+
+
+def _complete_steps(run_dir: Path) -> list[int]:
+    """Steps whose checkpoint is complete (the controller writes controller.json last)."""
+    found = [path for path in (run_dir / "checkpoints").glob("step_*") if (path / "controller.json").is_file()]
+    return sorted(int(path.name.removeprefix("step_")) for path in found if path.name[5:].isdigit())
+
+
+def _checkpoint_name(out: Path) -> str:
+    import json
+
+    return json.loads((out / "troupe_export.json").read_text())["checkpoint"]
+
+
+def _fail(message: str) -> int:
+    print(f"troupe export: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,204 @@
+"""The model behind the inference service: its settings, loading it, and turning a
+request body into token ids and sampling parameters within the model's limits.
+
+A prompt plus its token budget must fit the context (``max_position_embeddings`` of
+the model's config; vLLM's ``max_model_len``): a request over it is a 400 that gives
+both numbers, and a request that leaves the budget out gets what the context leaves,
+up to a default.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedTokenizerBase
+
+from launch.serving.batcher import Batcher, GenerationFailed, QueueFullError, RequestBackend, Ticket
+from launch.serving.schemas import ChatMessage, SamplingFields
+from roles.generation import SamplingParams
+
+log = logging.getLogger("troupe.serve")
+
+MAX_CHARACTERS_PER_TOKEN = 64
+"""No tokenizer we know has longer tokens: a prompt longer than this times the context
+cannot fit, and is refused before tokenizing it would hold the event loop up."""
+FALLBACK_MAX_NEW_TOKENS = 256
+"""The default token budget of a model whose generation config sets none."""
+
+
+class ServeConfig(BaseModel):
+    """Settings of ``troupe serve``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: Path
+    """A Hugging Face model directory (``troupe export`` writes one)."""
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 for every interface."""
+    port: int = Field(8000, ge=0, le=65535)
+    """Port to listen on; 0 picks a free one (the startup line names it)."""
+    max_batch: int = Field(8, ge=1)
+    """Most requests generated together (1 turns batching off)."""
+    max_wait_ms: float = Field(2.0, ge=0)
+    """Longest a request waits for others to fill its batch."""
+    max_queue: int = Field(64, ge=1)
+    """Most requests waiting for a batch; more get 503 with Retry-After."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """``hf``: transformers on CPU or GPU; ``vllm``: vLLM on a GPU (optional extra)."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1`` ...; default: cuda when there is one."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Default: float32 on a CPU, bfloat16 on a GPU."""
+    threads: int | None = Field(None, ge=1)
+    """torch threads on a CPU (default: torch's choice, one per core)."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Longest a request may take before it gets 504 (a stream: between two chunks)."""
+    served_model_name: str | None = None
+    """The model name the OpenAI endpoints report; default: the directory's name."""
+    graceful_shutdown_s: float = Field(30.0, ge=0)
+    """On SIGINT/SIGTERM, how long requests in flight get to finish."""
+
+
+class ServingError(Exception):
+    """A request the service answers with an error status instead of a response."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = dict(headers or {})
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    backend: RequestBackend
+    tokenizer: PreTrainedTokenizerBase
+    context_length: int
+    """Prompt plus generated tokens, at most."""
+    default_max_new_tokens: int
+    name: str
+    device: str
+
+
+def load_model(config: ServeConfig) -> LoadedModel:
+    """Loads the model and tokenizer of ``config.model`` for the configured engine."""
+    import torch
+
+    from roles.generation import HFBackend, VllmBackend, limit_cpu_threads, load_causal_lm
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = config.dtype or ("float32" if device == "cpu" else "bfloat16")
+    name = config.served_model_name or config.model.resolve().name
+    if config.engine == "vllm":
+        if not device.startswith("cuda"):
+            raise ValueError("the vllm engine runs on a GPU: drop --engine vllm to serve on the CPU")
+        backend = VllmBackend(config.model, dtype=dtype)
+        tokenizer = backend.llm.get_tokenizer()
+        context_length = int(backend.llm.llm_engine.model_config.max_model_len)
+        configured = _generation_config_max_new_tokens(config.model)
+    else:
+        limit_cpu_threads(device, config.threads)
+        model, tokenizer = load_causal_lm(config.model, dtype, device)
+        context_length = _context_length(model.config)
+        backend = HFBackend(model, tokenizer, device, micro_batch=config.max_batch)
+        configured = getattr(model.generation_config, "max_new_tokens", None)
+    return LoadedModel(backend, tokenizer, context_length, int(configured or FALLBACK_MAX_NEW_TOKENS), name, device)
+
+
+def _context_length(model_config: object) -> int:
+    for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError("the model config names no context length (max_position_embeddings)")
+
+
+def _generation_config_max_new_tokens(path: Path) -> int | None:
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path, local_files_only=True).max_new_tokens
+    except OSError:  # the directory has no generation_config.json: use the fallback
+        return None
+
+
+class ModelService:
+    """A loaded model and its batcher: request bodies in, tickets out."""
+
+    def __init__(self, model: LoadedModel, batcher: Batcher) -> None:
+        self.model = model
+        self.batcher = batcher
+
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's token ids (with the tokenizer's special tokens, as for any completion)."""
+        self._refuse_huge(len(prompt))
+        return list(self.model.tokenizer(prompt).input_ids)
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The messages through the tokenizer's chat template, ready for the assistant's turn."""
+        tokenizer = self.model.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ServingError(400, "the model's tokenizer has no chat template: use /v1/completions with a plain prompt",
+                               "messages")
+        self._refuse_huge(sum(len(message.text()) for message in messages))
+        encoded = tokenizer.apply_chat_template(
+            [{"role": message.role, "content": message.text()} for message in messages],
+            add_generation_prompt=True, tokenize=True,
+        )
+        # transformers 5 returns a BatchEncoding, earlier versions the ids themselves
+        return list(encoded["input_ids"] if isinstance(encoded, Mapping) else encoded)
+
+    def sampling(self, fields: SamplingFields, prompt_ids: list[int], max_new_tokens: int | None,
+                 budget_name: str, n: int = 1) -> SamplingParams:
+        """Sampling parameters for a request whose prompt has been encoded.
+
+        Raises:
+            ServingError: 400 when the prompt is empty or, with ``max_new_tokens``, does
+                not fit the context; the message gives the numbers and the fix.
+        """
+        context = self.model.context_length
+        prompt_tokens = len(prompt_ids)
+        if prompt_tokens == 0:
+            raise ServingError(400, "the prompt encodes to no tokens", "prompt")
+        room = context - prompt_tokens
+        if max_new_tokens is None:
+            if room < 1:
+                raise ServingError(400, f"the prompt is {prompt_tokens} tokens and the model's context is {context} "
+                                        f"tokens (max_position_embeddings), which leaves no room to generate: "
+                                        f"shorten the prompt to at most {context - 1} tokens", "prompt")
+            max_new_tokens = min(self.model.default_max_new_tokens, room)
+        elif max_new_tokens > room:
+            raise ServingError(400, f"the prompt ({prompt_tokens} tokens) plus {budget_name} ({max_new_tokens}) is "
+                                    f"{prompt_tokens + max_new_tokens} tokens, over the model's context of {context} "
+                                    f"tokens (max_position_embeddings): shorten the prompt or set {budget_name} to at "
+                                    f"most {max(room, 0)}", budget_name if room >= 1 else "prompt")
+        greedy = fields.temperature == 0
+        return SamplingParams(
+            n=n, temperature=1.0 if greedy else fields.temperature, top_k=1 if greedy else fields.top_k,
+            top_p=fields.top_p, max_new_tokens=max_new_tokens, stop=fields.stop_strings(), seed=fields.seed,
+            ignore_eos=fields.ignore_eos,
+        )
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, *, stream: bool, endpoint: str,
+               received_at: float) -> Ticket:
+        """Queues the request; a full queue is a 503 with Retry-After."""
+        try:
+            return self.batcher.submit(prompt_ids, params, stream=stream, endpoint=endpoint, received_at=received_at)
+        except QueueFullError as error:
+            raise ServingError(503, str(error), headers={"Retry-After": str(error.retry_after_s)}) from None
+        except GenerationFailed as error:
+            raise ServingError(503, str(error), headers={"Retry-After": "5"}) from None
+
+    def _refuse_huge(self, characters: int) -> None:
+        limit = MAX_CHARACTERS_PER_TOKEN * self.model.context_length
+        if characters > limit:
+            raise ServingError(400, f"the prompt is {characters} characters; the model's context is "
+                                    f"{self.model.context_length} tokens (max_position_embeddings), and no prompt over "
+                                    f"{limit} characters fits it", "prompt")
