@@ -31,6 +31,7 @@ bench: setup
 	$(PY) benchmarks/weight_sync.py
 	$(PY) benchmarks/step_breakdown.py
 	$(PY) benchmarks/async_vs_sync.py
+	$(PY) benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
