@@ -42,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from launch.offline_eval import EvalSetupError, evaluate_offline, load_policy, rewards_config, write_results
+    from launch.offline_eval import (
+        EvalSetupError,
+        evaluate_offline,
+        load_policy,
+        rewards_config,
+        write_results,
+    )
     from roles.evaluator import HeldoutConfig
     from roles.generation import SamplingParams
 

@@ -18,7 +18,13 @@ from typing import Any
 from protocols.rl import Scores
 from roles.data import DataConfig, PromptDataset
 from roles.evaluation.summary import EvalSample
-from roles.evaluator import HeldoutConfig, evaluation_numbers, heldout_prompts, scored_samples, write_samples
+from roles.evaluator import (
+    HeldoutConfig,
+    evaluation_numbers,
+    heldout_prompts,
+    scored_samples,
+    write_samples,
+)
 from roles.generation import SamplingParams
 from roles.rewards import RewardRouter, RewardsConfig
 

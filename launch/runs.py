@@ -83,7 +83,10 @@ def load_run(path: Path | str, source: Source = "auto") -> RunData:
 
 def read_tensorboard(tb_dir: Path) -> tuple[dict[str, Series], float | None]:
     """Every scalar point of every event file in `tb_dir`, and the span of their wall times."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import (
+        SCALARS,
+        EventAccumulator,
+    )
 
     accumulator = EventAccumulator(str(tb_dir), size_guidance={SCALARS: 0})  # 0: keep every point
     accumulator.Reload()

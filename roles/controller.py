@@ -42,12 +42,10 @@ from protocols.rl import (
     ComputeValues,
     Evaluate,
     LoadCheckpoint,
-    LogProbs,
     SaveCheckpoint,
     Scores,
     Train,
     TrainStats,
-    Values,
 )
 from protocols.weights import PublishReport, PublishWeights
 from roles.algorithms import (

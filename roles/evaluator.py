@@ -180,7 +180,7 @@ async def run_heldout(actor: Actor, dataset: PromptDataset, config: HeldoutConfi
     """The built-in evaluation from a role: sample the held-out prompts on the live
     generators, score them with the reward role, dump the samples to
     ``eval/step_N.jsonl``, show a few in TensorBoard; returns the ``eval/`` numbers."""
-    tokenizer = getattr(actor, "tokenizer")
+    tokenizer = actor.tokenizer
     batch = await generate_on(actor, heldout_prompts(dataset), config.sampling, tokenizer.pad_token_id, timeout)
     samples = scored_samples(batch, await score_on(actor, batch, timeout))
     numbers = await asyncio.to_thread(evaluation_numbers, samples, config)

@@ -9,10 +9,20 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from launch.export import export_checkpoint
 from tests.e2e.cli import run_state, troupe, wait_for
-from tests.e2e.test_rl_run import arith, check_step_records, handled, metrics, rl_topology  # noqa: F401 - arith is a fixture
+from tests.e2e.test_export import PROMPTS, logits_of, trainer_model_at
+from tests.e2e.test_rl_run import (  # noqa: F401 - arith is a fixture
+    arith,
+    check_step_records,
+    handled,
+    metrics,
+    rl_topology,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -30,6 +40,9 @@ def lr_runs(tmp_path_factory: pytest.TempPathFactory, arith: Path) -> dict[str, 
         topology = rl_topology(root, arith, mode=mode, steps=steps, evaluator_role=True, name=name, trainer_ranks=ranks)
         overrides = ["--set", f"roles.trainer.config.optim.lr={lr}", "--set", "roles.controller.config.eval.every_steps=2",
                      "--set", f"roles.trainer.count={ranks}", "--set", f"roles.trainer.config.ranks={ranks}",
+                     "--set", "roles.controller.config.checkpoint_every=1",
+                     # an entropy bonus moves the weights even when every reward of the tiny model is 0
+                     "--set", "roles.trainer.config.entropy_coef=0.05",
                      "--set", f"roles.evaluator.config.evaluators=[{json.dumps({**GREEDY, 'args': {**GREEDY['args'], 'data': str(arith / 'heldout.jsonl')}})}]"]
         run_dir = root / name
         if mode == "async":
@@ -40,12 +53,12 @@ def lr_runs(tmp_path_factory: pytest.TempPathFactory, arith: Path) -> dict[str, 
             assert troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", *overrides).returncode == 0
             try:
                 log = run_dir / "logs" / "controller-0.jsonl"
-                wait_for(lambda: log.exists() and "controller.steps_done" in log.read_text(), 300, "the last step")
+                wait_for(lambda log=log: log.exists() and "controller.steps_done" in log.read_text(), 300, "the last step")
                 on_demand = troupe("eval", str(run_dir), "--now", timeout=300)
                 assert on_demand.returncode == 0, on_demand.stdout + on_demand.stderr
                 assert "eval/accuracy:" in on_demand.stdout and "step 3:" in on_demand.stdout
                 (run_dir / "release").touch()
-                wait_for(lambda: run_state(run_dir) == "finished", 120, "the run to end")
+                wait_for(lambda run_dir=run_dir: run_state(run_dir) == "finished", 120, "the run to end")
             finally:
                 troupe("stop", str(run_dir))
         runs[name] = run_dir
@@ -113,8 +126,37 @@ def test_compare_two_runs_with_different_learning_rates(lr_runs: dict[str, Path]
     assert "trainer.optim.lr" in header and "controller.mode" in header and "final accuracy [95% CI]" in header
     assert first.startswith("| async-lr4e-4 |") and "| 0.0004 |" in first and "| 0.002 |" in second
     heldout = len((Path(runs[0]) / "eval" / "step_0.jsonl").read_text().splitlines()) // 2  # 2 samples per prompt
-    assert f"| sync-lr2e-3 - async-lr4e-4 |" in result.stdout and f"| {heldout} |" in result.stdout
+    assert "| sync-lr2e-3 - async-lr4e-4 |" in result.stdout and f"| {heldout} |" in result.stdout
     for style in ("csv", "html"):
         out = tmp_path / f"table.{style}"
         assert troupe("compare", *runs, "--format", style, "--out", str(out)).returncode == 0
         assert "async-lr4e-4" in out.read_text()
+
+
+def test_an_exported_checkpoint_gives_the_logits_of_the_trainers_model_at_that_step(
+        tmp_path: Path, lr_runs: dict[str, Path], arith: Path) -> None:  # noqa: F811
+    run_dir = lr_runs["sync-lr2e-3"]  # two FSDP trainer ranks, a checkpoint after every step
+    assert len(list((run_dir / "checkpoints" / "step_1" / "trainer").glob("*.distcp"))) == 2  # one shard per rank
+
+    exported = troupe("export", str(run_dir), str(tmp_path / "step1"), "--step", "1")
+    assert exported.returncode == 0, exported.stderr
+    assert f"exported {run_dir} (step_1) to {tmp_path / 'step1'}" in exported.stdout
+    newest = export_checkpoint(run_dir, tmp_path / "newest")  # what Run.export calls
+
+    initial = AutoModelForCausalLM.from_pretrained(arith / "model", local_files_only=True).eval()
+    seen = []
+    for step, out in ((1, tmp_path / "step1"), (3, newest)):
+        for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+            assert (out / name).is_file(), name
+        tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+        assert tokenizer.chat_template == AutoTokenizer.from_pretrained(arith / "model").chat_template
+        batch = dict(tokenizer(PROMPTS, padding=True, return_tensors="pt"))
+        exported_logits = logits_of(AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval(), batch)
+        trainer_logits = logits_of(trainer_model_at(run_dir / "checkpoints" / f"step_{step}", arith / "model",
+                                                    tmp_path), batch)
+        torch.testing.assert_close(exported_logits, trainer_logits, rtol=0, atol=0)
+        assert not torch.allclose(exported_logits, logits_of(initial, batch)), f"step {step} exported the initial model"
+        meta = json.loads((out / "troupe_export.json").read_text())
+        assert meta["checkpoint"] == f"step_{step}" and meta["weights_version"] == step
+        seen.append(exported_logits)
+    assert not torch.allclose(seen[0], seen[1]), "steps 1 and 3 exported the same weights"
