@@ -333,8 +333,8 @@ class Actor:
         self.stop()
 
     def _close_sockets(self) -> None:
-        if self._inbox is not None:
-            self._inbox.close()
+        if self._inbox is not None:  # the last replies (to handlers that finished during stop) still go out
+            self._inbox.close(int(self.settings.stop_linger_s * 1000))
         if self._outbox is not None:
             self._outbox.close()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from runtime.actor import Actor, ActorCrashed
 from runtime.settings import RuntimeSettings
+from runtime.transport import flush_on_exit
 
 EXIT_CRASHED = 1
 EXIT_BAD_ARGUMENTS = 2
@@ -96,6 +97,8 @@ def serve(actor: Actor, endpoint: str, registry: str | None, ready_fd: int | Non
     except ActorCrashed:
         traceback.print_exc()
         return EXIT_CRASHED
+    finally:
+        flush_on_exit(actor.settings.stop_linger_s)  # the process ends with os._exit: no IO thread after it
     return 0
 
 

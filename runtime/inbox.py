@@ -171,9 +171,10 @@ class Inbox:
             del self.credit[delivery.routing_id]
         self._refuse(delivery.routing_id, delivery.envelope, "ActorDead", reason)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Stop receiving; replies already sent get `linger_ms` to leave."""
         self.accepting = False
-        self.socket.close()
+        self.socket.close(linger_ms)
 
     def _done(self, delivery: Delivery) -> None:
         owed = self.credit[delivery.routing_id]

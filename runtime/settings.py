@@ -44,6 +44,9 @@ class RuntimeSettings(BaseModel):
     disconnect_grace_s: float = Field(0.05, ge=0)
     """After a peer's connection drops, replies already received get this long to be
     read before pending asks to that peer fail with ActorDeadError."""
+    stop_linger_s: float = Field(1.0, ge=0)
+    """At stop, replies the actor already sent get this long to leave its socket before
+    the process exits (they are dropped only if their peer cannot take them)."""
     curve_keys_dir: str | None = None
     """Folder of the run's CURVE keys (runtime.security). When set, every socket encrypts
     and authenticates with them; required to bind beyond loopback."""

@@ -1,7 +1,9 @@
 """ZeroMQ sockets for actors: one ROUTER to receive, one DEALER per peer to send.
 
 Every socket the runtime opens is made here, tracked until it is closed, and
-closed with ``linger=0`` so a stopped actor never blocks on undeliverable data.
+closed with ``linger=0`` so a stopped actor never blocks on undeliverable data;
+only an actor's receiving socket, at stop, keeps its last replies for a bounded
+``stop_linger_s`` (`flush_on_exit` waits for them before the process exits).
 Endpoints default to loopback: ``tcp://127.0.0.1:*`` binds a free port.
 
 `LoopSocket` ties a plain (blocking-API) ZeroMQ socket to the asyncio event loop
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +54,15 @@ flood cannot starve timers, heartbeats or other sockets."""
 def context() -> zmq.Context:
     """The process's shared ZeroMQ context."""
     return zmq.Context.instance()
+
+
+def flush_on_exit(timeout_s: float) -> None:
+    """Before the process exits: wait (at most `timeout_s`) until messages of sockets
+    closed with a linger have left, closing any socket still open without one."""
+    ctx = zmq.Context.instance()
+    flushed = threading.Thread(target=ctx.destroy, kwargs={"linger": 0}, daemon=True, name="zmq-flush")
+    flushed.start()
+    flushed.join(timeout_s)
 
 
 def open_sockets() -> list[str]:
@@ -219,7 +231,8 @@ class LoopSocket:
         if waiter is not None:
             await waiter
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close now; messages already handed to ZeroMQ get `linger_ms` to leave (0: dropped)."""
         if self.sock.closed:
             return
         self._loop.remove_reader(self._fd)
@@ -227,7 +240,7 @@ class LoopSocket:
             _, waiter = self._waiting_sends.popleft()
             if not waiter.done():
                 waiter.set_exception(zmq.ZMQError(zmq.ENOTSOCK, "socket closed before the message was sent"))
-        self.sock.close(linger=0)
+        self.sock.close(linger=linger_ms)
 
     def _schedule(self) -> None:
         if not self._scheduled:

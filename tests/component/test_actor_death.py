@@ -39,6 +39,7 @@ async def test_messages_left_in_queue_after_actor_stops_receive_an_error(spawn):
         results = await asyncio.gather(in_progress, *queued, return_exceptions=True)
         assert await stopping == 0
     # The handler that was running finishes and replies; everything queued is refused.
+    assert not isinstance(results[0], BaseException), repr(results[0])
     assert results[0].value == 1.0
     assert all(isinstance(result, ActorDeadError) for result in results[1:]), results
     assert all("stopped" in str(result) for result in results[1:])
