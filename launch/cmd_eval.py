@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward", help="reward for every row: arithmetic, gsm8k, gsm8k-flexible, math, code "
                                          "(default for a run: its reward role's settings)")
     parser.add_argument("--rewards", type=Path, help="a YAML roles.rewards config (by_data_source, default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--correct-at", type=float, default=1.0, help="a response is correct at this score or above (default 1)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN/eval/cli_step_N, or eval-<model name>)")
 
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"sampling {args.n} per prompt", total=None)
             numbers, samples = evaluate_offline(policy, args.data, sampling, rewards, config,
-                                                progress=lambda done, total: progress.update(task, completed=done, total=total))
+                                                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                                                device=args.device)
     except (EvalSetupError, ValidationError, ValueError) as error:
         console.print(f"troupe eval: {error}")
         return 2

@@ -93,16 +93,17 @@ def rewards_config(run_dir: Path | None, reward: str | None, rewards_file: Path 
 
 
 def evaluate_offline(policy: Policy, data: Path, sampling: SamplingParams, rewards: RewardsConfig, config: HeldoutConfig,
-                     chunk: int = 16, progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], list[EvalSample]]:
-    """Sample every prompt of `data` n times, score, summarize; `progress(done, total)`
-    is called after each chunk of prompts."""
+                     chunk: int = 16, progress: Callable[[int, int], None] | None = None,
+                     device: str = "cpu") -> tuple[dict[str, float], list[EvalSample]]:
+    """Sample every prompt of `data` n times on `device` (``cpu``, ``cuda``), score,
+    summarize; `progress(done, total)` is called after each chunk of prompts."""
     from roles.generation import HFBackend
     from roles.generator import rollout_batch
 
     dataset = PromptDataset.load(DataConfig(files=[str(data)], shuffle=False), policy.tokenizer)
     if len(dataset) == 0:
         raise EvalSetupError(f"{data} has no rows")
-    backend = HFBackend(policy.model, policy.tokenizer, "cpu")
+    backend = HFBackend(policy.model.to(device), policy.tokenizer, device)
     router = RewardRouter.from_config(rewards)
     prompts = heldout_prompts(dataset)
     samples: list[EvalSample] = []

@@ -160,3 +160,26 @@ def test_an_exported_checkpoint_gives_the_logits_of_the_trainers_model_at_that_s
         assert meta["checkpoint"] == f"step_{step}" and meta["weights_version"] == step
         seen.append(exported_logits)
     assert not torch.allclose(seen[0], seen[1]), "steps 1 and 3 exported the same weights"
+
+
+def test_troupe_eval_scores_a_runs_checkpoint_and_a_model_directory(lr_runs: dict[str, Path], arith: Path,  # noqa: F811
+                                                                    tmp_path: Path) -> None:
+    heldout = arith / "heldout.jsonl"
+    rows = len(heldout.read_text().splitlines())
+    run = troupe("eval", str(lr_runs["sync-lr2e-3"]), "--data", str(heldout), "--n", "2", "--max-new-tokens", "4",
+                 "--step", "1", "--out", str(tmp_path / "run-eval"), timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "pass@2" in run.stdout and "maj@2" in run.stdout and "sync-lr2e-3/step_1" in run.stdout
+    summary = json.loads((tmp_path / "run-eval" / "summary.json").read_text())
+    assert summary["weights_version"] == 1 and summary["step"] == 1  # the run's own reward settings scored it
+    assert summary["metrics"]["eval/prompts"] == rows and summary["metrics"]["eval/samples"] == 2 * rows
+    samples = [json.loads(line) for line in (tmp_path / "run-eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * rows and {s["weights_version"] for s in samples} == {1}
+    assert summary["metrics"]["eval/accuracy"] == pytest.approx(sum(s["score"] >= 1.0 for s in samples) / len(samples))
+
+    model = troupe("eval", str(arith / "model"), "--data", str(heldout), "--temperature", "0", "--reward", "arithmetic",
+                   "--max-new-tokens", "4", "--out", str(tmp_path / "model-eval"), timeout=300)
+    assert model.returncode == 0, model.stdout + model.stderr
+    assert json.loads((tmp_path / "model-eval" / "summary.json").read_text())["weights_version"] == -1
+    unscored = troupe("eval", str(arith / "model"), "--data", str(heldout), timeout=300)
+    assert unscored.returncode == 2 and "say how to score the responses: --reward" in unscored.stdout
