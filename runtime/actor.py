@@ -204,6 +204,9 @@ class Actor:
         task = asyncio.get_running_loop().create_task(_detached(coroutine), name=f"{self.name}-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_finished)
+        # a task cancelled before it first ran never started `coroutine`: close it (no
+        # "never awaited" warning); for one that ran, close() does nothing
+        task.add_done_callback(lambda _: coroutine.close())
         return task
 
     def _task_finished(self, task: asyncio.Task[Any]) -> None:
