@@ -220,6 +220,7 @@ class HeldoutEvaluator(Actor):
         super().__init__(name, **kwargs)
         self.config = config
         self.custom: list[tuple[str, Evaluator]] = []
+        self.metrics: MetricsLog | None = None
 
     async def on_start(self) -> None:
         from transformers import AutoTokenizer
@@ -232,12 +233,14 @@ class HeldoutEvaluator(Actor):
         self.metrics = MetricsLog(self.run_path, config.tensorboard)
 
     async def on_stop(self) -> None:
-        self.metrics.close()
+        if self.metrics is not None:  # None when on_start failed before it
+            self.metrics.close()
 
     @handler
     async def evaluate(self, request: Evaluate) -> Evaluated:
         started = time.monotonic()
         numbers: dict[str, float] = {}
+        assert self.metrics is not None
         if self.dataset is not None:
             numbers = await run_heldout(self, self.dataset, self.config, request.step, self.metrics, self.config.call_timeout_s)
         version = int(numbers.get("eval/weights_version_max", -1))
