@@ -29,7 +29,7 @@ from typing import Any
 
 from protocols.membership import Lookup, LookupResult
 from roles.evaluator import EvalContext, Evaluator
-from roles.metrics import read_metrics
+from roles.metrics import MetricsLog, read_metrics
 
 __all__ = ["EvalContext", "Evaluator", "Run", "RunError"]
 
@@ -171,8 +171,8 @@ class Run:
         for name, evaluator in due:
             for key, value in evaluator.evaluate(context).items():
                 values[f"eval/{key}" if len(due) == 1 else f"eval/{name}/{key}"] = float(value)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
-            out.write(json.dumps({"step": step, "source": "python-evaluators", **values}) + "\n")
+        # one whole-line append, as the controller's and the evaluator role's (they write concurrently)
+        MetricsLog(self.run_dir, tensorboard=False).write(step, values, source="python-evaluators")
         return {**record, **values}
 
     def _load_tokenizer(self) -> Any:

@@ -125,7 +125,7 @@ def test_tensorboard_files_give_every_point_the_jsonl_does(tmp_path: Path) -> No
 
 def test_tensorboard_reading_has_no_sampling_cap(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path, tensorboard=True)
-    for step in range(10_500):  # TensorBoard keeps 1,000 scalars per tag by default
+    for step in range(10_500):  # TensorBoard's reader keeps 10,000 scalars per tag by default
         log.writer.add_scalar("train/reward", step / 10_500, step)
     log.close()
     assert len(load_run(tmp_path, "tb").series["train/reward"].steps) == 10_500
