@@ -182,12 +182,13 @@ class Supervisor(Actor):
                 try:
                     await self._spawn(instance)
                 except SpawnError as error:
-                    self._fail(instance, f"its restart failed: {error}")
+                    self._fail_run(instance, f"its restart failed: {error}")
             return
         why = "its restart policy is 'never'" if policy.policy == "never" else f"it was restarted {instance.restarts} times already (max_restarts {policy.max_restarts})"
-        self._fail(instance, f"exited with code {code} and {why}")
+        self._fail_run(instance, f"exited with code {code} and {why}")
 
-    def _fail(self, instance: Instance, text: str) -> None:
+    def _fail_run(self, instance: Instance, text: str) -> None:
+        """`instance` cannot go on: the run fails with a report naming it and its last output."""
         instance.state = "failed"
         lines = tail(self._stderr_path(instance), 20)
         self.failure = f"role {instance.role}: {instance.name} {text}" + (

@@ -117,9 +117,16 @@ class Actor:
     constructor as ``config=``."""
     _handlers: ClassVar[dict[str, Handler]] = {}
     _urgent: ClassVar[frozenset[str]] = frozenset()
+    OVERRIDABLE: ClassVar[frozenset[str]] = frozenset({"role", "Config", "on_start", "on_stop", "on_membership"})
+    """The only members of `Actor` a subclass may redefine: the hooks and the class
+    attributes meant for it. Everything else is the runtime's own; a subclass that
+    defines one of those names by accident (a helper called `_fail`, a handler called
+    `lookup`) would change how the runtime handles every message, so it is refused
+    when the class is created."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _refuse_runtime_overrides(cls)
         cls._handlers = _collect_handlers(cls)
         cls._urgent = frozenset(kind for kind, fn in cls._handlers.items() if fn.__troupe_urgent__)  # type: ignore[attr-defined]
 
@@ -480,6 +487,26 @@ class Actor:
 
 
 Actor._handlers = _collect_handlers(Actor)
+_RUNTIME_MEMBERS = frozenset(
+    name for name in vars(Actor)
+    if not (name.startswith("__") and name.endswith("__"))
+    and name not in Actor.OVERRIDABLE
+    and name not in ("_handlers", "_urgent")  # set on every subclass by __init_subclass__
+)
+
+
+def _refuse_runtime_overrides(cls: type) -> None:
+    """TypeError if `cls` (or a mixin before Actor in its MRO) redefines a runtime member of Actor."""
+    clashes = []
+    for name in sorted(_RUNTIME_MEMBERS):
+        owner = next(klass for klass in cls.__mro__ if name in vars(klass))
+        if owner is not Actor:
+            clashes.append(f"{name} (defined in {owner.__qualname__})")
+    if clashes:
+        raise TypeError(
+            f"actor class {cls.__qualname__} redefines members the runtime relies on: {', '.join(clashes)}. "
+            f"Rename them; a subclass may override only {sorted(Actor.OVERRIDABLE)}"
+        )
 
 
 async def _detached(coroutine: typing.Coroutine[Any, Any, Any]) -> Any:

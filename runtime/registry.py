@@ -119,7 +119,7 @@ class Registry(Actor):
         return HeartbeatAck(known=True)
 
     @handler
-    async def lookup(self, query: Lookup) -> LookupResult:
+    async def answer_lookup(self, query: Lookup) -> LookupResult:
         records = [
             record for record in self.records.values()
             if (query.name is None or record.name == query.name) and (query.role is None or record.role == query.role)
