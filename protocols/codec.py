@@ -27,6 +27,7 @@ clone before writing if the sender may still read it.
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any, NamedTuple
 
@@ -216,22 +217,60 @@ def encode_payload(value: Any, first_frame: int = 1) -> tuple[bytes, list[Tensor
     return packed, encoder.descriptors, encoder.buffers
 
 
-def unpack_limited(data: bytes | memoryview, ext_hook: Any = None) -> Any:
+class ObjectBudget:
+    """How many more Python objects decoding may still create (shared by a message's
+    header and payload).
+
+    Decoding msgpack costs time and memory per object, not per byte: a megabyte of
+    empty arrays becomes a million Python lists (about 250 ns and 60 bytes each).
+    Every container counts itself and its items, so the budget bounds the work of a
+    decode whatever the bytes hold.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise ProtocolError(
+                f"message holds more than {self.limit} msgpack values; send bulk data as tensors "
+                "(or raise RuntimeSettings.max_header_objects)"
+            )
+
+
+def unpack_limited(data: bytes | memoryview, ext_hook: Any = None, budget: ObjectBudget | None = None) -> Any:
     """msgpack-unpack untrusted bytes; every failure becomes a ProtocolError.
 
     msgpack caps every claimed length at the size of the input, so a forged length
-    cannot make it allocate more than the input's size.
+    cannot make it allocate more than the input's size; `budget` bounds the number
+    of objects built. The garbage collector is paused meanwhile: its passes over
+    the containers being built made decoding many small ones several times slower.
     """
+    kwargs: dict[str, Any] = {"ext_hook": ext_hook} if ext_hook is not None else {}
+    if budget is not None:
+        def counted(container: Any) -> Any:
+            budget.spend(1 + len(container))
+            return container
+
+        kwargs.update(list_hook=counted, object_hook=counted)
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        kwargs = {"ext_hook": ext_hook} if ext_hook is not None else {}
         return msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=0, **kwargs)
     except ProtocolError:
         raise
     except Exception as error:  # msgpack raises many types (ExtraData, StackError, UnicodeDecodeError, ...)
         raise ProtocolError(f"malformed msgpack data: {type(error).__name__}: {error}") from error
+    finally:
+        if collecting:
+            gc.enable()
 
 
-def decode_payload(packed: bytes | memoryview, tensors: list[torch.Tensor | np.ndarray]) -> Any:
+def decode_payload(
+    packed: bytes | memoryview, tensors: list[torch.Tensor | np.ndarray], budget: ObjectBudget | None = None
+) -> Any:
     """Unpack a payload, putting ``tensors[i]`` where the encoder left index i."""
 
     def ext_hook(code: int, data: bytes) -> Any:
@@ -244,4 +283,4 @@ def decode_payload(packed: bytes | memoryview, tensors: list[torch.Tensor | np.n
             raise ProtocolError(f"payload refers to tensor {index} but the message carries {len(tensors)}")
         return tensors[index]
 
-    return unpack_limited(packed, ext_hook)
+    return unpack_limited(packed, ext_hook, budget)

@@ -34,6 +34,7 @@ import numpy as np
 
 from protocols.codec import (
     NUMPY_KINDS,
+    ObjectBudget,
     TORCH_DTYPES,
     TensorDescriptor,
     decode_payload,
@@ -51,10 +52,16 @@ MAX_TENSOR_RANK = 64
 MAX_TENSOR_ELEMENTS = 1 << 48
 """Upper bound on the elements a descriptor may claim, zero-sized dimensions counted as 1,
 so even an empty tensor's shape stays within what torch and numpy can allocate."""
-DEFAULT_MAX_HEADER_BYTES = 64 << 20
+DEFAULT_MAX_HEADER_BYTES = 8 << 20
 """Largest header frame (structure and non-tensor payload) a receiver accepts. Decoding
 msgpack can take tens of times its input in Python objects, so the header gets its own,
-smaller limit; bulk data belongs in tensor frames."""
+much smaller limit than the tensor frames; bulk data belongs in tensors. Text is cheap
+to decode (one object per string), so the limit leaves room for a batch's prompts and
+responses."""
+DEFAULT_MAX_HEADER_OBJECTS = 1 << 21
+"""Most msgpack values (containers and their items) a header and payload may decode to.
+Bounds the decoding time of one message at roughly 0.2 s on one core, whatever its bytes
+hold."""
 
 _HEADER_FIELDS = frozenset(
     {
@@ -217,10 +224,38 @@ def _byte_view(frame: Any) -> memoryview:
     return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 
+def read_return_address(header_frame: Any) -> tuple[str, str, bool] | None:
+    """(message_id, sender, expects_reply) of a header that could not be decoded, read
+    without decoding the rest, so even a message refused for its size can be answered.
+
+    Reads at most the header's first dozen entries, skipping values it does not need
+    (a large payload is stepped over, not built). None when those fields are not there
+    or not of their type: there is then no one to answer.
+    """
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0, strict_map_key=False)
+    try:
+        unpacker.feed(header_frame)
+        entries = unpacker.read_map_header()
+        found: dict[str, Any] = {}
+        for _ in range(min(entries, len(_HEADER_FIELDS))):
+            key = unpacker.unpack()
+            if key in ("message_id", "sender", "expects_reply"):
+                found[key] = unpacker.unpack()
+            else:
+                unpacker.skip()
+    except Exception:  # msgpack raises many types; a header this broken has no return address
+        return None
+    message_id, sender, expects_reply = found.get("message_id"), found.get("sender"), found.get("expects_reply")
+    if type(message_id) is not str or type(sender) is not str or type(expects_reply) is not bool:
+        return None
+    return message_id[:200], sender[:200], expects_reply
+
+
 def decode_envelope(
     frames: list[Any],
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_header_objects: int = DEFAULT_MAX_HEADER_OBJECTS,
 ) -> Envelope:
     """Validate and decode a multipart message.
 
@@ -228,6 +263,8 @@ def decode_envelope(
         frames: the received frames; anything exposing the buffer protocol.
         max_message_bytes: reject messages whose frames add up to more than this.
         max_header_bytes: reject messages whose header frame is larger than this.
+        max_header_objects: reject messages whose header and payload decode to more
+            msgpack values than this (checked while decoding, so the work stops there).
 
     Raises:
         ProtocolError: saying what was wrong; never any other exception.
@@ -247,7 +284,8 @@ def decode_envelope(
             "send bulk data as tensors"
         )
 
-    header = unpack_limited(views[0])
+    budget = ObjectBudget(max_header_objects)
+    header = unpack_limited(views[0], budget=budget)
     _check_header(header)
     raw_descriptors = header["tensors"]
     if len(raw_descriptors) != len(views) - 1:
@@ -276,7 +314,7 @@ def decode_envelope(
         message_id=header["message_id"],
         sender=header["sender"],
         sent_at=float(header["sent_at"]),
-        payload=decode_payload(header["payload"], tensors),
+        payload=decode_payload(header["payload"], tensors, budget),
         correlation_id=header["correlation_id"],
         trace_id=header["trace_id"],
         deadline=float(deadline) if deadline is not None else None,

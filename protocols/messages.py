@@ -11,7 +11,9 @@ Every interaction between roles is one message type::
 receiver can turn an envelope back into the right type. Decoding checks the
 payload against the field annotations (int, float, str, bytes, bool, None,
 torch.Tensor, numpy.ndarray, Batch, nested messages, list/tuple/dict/Optional/
-Union/Literal/Any) and raises `ProtocolError` naming the field that is wrong.
+Union/Literal/Any, and ``Annotated`` with a `protocols.specs.TensorSpec` or `BatchSpec`
+for the dtypes and shapes a tensor field must have) and raises `ProtocolError` naming
+the field that is wrong.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from protocols.batch import Batch, BatchError
 from protocols.errors import ProtocolError
+from protocols.specs import BatchSpec, TensorSpec
 
 _KINDS: dict[str, type] = {}
 _CONVERTERS: dict[type, Callable[[Any, str], Any]] = {}
@@ -58,7 +61,7 @@ def message(kind: str) -> Callable[[type[M]], type[M]]:
         cls.__wire__ = _message_to_wire  # type: ignore[attr-defined]
         cls.__wire_fields__ = tuple(f.name for f in dataclasses.fields(cls) if f.init)  # type: ignore[attr-defined]
         try:
-            hints = typing.get_type_hints(cls)
+            hints = typing.get_type_hints(cls, include_extras=True)
         except NameError:
             hints = None  # a forward reference to a later class: checked when first decoded
         if hints is not None:
@@ -175,6 +178,8 @@ def _build_converter(hint: Any) -> Callable[[Any, str], Any]:  # noqa: C901 - on
         return _dataclass_converter(hint)
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _checked_converter(hint.__origin__, hint.__metadata__)
     if origin is typing.Union or origin is types.UnionType:
         options = [_converter(arg) for arg in args]
         names = " | ".join(getattr(arg, "__name__", str(arg)) for arg in args)
@@ -207,10 +212,15 @@ def _build_converter(hint: Any) -> Callable[[Any, str], Any]:  # noqa: C901 - on
                 return tuple(item(v, f"{path}[{i}]") for i, (item, v) in enumerate(zip(items, value)))
             return fixed_tuple
         item = _converter(args[0]) if args else _converter(Any)
+        # Lists of plain scalars (token ids, texts) are checked at C speed; only a list
+        # with a wrong item goes through the item converter, for the error's path.
+        plain = {int: int, str: str, bytes: bytes, bool: bool}.get(args[0]) if args else None
 
         def sequence(value: Any, path: str) -> Any:
             if not isinstance(value, (list, tuple)):
                 _fail(path, "a list", value)
+            if plain is not None and all(type(v) is plain for v in value):
+                return tuple(value) if origin is tuple else list(value)
             converted = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
             return tuple(converted) if origin is tuple else converted
         return sequence
@@ -228,8 +238,35 @@ def _build_converter(hint: Any) -> Callable[[Any, str], Any]:  # noqa: C901 - on
     raise TypeError(f"message fields cannot be annotated {hint!r}: it has no wire form")
 
 
+def _checked_converter(base: Any, metadata: tuple[Any, ...]) -> Callable[[Any, str], Any]:
+    """``Annotated[torch.Tensor, TensorSpec(...)]`` / ``Annotated[Batch, BatchSpec(...)]``:
+    the base type's converter, then the spec's checks (protocols.specs)."""
+    convert = _converter(base)
+    tensor_specs = [spec for spec in metadata if isinstance(spec, TensorSpec)]
+    batch_specs = [spec for spec in metadata if isinstance(spec, BatchSpec)]
+    if tensor_specs and base is not torch.Tensor or batch_specs and base is not Batch:
+        raise TypeError(f"TensorSpec annotates torch.Tensor and BatchSpec annotates Batch, not {base!r}")
+    column_checks = [
+        (name, _converter(list[row_hint])) for spec in batch_specs for name, row_hint in spec.columns.items()  # type: ignore[valid-type]
+    ]
+
+    def checked(value: Any, path: str) -> Any:
+        value = convert(value, path)
+        for spec in tensor_specs:
+            spec.check(value, path)
+        for spec in batch_specs:
+            spec.check_tensors(value.tensors, path)
+        for name, column in column_checks:
+            if name not in value.columns:
+                raise ProtocolError(f"field {path}: missing column {name!r}")
+            column(value.columns[name], f"{path}.columns[{name!r}]")
+        return value
+
+    return checked
+
+
 def _dataclass_converter(cls: type) -> Callable[[Any, str], Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = [field for field in dataclasses.fields(cls) if field.init]
     field_converters: dict[str, Callable[[Any, str], Any]] = {}
     required = {

@@ -15,17 +15,18 @@ Rollout batches travel as `Batch`es. Their columns, by the role that adds them:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from protocols.batch import Batch
 from protocols.messages import message
+from protocols.specs import FLOATING, PROMPTS_BATCH, ROLLOUTS_BATCH, SEQUENCES_BATCH, TRAIN_BATCH, TensorSpec
 
 
 @message("rl.generate")
 class Generate:  # controller / evaluator -> generator
-    batch: Batch
+    batch: Annotated[Batch, PROMPTS_BATCH]
     """Prompts: tensor-free columns ``prompt_ids`` (token id lists) and any others,
     which are copied onto every sample of their prompt."""
     sampling: dict[str, Any]
@@ -34,7 +35,7 @@ class Generate:  # controller / evaluator -> generator
 
 @message("rl.rollouts")
 class Rollouts:  # generator -> controller
-    batch: Batch
+    batch: Annotated[Batch, ROLLOUTS_BATCH]
     version: int
     """The weights version that produced every row (-1: the initial weights)."""
     generator: str
@@ -43,25 +44,25 @@ class Rollouts:  # generator -> controller
 
 @message("rl.logprobs")
 class ComputeLogProbs:  # controller -> reference / trainer ranks
-    batch: Batch
+    batch: Annotated[Batch, SEQUENCES_BATCH]
     temperature: float
     """The sampling temperature: log-probs are of softmax(logits / temperature)."""
 
 
 @message("rl.logprobs.result")
 class LogProbs:  # reference / trainer -> controller
-    logprobs: torch.Tensor
+    logprobs: Annotated[torch.Tensor, TensorSpec(FLOATING)]
     """[N, R] float32 (trainer ranks other than 0 answer an empty tensor)."""
 
 
 @message("rl.values")
 class ComputeValues:  # controller -> critic
-    batch: Batch
+    batch: Annotated[Batch, SEQUENCES_BATCH]
 
 
 @message("rl.values.result")
 class Values:  # critic -> controller
-    values: torch.Tensor
+    values: Annotated[torch.Tensor, TensorSpec(FLOATING, ndim=2)]
     """[N, R] float32."""
 
 
@@ -81,7 +82,7 @@ class Scores:  # reward -> controller
 
 @message("rl.train")
 class Train:  # controller -> every trainer rank / the critic
-    batch: Batch
+    batch: Annotated[Batch, TRAIN_BATCH]
     step: int
     temperature: float
     kl_coef: float

@@ -20,19 +20,20 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.messages import message
+from protocols.specs import FLOATING, TensorSpec
 from runtime.actor import Actor, handler
 
 
 @message("pipeline.item")
 class Item:  # producer -> stage
     index: int
-    values: torch.Tensor
+    values: Annotated[torch.Tensor, TensorSpec(FLOATING, ndim=2)]
 
 
 @message("pipeline.processed")

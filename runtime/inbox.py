@@ -18,9 +18,8 @@ from typing import Any
 
 import zmq
 
-from protocols.codec import unpack_limited
 from protocols.control import Credit, Failure, Ping
-from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id
+from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id, read_return_address
 from protocols.errors import ProtocolError
 from protocols.messages import from_payload, kind_of, to_payload
 from runtime import transport
@@ -77,7 +76,8 @@ class Inbox:
         routing_id = frames[0].bytes
         data = [frame.buffer for frame in frames[1:]]
         try:
-            envelope = decode_envelope(data, self.settings.max_message_bytes)
+            settings = self.settings
+            envelope = decode_envelope(data, settings.max_message_bytes, settings.max_header_bytes, settings.max_header_objects)
         except ProtocolError as error:
             self._refuse_undecodable(routing_id, data, sum(view.nbytes for view in data), error)
             return
@@ -115,16 +115,11 @@ class Inbox:
     def _refuse_undecodable(self, routing_id: bytes, data: list[memoryview], wire_bytes: int, error: ProtocolError) -> None:
         self.log.message_event("failed", "?", "?", "?", None, None, wire_bytes, error=f"ProtocolError: {error}")
         # Answer the asker if the header at least says who it is and that it waits.
-        try:
-            header = unpack_limited(data[0]) if data else None
-        except ProtocolError:
-            return
-        if not isinstance(header, dict) or not isinstance(header.get("expects_reply"), bool):
+        address = read_return_address(data[0]) if data else None
+        if address is None:
             return  # not our protocol: there is no one to answer
-        message_id, sender = header.get("message_id"), header.get("sender")
-        if not isinstance(message_id, str) or not isinstance(sender, str):
-            return
-        if not header["expects_reply"]:
+        message_id, sender, expects_reply = address
+        if not expects_reply:
             # A well-meaning sender spent credit on this tell: give it back.
             self._send_now(routing_id, self._credit_envelope((1, wire_bytes)), sender)
             return

@@ -303,7 +303,11 @@ class Outbox:
 
     def _accept_reply(self, link: Link, frames: list[zmq.Frame]) -> None:
         try:
-            envelope = decode_envelope([frame.buffer for frame in frames], self.settings.max_message_bytes)
+            settings = self.settings
+            envelope = decode_envelope(
+                [frame.buffer for frame in frames], settings.max_message_bytes, settings.max_header_bytes,
+                settings.max_header_objects,
+            )
         except ProtocolError as error:
             # A peer that sends garbage back must not take this actor down; the ask it
             # belonged to (if any) runs into its deadline.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocols.envelope import DEFAULT_MAX_MESSAGE_BYTES
+from protocols.envelope import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADER_OBJECTS, DEFAULT_MAX_MESSAGE_BYTES
 
 
 class RuntimeSettings(BaseModel):
@@ -37,6 +37,12 @@ class RuntimeSettings(BaseModel):
     """Handlers an actor runs at once. 1 keeps actor state free of interleaving."""
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     """Largest message an actor accepts; larger ones are refused with a ProtocolError."""
+    max_header_bytes: int = Field(DEFAULT_MAX_HEADER_BYTES, ge=1024)
+    """Largest header frame (everything but the tensors: structure, strings, lists) an
+    actor accepts. Tensors are not counted: they travel in frames of their own."""
+    max_header_objects: int = Field(DEFAULT_MAX_HEADER_OBJECTS, ge=1024)
+    """Most msgpack values a message's header and payload may decode to; bounds the time
+    one message can hold the event loop (about 0.1 s per million)."""
     heartbeat_interval_s: float = Field(1.0, gt=0)
     """How often a registered actor tells the registry it is alive."""
     heartbeat_timeout_s: float = Field(5.0, gt=0)

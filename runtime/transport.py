@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -47,8 +48,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 
 MAX_MESSAGES_PER_WAKEUP = 64
-"""A busy socket yields to the event loop after this many messages, so one peer's
-flood cannot starve timers, heartbeats or other sockets."""
+MAX_SECONDS_PER_WAKEUP = 0.01
+"""A busy socket yields to the event loop after this many messages or this much time,
+whichever comes first, so one peer's flood (or a run of messages that are expensive to
+decode) cannot starve timers, heartbeats or other sockets."""
 
 
 def context() -> zmq.Context:
@@ -265,8 +268,11 @@ class LoopSocket:
         self._scheduled = False
         if self.sock.closed:
             return
+        deadline = time.monotonic() + MAX_SECONDS_PER_WAKEUP
         try:
             for _ in range(MAX_MESSAGES_PER_WAKEUP):
+                if time.monotonic() > deadline:
+                    break
                 events = self.sock.get(_EVENTS)
                 if self._waiting_sends and events & _POLLOUT:
                     self._flush_sends()

@@ -116,3 +116,29 @@ async def test_a_message_over_the_size_limit_is_refused_and_the_actor_keeps_serv
         with pytest.raises((ActorDeadError, DeadlineExceeded)):
             await client.ask(echo.endpoint, Echo("big", torch.zeros(2 << 20, dtype=torch.uint8)), timeout=3)
     await assert_still_serving(echo.endpoint)
+
+
+async def test_an_ask_whose_header_is_over_the_header_limit_is_answered_with_what_to_do(spawn, raw_dealer):
+    echo = await spawn(ECHOER, "echo-0", settings=RuntimeSettings(max_header_bytes=1 << 20))
+    sock = raw_dealer(echo.endpoint)
+    frames, _ = encode_envelope(ask_envelope("test.echo", {"value": "x" * (2 << 20)}))  # text, not a tensor
+    reply = raw_ask(sock, frames)
+    assert reply["payload"]["error_type"] == "ProtocolError"
+    assert "exceeds the limit of 1048576 bytes; send bulk data as tensors" in reply["payload"]["message"]
+    await assert_still_serving(echo.endpoint)
+
+
+async def test_tells_with_tensors_a_handler_cannot_take_are_dropped_and_the_actor_does_not_crash(spawn):
+    import torch
+
+    from roles.pipeline import Item
+
+    stage = await spawn("roles.pipeline:Stage", "stage-0")
+    async with Client("hostile") as client:
+        for dtype in (torch.complex64, torch.float8_e4m3fn, torch.int64, torch.bool):
+            await client.tell(stage.endpoint, Item(0, torch.zeros(2, 2).to(dtype)))
+        with pytest.raises(RemoteError) as refused:
+            await client.ask(stage.endpoint, Item(1, torch.zeros(4)), timeout=10)
+    assert refused.value.error_type == "ProtocolError"
+    assert "pipeline.item.values: expected a 2-d tensor" in str(refused.value)
+    assert stage.returncode is None
