@@ -7,12 +7,15 @@ Measures, each between two OS processes on loopback tcp:
 * small-message round trip p50/p99: actor `ask` versus a raw pyzmq REQ/REP pair,
   with the runtime's event-loop socket layer alone (raw bytes, no protocol, no
   actor) as a third row, to show how much of the difference is the event loop;
-* the cost of the structured message log: the same `ask` with logging on and off.
+* the cost of the structured message log: the same `ask` with logging on and off;
+* the cost of authentication (runtime.security): the same `ask` round trip and 16 MB
+  throughput with no authentication, the run's shared secret (the default) and CURVE.
 
 Prints a table and, last, one JSON line with the ratios (actor / raw for
-throughput, actor / raw for latency, logging on / off - 1 for the log cost).
+throughput, actor / raw for latency, logging on / off - 1 for the log cost,
+secret / none and curve / none for authentication).
 
-    python benchmarks/transport.py [--quick]
+    python benchmarks/transport.py [--quick] [--auth-only]
 """
 
 from __future__ import annotations
@@ -271,10 +274,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def authentication_costs(repeats: int, round_trips: int) -> dict[str, float]:
+    """Ask p50 and 16 MB throughput with each authentication mechanism, interleaved."""
+    from runtime.security import generate_keys, generate_secret
+
+    with tempfile.TemporaryDirectory() as keys:
+        generate_secret(Path(keys, "secret"))
+        generate_keys(keys)
+        mechanisms = {
+            "none": RuntimeSettings(log_messages=False),
+            "secret": RuntimeSettings(log_messages=False, secret_file=str(Path(keys, "secret"))),
+            "curve": RuntimeSettings(log_messages=False, curve_keys_dir=keys),
+        }
+        p50: dict[str, list[float]] = {name: [] for name in mechanisms}
+        rate: dict[str, list[float]] = {name: [] for name in mechanisms}
+        for _ in range(repeats):
+            for name, settings in mechanisms.items():
+                p50[name].append(percentile(actor_round_trips(round_trips, settings, None), 0.5))
+                rate[name].append(actor_throughput(16 * MB, 60, settings))
+    print(f"\n{'authentication':>24} {'ask p50 us':>11} {'16MB GB/s':>10}")
+    for name in mechanisms:
+        print(f"{name:>24} {statistics.median(p50[name]) * 1e6:>11.0f} {statistics.median(rate[name]) / 1e9:>10.2f}")
+    ratios = {}
+    for name in ("secret", "curve"):
+        ratios[f"auth_{name}_rtt_p50_ratio"] = round(statistics.median(p50[name]) / statistics.median(p50["none"]), 3)
+        ratios[f"auth_{name}_throughput_ratio_16mb"] = round(statistics.median(rate[name]) / statistics.median(rate["none"]), 3)
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition and fewer round trips (a smoke run)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--auth-only", action="store_true", help="only the authentication rows")
     args = parser.parse_args()
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
@@ -286,6 +318,9 @@ def main() -> None:
           f"python {platform.python_version()}  torch {torch.__version__}  pyzmq {zmq.__version__} "
           f"(libzmq {zmq.zmq_version()})  repeats {repeats} (medians)")
 
+    if args.auth_only:
+        print(json.dumps(authentication_costs(repeats, round_trips)))
+        return
     ratios: dict[str, float] = {}
     print(f"\n{'size':>8} {'raw GB/s':>10} {'actor GB/s':>11} {'ratio':>7}")
     port = 47000
@@ -327,6 +362,7 @@ def main() -> None:
     ratios["rtt_p99_ratio"] = round(p99["actor ask, log off"] / p99["raw REQ/REP"], 3)
     ratios["logging_cost_p50"] = round(p50["actor ask, log on"] / p50["actor ask, log off"] - 1, 3)
     ratios["logging_cost_mean"] = round(mean["actor ask, log on"] / mean["actor ask, log off"] - 1, 3)
+    ratios.update(authentication_costs(repeats, round_trips))
     print(json.dumps(ratios))
 
 

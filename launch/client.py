@@ -19,9 +19,10 @@ def live_run(run_dir: Path | str) -> RunInfo:
     return info
 
 
-def client_for(info: RunInfo, name: str) -> Client:
-    settings = RuntimeSettings(curve_keys_dir=info.curve_keys_dir, log_messages=False)
-    return Client(name, registry=info.registry, settings=settings)
+def client_for(info: RunInfo, name: str, run_dir: Path | str | None = None) -> Client:
+    """A client of the run, holding its credentials (its message log in `run_dir`, if given)."""
+    settings = RuntimeSettings(curve_keys_dir=info.curve_keys_dir, secret_file=info.secret_file, log_messages=run_dir is not None)
+    return Client(name, registry=info.registry, settings=settings, run=info.run, run_dir=run_dir)
 
 
 async def ask_supervisor(info: RunInfo, message: Any, timeout: float = 10.0) -> Any:

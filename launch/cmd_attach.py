@@ -70,8 +70,7 @@ async def attach_here(args: argparse.Namespace) -> int:
         return 2
     info = read_run_info(args.run_dir)
     registry = args.registry or info.registry
-    keys_dir = (Path(args.run_dir) / "keys").resolve() if topology.network.curve else None
-    settings = runtime_settings_for(topology, keys_dir)
+    settings = runtime_settings_for(topology, Path(args.run_dir))
     host = args.host or topology.network.host
     local = topology.model_copy(update={
         "runtime": settings, "network": NetworkSpec(host=host, curve=topology.network.curve),

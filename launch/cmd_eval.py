@@ -118,7 +118,7 @@ def evaluate_live(run_dir: Path, console: object) -> int:
         return 2
     steps = [r["step"] for r in read_metrics(run_dir) if "train/reward" in r]
     step = steps[-1] if steps else 0
-    reply = asyncio.run(ask_ready_role(info["registry"], run_dir, "evaluator", Evaluate(step), timeout=1800))
+    reply = asyncio.run(ask_ready_role(run_dir, "evaluator", Evaluate(step), timeout=1800))
     for name in table_names(reply.values):
         print(f"{name}: {reply.values[name]:.4f}")
     print(f"step {reply.step}: every number in {run_dir}/metrics.jsonl, every sample in {run_dir}/eval/step_{reply.step}.jsonl")

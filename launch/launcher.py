@@ -30,21 +30,22 @@ from launch.topology import Topology, resolved, validate
 from runtime.actor import start_actor
 from runtime.host import run_event_loop
 from runtime.registry import Registry
-from runtime.security import generate_keys
+from runtime.security import generate_keys, generate_secret
 
 
 def prepare_run_dir(topology: Topology, configs: dict[str, Any], run_dir: Path) -> Topology:
-    """Create the run directory, the CURVE keys if enabled, and the resolved topology.yaml.
+    """Create the run directory, the run's secret (and CURVE keys if enabled), and the
+    resolved topology.yaml. A run directory used again (to resume) keeps its credentials.
 
-    Returns the topology with its runtime settings pointing at the keys.
+    Returns the topology with its runtime settings pointing at the credentials.
     """
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    keys_dir = None
-    if topology.network.curve:
-        keys_dir = (run_dir / "keys").resolve()
-        if not (keys_dir / "server.key_secret").exists():
-            generate_keys(keys_dir)
-    topology = topology.model_copy(update={"runtime": runtime_settings_for(topology, keys_dir), "run_dir": str(run_dir)})
+    settings = runtime_settings_for(topology, run_dir)
+    assert settings.secret_file is not None
+    generate_secret(settings.secret_file)
+    if settings.curve_keys_dir is not None and not (Path(settings.curve_keys_dir) / "server.key_secret").exists():
+        generate_keys(settings.curve_keys_dir)
+    topology = topology.model_copy(update={"runtime": settings, "run_dir": str(run_dir)})
     write_topology(run_dir, resolved(topology, configs))
     return topology
 
@@ -64,7 +65,8 @@ async def launch_run(topology: Topology, configs: dict[str, Any], run_dir: Path,
     await supervisor.watch_membership()
     info = RunInfo(
         run=topology.name, registry=registry.endpoint, supervisor=supervisor.endpoint or "", launcher_pid=os.getpid(),
-        host=socket.gethostname(), started_at=time.time(), curve_keys_dir=settings.curve_keys_dir, state="starting",
+        host=socket.gethostname(), started_at=time.time(), curve_keys_dir=settings.curve_keys_dir, secret_file=settings.secret_file,
+        state="starting",
     )
     write_run_info(run_dir, info)
     interrupted = _handle_signals(supervisor)

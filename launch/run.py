@@ -38,11 +38,14 @@ class RunError(RuntimeError):
     """The run could not start, or failed; the text says where to look."""
 
 
-async def ask_ready_role(registry: str, run_dir: Path, role: str, message: Any, timeout: float = 600.0) -> Any:
-    from runtime.client import Client
+async def ask_ready_role(run_dir: Path, role: str, message: Any, timeout: float = 600.0) -> Any:
+    from launch.client import client_for
+    from launch.rundir import read_run_info
     from runtime.outbox import ActorRef
 
-    async with Client("python-api", registry=registry, run_dir=run_dir) as client:
+    info = read_run_info(run_dir)
+    registry = info.registry
+    async with client_for(info, "python-api", run_dir) as client:
         deadline = time.monotonic() + timeout
         while True:
             found: LookupResult = await client.ask(ActorRef("registry", registry), Lookup(role=role), timeout=30)
@@ -163,10 +166,9 @@ class Run:
         if not due:
             return record
         assert self.run_dir is not None
-        info = json.loads((self.run_dir / "registry.json").read_text())
-        registry, run_dir = info["registry"], self.run_dir
+        run_dir = self.run_dir
         context = EvalContext(step, int(record.get("weights/version", -1)), run_dir, self._load_tokenizer(),
-                              lambda role, message: asyncio.run(ask_ready_role(registry, run_dir, role, message)))
+                              lambda role, message: asyncio.run(ask_ready_role(run_dir, role, message)))
         values: dict[str, float] = {}
         for name, evaluator in due:
             for key, value in evaluator.evaluate(context).items():

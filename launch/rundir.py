@@ -39,6 +39,8 @@ class RunInfo(BaseModel):
     host: str
     started_at: float
     curve_keys_dir: str | None = None
+    secret_file: str | None = None
+    """The run's shared secret, which every connection to it presents (runtime.security)."""
     state: str = "running"
     """``starting`` while the roles come up, ``running``, then ``finished`` or ``failed``."""
 

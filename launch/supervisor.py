@@ -285,8 +285,9 @@ class Supervisor(Actor):
         return cls.Config.model_validate(config).model_dump(mode="json") if cls.Config is not None else None
 
 
-def runtime_settings_for(topology: Topology, keys_dir: Path | None) -> RuntimeSettings:
-    """The topology's runtime settings, pointing at the run's CURVE keys when it has them."""
-    if keys_dir is None:
-        return topology.runtime
-    return topology.runtime.model_copy(update={"curve_keys_dir": str(keys_dir)})
+def runtime_settings_for(topology: Topology, run_dir: Path) -> RuntimeSettings:
+    """The topology's runtime settings, pointing at the run's credentials: its secret
+    always, its CURVE keys when the topology enables them (runtime.security)."""
+    keys_dir = (Path(run_dir) / "keys").resolve()
+    update = {"secret_file": str(keys_dir / "secret"), "curve_keys_dir": str(keys_dir) if topology.network.curve else None}
+    return topology.runtime.model_copy(update=update)

@@ -25,7 +25,7 @@ from protocols.messages import from_payload, kind_of, to_payload
 from runtime import transport
 from runtime.flow import CreditOwed
 from runtime.msglog import MessageLog
-from runtime.security import CurveKeys
+from runtime.security import Credentials
 from runtime.settings import RuntimeSettings
 
 
@@ -57,7 +57,7 @@ class Inbox:
         endpoint: str,
         pong: Any,
         on_error: Callable[[BaseException], None],
-        keys: CurveKeys | None = None,
+        keys: Credentials | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -65,6 +65,14 @@ class Inbox:
         self.pong = pong
         router, self.endpoint = transport.bind_router(endpoint, settings.max_message_bytes, keys)
         self.socket = transport.LoopSocket(router, self._accept, on_error, queue_when_full=False)
+        self.refusals: RefusalLog | None = None
+        self._refusal_monitor: transport.LoopSocket | None = None
+        if keys is not None:
+            self.refusals = RefusalLog(log, self.endpoint)
+            watcher = transport.monitor(router, transport.HANDSHAKE_FAILURES)
+            self._refusal_monitor = transport.LoopSocket(
+                watcher, lambda frames: self.refusals.record(*transport.parse_event_value(frames)), on_error  # type: ignore[union-attr]
+            )
         self.mailbox: asyncio.Queue[Delivery] = asyncio.Queue(settings.mailbox_capacity)
         self.credit: dict[bytes, CreditOwed] = {}
         self.accepting = True
@@ -169,6 +177,9 @@ class Inbox:
     def close(self, linger_ms: int = 0) -> None:
         """Stop receiving; replies already sent get `linger_ms` to leave."""
         self.accepting = False
+        if self._refusal_monitor is not None:
+            self.socket.sock.disable_monitor()
+            self._refusal_monitor.close()
         self.socket.close(linger_ms)
 
     def _done(self, delivery: Delivery) -> None:
@@ -233,3 +244,37 @@ class Inbox:
             envelope.correlation_id, envelope.trace_id, nbytes, error=error, ts=envelope.sent_at,
         )
 
+
+_HANDSHAKE_REASONS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "wrong credentials (not the run's secret or an authorized CURVE key)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "no credentials (the peer does not authenticate the way the run does)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed",
+}
+
+
+class RefusalLog:
+    """Writes ``security.refused`` lines for peers refused at the handshake: the first at
+    once, then at most one a second with the count since, so a flood of attempts cannot
+    flood the log."""
+
+    INTERVAL_S = 1.0
+
+    def __init__(self, log: MessageLog, endpoint: str) -> None:
+        self.log = log
+        self.endpoint = endpoint
+        self.total = 0
+        self._unlogged = 0
+        self._last_logged = -float("inf")
+
+    def record(self, event: int, value: int) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_logged < self.INTERVAL_S:
+            return
+        self.log.lifecycle(
+            "security.refused", endpoint=self.endpoint, reason=_HANDSHAKE_REASONS.get(event, f"handshake event {event}"),
+            code=value, refused=self._unlogged, refused_total=self.total,
+        )
+        self._unlogged = 0
+        self._last_logged = now

@@ -26,7 +26,7 @@ from runtime import transport
 from runtime.errors import ActorDeadError, AuthenticationError, DeadlineExceeded, RemoteError
 from runtime.flow import SendWindow
 from runtime.msglog import MessageLog
-from runtime.security import CurveKeys
+from runtime.security import Credentials
 from runtime.settings import RuntimeSettings
 from runtime.tracing import message_id_for_send, trace_id_for_send
 
@@ -53,8 +53,11 @@ class NameResolver(Protocol):
 
 _HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed (one side uses CURVE, the other not)",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed (this process's CURVE key is not authorized)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+        "the security handshake failed (the two sides authenticate differently: this process may lack the "
+        "run's secret or CURVE keys)"
+    ),
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed (this process's secret or CURVE key is not the run's)",
 }
 
 
@@ -91,7 +94,7 @@ class Link:
         on_message: Callable[[Link, list[zmq.Frame]], None],
         on_connection: Callable[[Link, int], None],
         on_error: Callable[[BaseException], None],
-        keys: CurveKeys | None = None,
+        keys: Credentials | None = None,
     ) -> None:
         self.ref = ref
         dealer = transport.connect_dealer(ref.endpoint, keys)
@@ -131,7 +134,7 @@ class Outbox:
         names: resolves registered actor names (``resolve(name)``) and drops a
             name whose endpoint turned out dead (``forget(name)``); None: only refs
             and endpoints are accepted.
-        keys: the run's CURVE keys, when its sockets authenticate.
+        keys: the run's credentials, when its sockets authenticate (runtime.security).
     """
 
     def __init__(
@@ -141,7 +144,7 @@ class Outbox:
         log: MessageLog,
         on_error: Callable[[BaseException], None],
         names: NameResolver | None = None,
-        keys: CurveKeys | None = None,
+        keys: Credentials | None = None,
     ) -> None:
         self.name = name
         self.settings = settings

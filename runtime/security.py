@@ -1,22 +1,36 @@
-"""ZeroMQ CURVE: encryption and authentication for actors reachable beyond loopback.
+"""Who may talk to a run: every connection authenticates, on loopback too.
 
-A run that binds beyond loopback gets one set of keys in its run directory
-(`generate_keys`): a server key pair that every actor's ROUTER uses, a client key
-pair that every DEALER uses, and an ``authorized/`` folder with the public keys
-allowed to connect. Each process runs a ZAP authenticator (a pyzmq thread) that
-refuses any client whose key is not authorized; a peer without CURVE, or with a
-key of its own, never completes the handshake and no message of it is
-delivered.
+Two mechanisms, both checked by a ZAP handler (a pyzmq thread per process) before a
+peer's first message is delivered:
 
-Layout (``<run_dir>/keys``; secret files are readable by the owner only)::
+* **the run's shared secret** (the default; `generate_secret`): a random 256-bit token
+  in ``<run_dir>/keys/secret``, readable by the run's owner only. Every DEALER presents
+  it with ZeroMQ's PLAIN mechanism and every ROUTER checks it, so only processes that
+  can read the run's files get through; another user on the same host cannot. PLAIN
+  costs nothing per message (it is a handshake), but it sends the token in the clear,
+  so it is allowed on loopback only, where only root can watch the traffic.
+* **CURVE** (`generate_keys`, ``network.curve: true``): encryption and key-based
+  authentication, required to bind beyond loopback. A server key pair that every
+  actor's ROUTER uses, a client key pair that every DEALER uses, and an
+  ``authorized/`` folder with the public keys allowed to connect.
 
-    server.key  server.key_secret  client.key  client.key_secret  authorized/client.key
+A peer without the run's credentials (no PLAIN or CURVE, a wrong token, an
+unauthorized key) never completes the handshake; none of its messages is delivered,
+and the refusing actor logs a ``security.refused`` line (runtime.inbox).
+
+Layout (``<run_dir>/keys``, mode 0700; secret files 0600)::
+
+    secret  server.key  server.key_secret  client.key  client.key_secret  authorized/client.key
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import os
+import secrets
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +41,50 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 LOOPBACK_NAMES = frozenset({"localhost"})
+PLAIN_USER = "troupe"
+
+
+@dataclass(frozen=True)
+class SharedSecret:
+    """The run's token, presented with ZeroMQ PLAIN (loopback only: it travels in the clear)."""
+
+    token: str
+
+    @property
+    def domain(self) -> str:
+        """The ZAP domain of this run's sockets (several runs may share one process)."""
+        return "secret-" + hashlib.sha256(self.token.encode()).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: Path | str) -> SharedSecret:
+        """Read a secret file; refuse one that others can read (it would let them in)."""
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode
+            token = path.read_text().strip()
+        except OSError as error:
+            raise FileNotFoundError(
+                f"the run's secret {path} is missing or unreadable ({error}); `troupe launch` creates it, "
+                "and only the user who launched the run can read it"
+            ) from error
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise PermissionError(f"{path} can be read by other users (mode {stat.filemode(mode)}); run `chmod 600 {path}`")
+        if len(token) < 32:
+            raise ValueError(f"{path} does not hold a secret of at least 32 characters")
+        return cls(token)
+
+
+def generate_secret(path: Path | str) -> SharedSecret:
+    """Write a fresh random token to `path` (mode 0600; its folder 0700) unless one is there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if not path.exists():
+        # `secrets`, not `random`: the token is the only thing between another local user and the run.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+    return SharedSecret.load(path)
 
 
 @dataclass(frozen=True)
@@ -38,6 +96,11 @@ class CurveKeys:
     client_public: bytes
     client_secret: bytes
     authorized_dir: Path
+
+    @property
+    def domain(self) -> str:
+        """The ZAP domain of this run's sockets."""
+        return "curve-" + hashlib.sha256(self.server_public).hexdigest()[:16]
 
     @classmethod
     def load(cls, directory: Path | str) -> CurveKeys:
@@ -56,10 +119,18 @@ class CurveKeys:
         return cls(server_public, server_secret, client_public, client_secret, directory / "authorized")
 
 
-def load_keys(settings: object) -> CurveKeys | None:
-    """The keys named by a RuntimeSettings' `curve_keys_dir`, or None when CURVE is off."""
+Credentials = CurveKeys | SharedSecret
+"""What a run's sockets authenticate with."""
+
+
+def load_keys(settings: object) -> Credentials | None:
+    """The credentials a RuntimeSettings names: its CURVE keys when `curve_keys_dir` is set,
+    else its shared secret (`secret_file`), else None (no authentication)."""
     directory = getattr(settings, "curve_keys_dir", None)
-    return CurveKeys.load(directory) if directory else None
+    if directory:
+        return CurveKeys.load(directory)
+    secret_file = getattr(settings, "secret_file", None)
+    return SharedSecret.load(secret_file) if secret_file else None
 
 
 def generate_keys(directory: Path | str) -> CurveKeys:
@@ -88,32 +159,54 @@ def is_loopback_endpoint(endpoint: str) -> bool:
         return False  # an interface name or a host name: not provably loopback
 
 
+class _RunAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler, comparing tokens in constant time."""
+
+    def _authenticate_plain(self, domain: str, username: str, password: str) -> tuple[bool, bytes]:
+        expected = self.passwords.get(domain, {}).get(username)
+        if expected is not None and hmac.compare_digest(password.encode(), expected.encode()):
+            return True, b"OK"
+        return False, b"Invalid credentials"
+
+
 _authenticator_lock = threading.Lock()
-_authenticators: dict[Path, ThreadAuthenticator] = {}
+_authenticators: dict[int, tuple[_RunAuthenticator, set[str]]] = {}
 
 
-def ensure_authenticator(context: zmq.Context, keys: CurveKeys) -> None:
-    """Start this process's ZAP handler (once), allowing only the run's authorized keys."""
+def ensure_authenticator(context: zmq.Context, credentials: Credentials) -> None:
+    """Start this process's ZAP handler (once per context) and teach it `credentials`."""
     with _authenticator_lock:
-        if keys.authorized_dir in _authenticators:
+        authenticator, domains = _authenticators.get(id(context), (None, set()))
+        if authenticator is None:
+            authenticator = _RunAuthenticator(context)
+            authenticator.start()
+            _authenticators[id(context)] = (authenticator, domains)
+        if credentials.domain in domains:
             return
-        if _authenticators:
-            raise RuntimeError("one process serves one run: a second set of CURVE keys cannot be authorized")
-        authenticator = ThreadAuthenticator(context)
-        authenticator.start()
-        authenticator.configure_curve(domain="*", location=str(keys.authorized_dir))
-        _authenticators[keys.authorized_dir] = authenticator
+        if isinstance(credentials, SharedSecret):
+            authenticator.configure_plain(domain=credentials.domain, passwords={PLAIN_USER: credentials.token})
+        else:
+            authenticator.configure_curve(domain=credentials.domain, location=str(credentials.authorized_dir))
+        domains.add(credentials.domain)
 
 
-def make_server(sock: zmq.Socket, keys: CurveKeys) -> None:
-    """Configure a (ROUTER) socket to accept only authorized CURVE clients."""
-    sock.curve_secretkey = keys.server_secret
-    sock.curve_publickey = keys.server_public
+def make_server(sock: zmq.Socket, credentials: Credentials) -> None:
+    """Configure a (ROUTER) socket to accept only peers with the run's credentials."""
+    sock.zap_domain = credentials.domain.encode()
+    if isinstance(credentials, SharedSecret):
+        sock.plain_server = True
+        return
+    sock.curve_secretkey = credentials.server_secret
+    sock.curve_publickey = credentials.server_public
     sock.curve_server = True
 
 
-def make_client(sock: zmq.Socket, keys: CurveKeys) -> None:
-    """Configure a (DEALER) socket to connect as the run's CURVE client."""
-    sock.curve_secretkey = keys.client_secret
-    sock.curve_publickey = keys.client_public
-    sock.curve_serverkey = keys.server_public
+def make_client(sock: zmq.Socket, credentials: Credentials) -> None:
+    """Configure a (DEALER) socket to connect with the run's credentials."""
+    if isinstance(credentials, SharedSecret):
+        sock.plain_username = PLAIN_USER.encode()
+        sock.plain_password = credentials.token.encode()
+        return
+    sock.curve_secretkey = credentials.client_secret
+    sock.curve_publickey = credentials.client_public
+    sock.curve_serverkey = credentials.server_public

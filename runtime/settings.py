@@ -53,9 +53,13 @@ class RuntimeSettings(BaseModel):
     stop_linger_s: float = Field(1.0, ge=0)
     """At stop, replies the actor already sent get this long to leave its socket before
     the process exits (they are dropped only if their peer cannot take them)."""
+    secret_file: str | None = None
+    """File holding the run's shared secret (runtime.security). When set, every connection
+    authenticates with it (loopback only). `troupe launch` creates one for every run; None
+    (the default for actors started by hand) authenticates nobody."""
     curve_keys_dir: str | None = None
     """Folder of the run's CURVE keys (runtime.security). When set, every socket encrypts
-    and authenticates with them; required to bind beyond loopback."""
+    and authenticates with them instead of the secret; required to bind beyond loopback."""
     log_messages: bool = True
     """Write one JSON line per message event to logs/<instance>.jsonl in the run directory."""
     log_flush_interval_s: float = Field(0.2, gt=0)

@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from runtime.security import CurveKeys, ensure_authenticator, is_loopback_endpoint, make_client, make_server
+from runtime.security import Credentials, CurveKeys, ensure_authenticator, is_loopback_endpoint, make_client, make_server
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:*"
 
@@ -81,17 +81,17 @@ def _track(sock: zmq.Socket, label: str) -> zmq.Socket:
     return sock
 
 
-def bind_router(endpoint: str, max_message_bytes: int, keys: CurveKeys | None = None) -> tuple[zmq.Socket, str]:
+def bind_router(endpoint: str, max_message_bytes: int, keys: Credentials | None = None) -> tuple[zmq.Socket, str]:
     """A ROUTER bound to `endpoint`; returns it and the endpoint actually bound.
 
     ``tcp://host:*`` picks a free port. Frames larger than `max_message_bytes` make
     ZeroMQ drop the sending peer's connection before the bytes are buffered. With
-    `keys`, only authorized CURVE clients can talk to it; binding beyond loopback
-    without keys is refused.
+    `keys`, only peers holding the run's credentials can talk to it (runtime.security);
+    binding beyond loopback needs CURVE keys (a shared secret travels in the clear).
     """
-    if keys is None and not is_loopback_endpoint(endpoint):
+    if not isinstance(keys, CurveKeys) and not is_loopback_endpoint(endpoint):
         raise PermissionError(
-            f"refusing to bind {endpoint} without authentication: beyond loopback every socket needs "
+            f"refusing to bind {endpoint} without encrypted authentication: beyond loopback every socket needs "
             "CURVE keys (set network.curve: true in the topology, or RuntimeSettings.curve_keys_dir)"
         )
     sock = context().socket(zmq.ROUTER)
@@ -111,7 +111,7 @@ def bind_router(endpoint: str, max_message_bytes: int, keys: CurveKeys | None = 
     return _track(sock, f"ROUTER {bound}"), bound
 
 
-def connect_dealer(endpoint: str, keys: CurveKeys | None = None) -> zmq.Socket:
+def connect_dealer(endpoint: str, keys: Credentials | None = None) -> zmq.Socket:
     """A DEALER connected to a peer's ROUTER (ZeroMQ connects and reconnects in the background)."""
     sock = context().socket(zmq.DEALER)
     if keys is not None:
@@ -127,8 +127,15 @@ def connect_dealer(endpoint: str, keys: CurveKeys | None = None) -> zmq.Socket:
     return _track(sock, f"DEALER -> {endpoint}")
 
 
-def monitor(sock: zmq.Socket) -> zmq.Socket:
-    """A socket that receives `sock`'s connect, disconnect and failed-handshake events.
+CONNECTION_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def monitor(sock: zmq.Socket, events: int = CONNECTION_EVENTS | HANDSHAKE_FAILURES) -> zmq.Socket:
+    """A socket that receives `sock`'s `events` (by default connect, disconnect and
+    failed handshakes).
 
     libzmq emits monitor events from its I/O thread with a blocking send: if the
     monitor socket stops reading (it is full, or closed while the monitored socket
@@ -136,10 +143,6 @@ def monitor(sock: zmq.Socket) -> zmq.Socket:
     So the monitor socket never has a receive limit, and `close_monitored` tears
     the pair down in the one safe order.
     """
-    events = (
-        zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    )
     monitor_socket = sock.get_monitor_socket(events)
     monitor_socket.setsockopt(zmq.LINGER, 0)
     monitor_socket.setsockopt(zmq.RCVHWM, 0)
@@ -157,6 +160,12 @@ def close_monitored(sock: LoopSocket, monitor_socket: LoopSocket) -> None:
 def parse_event(frames: list[Any]) -> int:
     """The event number of a monitor message."""
     return parse_monitor_message([bytes(frame) for frame in frames])["event"]
+
+
+def parse_event_value(frames: list[Any]) -> tuple[int, int]:
+    """The event number and value (a reason code for failed handshakes) of a monitor message."""
+    event = parse_monitor_message([bytes(frame) for frame in frames])
+    return event["event"], event["value"]
 
 
 class LoopSocket:

@@ -28,7 +28,7 @@ def test_loopback_endpoints_are_told_apart_from_exposed_ones():
 
 
 def test_binding_beyond_loopback_without_keys_is_refused():
-    with pytest.raises(PermissionError, match="without authentication"):
+    with pytest.raises(PermissionError, match="without encrypted authentication"):
         transport.bind_router("tcp://0.0.0.0:*", 1 << 20)
 
 
