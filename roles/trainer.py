@@ -18,9 +18,9 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import socket
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -35,6 +35,7 @@ from roles.rollout import without_rows_weight
 from runtime.actor import handler
 from runtime.errors import ActorError
 from runtime.weights.config import WeightChannelConfig
+from runtime.weights.group import start_store
 from runtime.weights.publisher import PublishesWeights, WeightPublisher
 
 
@@ -120,8 +121,7 @@ class Trainer(PublishesWeights):
         torch.manual_seed(config.seed)
         backend = "nccl" if config.device.startswith("cuda") else "gloo"
         dist.init_process_group(
-            backend, init_method=self._init_method(), rank=self.rank, world_size=config.ranks,
-            timeout=datetime.timedelta(seconds=600),
+            backend, **self._rendezvous(), rank=self.rank, world_size=config.ranks, timeout=datetime.timedelta(seconds=600),
         )
         self.model, self.tokenizer = load_causal_lm(config.model, config.dtype, config.device)
         self.model.train()
@@ -131,11 +131,28 @@ class Trainer(PublishesWeights):
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(optim, step))
 
+    def _rendezvous(self) -> dict[str, Any]:
+        """How the trainer ranks find each other: ``store=`` or ``init_method=``.
+
+        One rank needs no rendezvous (an in-process store: no port opened). A ``tcp://``
+        init method gets a store that rank 0 serves on that address only (torch's own
+        listens on every interface). Otherwise a file store in the run directory.
+        """
+        init_method = self.config.init_method
+        if init_method is None and self.config.ranks == 1:
+            return {"store": dist.HashStore()}
+        if init_method is not None and init_method.startswith("tcp://"):
+            parts = urlsplit(init_method)
+            if parts.hostname is None or parts.port is None:
+                raise ActorError(f"trainer config init_method {init_method!r} needs tcp://HOST:PORT")
+            if self.rank == 0:
+                return {"store": start_store(parts.hostname, 600, parts.port)}
+            return {"store": dist.TCPStore(parts.hostname, parts.port, is_master=False, timeout=datetime.timedelta(seconds=600))}
+        return {"init_method": self._init_method()}
+
     def _init_method(self) -> str:
         if self.config.init_method:
             return self.config.init_method
-        if self.config.ranks == 1:
-            return f"tcp://127.0.0.1:{_free_port()}"
         if self.run_dir is None:
             raise ActorError("trainer ranks > 1 need init_method (or a run directory for a file store)")
         from launch.rundir import read_run_info
@@ -314,9 +331,4 @@ def lr_factor(optim: OptimConfig, step: int) -> float:
     progress = min(1.0, (step - optim.warmup_steps) / max(1, optim.total_steps - optim.warmup_steps))
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import socket
 import threading
 import time
@@ -76,9 +77,31 @@ def local_address_towards(host: str) -> str:
         return probe.getsockname()[0]
 
 
-def start_store(host: str, seconds: float) -> dist.TCPStore:
-    """The rendezvous store, served by trainer rank 0 on a free port of `host`."""
-    return dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timeout(seconds))
+def start_store(host: str, seconds: float, port: int = 0) -> dist.TCPStore:
+    """A rendezvous store served on `host` only (a free port unless `port` is given).
+
+    torch's TCPStore listens on every interface (IPv4 and IPv6) when it opens its own
+    socket; handed a socket already bound to the run's address it listens there alone,
+    so a one-host run's store is reachable from loopback only. The store takes over the
+    socket and closes it when it goes.
+    """
+    family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, protocol)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(socket.SOMAXCONN)
+        bound_port = listener.getsockname()[1]
+    except OSError:
+        listener.close()
+        raise
+    descriptor = listener.detach()
+    try:
+        return dist.TCPStore(host, bound_port, is_master=True, wait_for_workers=False, timeout=timeout(seconds),
+                             master_listen_fd=descriptor)
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def connect_store(host: str, port: int, seconds: float) -> dist.TCPStore:
