@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.topology import BUILTIN_ROLES, TopologyError, load_topology
+    from launch.topology import BUILTIN_ROLES, TopologyError, TopologyFileError, load_topology
 
     if args.list_roles:
         for name, entry in sorted(BUILTIN_ROLES.items()):
@@ -25,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         topology, _ = load_topology(args.topology, args.overrides)
+    except TopologyFileError as error:  # not a topology file at all: a bad argument
+        print(f"troupe validate: {error}", file=sys.stderr)
+        return 2
     except TopologyError as error:
         print(error, file=sys.stderr)
         return 1

@@ -83,6 +83,33 @@ def launcher_alive(info: RunInfo) -> bool:
         return False
 
 
+def launcher_gone(info: RunInfo) -> bool:
+    """Whether the run's launcher died without recording an end (killed, or its host rebooted)."""
+    return info.state in ("starting", "running") and not launcher_alive(info)
+
+
+def role_processes(run_dir: Path | str) -> dict[str, psutil.Process]:
+    """The run's role processes alive on this host, by instance name.
+
+    They are found by command line (``python -m runtime.host --name NAME ... --run-dir
+    DIR``, as `runtime.spawn` starts them), so this needs no launcher to ask: it is
+    how `troupe stop` finds what a killed launcher left behind.
+    """
+    directory = Path(run_dir).resolve()
+    found = {}
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        argv = process.info["cmdline"] or []
+        if "runtime.host" not in argv or "--run-dir" not in argv or "--name" not in argv:
+            continue
+        try:
+            named = Path(process.info["cwd"] or "/") / argv[argv.index("--run-dir") + 1]
+            if named.resolve() == directory and process.status() != psutil.STATUS_ZOMBIE:
+                found[argv[argv.index("--name") + 1]] = process
+        except (IndexError, psutil.NoSuchProcess):  # a command line cut short, or a process gone meanwhile
+            continue
+    return found
+
+
 def read_topology(run_dir: Path | str) -> dict[str, Any]:
     """The resolved topology a run was launched with."""
     path = Path(run_dir) / TOPOLOGY_FILE

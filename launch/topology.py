@@ -3,15 +3,17 @@
 A topology is YAML validated by the pydantic models below (every field documented,
 unknown keys refused). `load_topology` reads a file, applies ``--set a.b.c=value``
 overrides, validates everything (each role's own ``config:`` block against its
-actor class's `Config` model too) and returns the topology together with every
-problem found, each with its field path and what to do about it; nothing is
-started.
+actor class's `Config` model too, every role a config names against the
+topology's roles, and keys given twice) and returns the topology together with
+every problem found, each with its field path and what to do about it; nothing
+is started.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,6 +203,16 @@ class TopologyError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n{lines}")
 
 
+class TopologyFileError(TopologyError):
+    """A file that cannot be a topology at all: unreadable, not UTF-8 text, or not a YAML mapping."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(source, [Problem(path=source, message=message)])
+
+    def __str__(self) -> str:
+        return str(self.problems[0])
+
+
 def _path(location: tuple[Any, ...]) -> str:
     text = ""
     for part in location:
@@ -300,26 +312,74 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[Problem]:
 
 
 # ------------------------------------------------------------------ loading
-def read_yaml(source: Path | str) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """Parse a topology file; YAML errors come back as problems with line and column."""
+def read_yaml(source: Path | str) -> tuple[dict[str, Any], list[Problem]]:
+    """Parse a topology file.
+
+    Returns:
+        (the mapping, every key given twice in one mapping, as problems: YAML itself
+        would keep the last silently).
+
+    Raises:
+        TopologyFileError: the file cannot be read, is not UTF-8 text, or holds no mapping.
+        TopologyError: the file is not valid YAML (the problem gives line and column).
+    """
     path = Path(source)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as error:
-        return None, [Problem(path=str(path), message=f"cannot read the file: {error.strerror}")]
+        raise TopologyFileError(str(path), f"cannot read the file: {error.strerror or error}") from None
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise TopologyFileError(
+            str(path), f"line {line} is not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        twice = _keys_given_twice(node, (), set()) if node is not None else []
+        raw = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "YAML"
-        return None, [Problem(path=where, message=f"not valid YAML: {getattr(error, 'problem', error)}")]
+        raise TopologyError(str(path), [Problem(path=where, message=f"not valid YAML: {getattr(error, 'problem', error)}")]) from None
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
-        return None, [Problem(path="", message="a topology file is a YAML mapping with 'name' and 'roles' keys")]
-    return raw, []
+        holds = "nothing" if raw is None else f"a {type(raw).__name__}"
+        raise TopologyFileError(str(path), f"holds {holds}; a topology file is a YAML mapping with 'name' and 'roles' keys")
+    return raw, twice
+
+
+def _keys_given_twice(node: yaml.Node, location: tuple[Any, ...], walked: set[int]) -> list[Problem]:
+    """Keys that appear twice in one mapping, at any depth of a composed YAML document."""
+    if id(node) in walked:  # an alias of a node already walked
+        return []
+    walked.add(id(node))
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        first_lines: dict[tuple[str, str], int] = {}  # (tag, text) of each key -> the line it first appears on
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):  # a complex key: no field path to report
+                continue
+            line = key.start_mark.line + 1
+            first = first_lines.get((key.tag, key.value))
+            if first is None:
+                first_lines[(key.tag, key.value)] = line
+            else:
+                where = f"on line {line}" if first == line else f"(lines {first} and {line})"
+                problems.append(Problem(path=_path(location + (key.value,)),
+                                        message=f"given twice {where}; YAML would keep only the last: remove one"))
+            problems += _keys_given_twice(value, location + (key.value,), walked)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _keys_given_twice(item, location + (index,), walked)
+    return problems
 
 
 def validate(raw: dict[str, Any]) -> tuple[Topology | None, dict[str, Any], list[Problem]]:
-    """Validate a raw topology mapping and every role's config block.
+    """Validate a raw topology mapping, every role's config block, and the roles the configs name.
 
     Returns:
         (the topology or None, each role's validated config model, every problem found).
@@ -344,6 +404,7 @@ def validate(raw: dict[str, Any]) -> tuple[Topology | None, dict[str, Any], list
             continue  # already reported as not a mapping
         configs[name], role_problems = _role_config(name, entry, block)
         problems += role_problems
+    problems += _cross_reference_problems(roles, configs)
     return (topology if not problems else None), configs, problems
 
 
@@ -364,6 +425,85 @@ def _role_config(name: str, entry: str, block: dict[str, Any]) -> tuple[Any, lis
         return None, _problems_from(error, ("roles", name, "config"), cls.Config)
 
 
+# ------------------------------------------------------------------ cross-references
+def _cross_reference_problems(roles: dict[str, Any], configs: dict[str, Any]) -> list[Problem]:
+    """Roles that role configs name but the topology lacks, and trainer ranks that disagree.
+
+    A config field whose name ends in ``_role`` names a role of the topology (the
+    pipeline's ``stage_role``, the weight channel's ``generator_role``); the RL
+    controller needs the roles `roles.controller.needed_roles` lists.
+    """
+    problems = []
+    known = ", ".join(map(str, roles))
+    for name, config in configs.items():
+        if config is None:
+            continue
+        for location, role in _role_fields(config, ()):
+            if role not in roles:
+                problems.append(Problem(path=_path(("roles", name, "config", *location)),
+                                        message=f"{role!r} is not a role of this topology{_close_role(role, roles)}; its roles: {known}"))
+        for role, instances in _roles_needed_by(config).items():
+            if role not in roles:
+                problems.append(Problem(path="roles", message=(
+                    f"the controller role {name!r} needs a role named {role!r} ({instances} instance{'s' if instances != 1 else ''}) "
+                    f"and the topology has none{_close_role(role, roles)}; add it, or change roles.{name}.config"
+                )))
+    return problems + _trainer_rank_problems(roles, configs)
+
+
+def _role_fields(config: BaseModel, location: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
+    """(field path, role) of every ``*_role`` string field, at any depth of a config model."""
+    found = []
+    for field in type(config).model_fields:
+        value = getattr(config, field)
+        if isinstance(value, BaseModel):
+            found += _role_fields(value, (*location, field))
+        elif field.endswith("_role") and isinstance(value, str):
+            found.append(((*location, field), value))
+    return found
+
+
+def _close_role(role: str, roles: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(role, [str(name) for name in roles], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _roles_needed_by(config: Any) -> dict[str, int]:
+    """The roles (and ready instances of each) a role needs to start: the RL controller's."""
+    # A ControllerConfig exists only if a role class of this topology imported
+    # roles.controller; looking it up in sys.modules spares other topologies the import.
+    controller = sys.modules.get("roles.controller")
+    if controller is not None and isinstance(config, controller.ControllerConfig):
+        return controller.needed_roles(config)
+    return {}
+
+
+def _trainer_rank_problems(roles: dict[str, Any], configs: dict[str, Any]) -> list[Problem]:
+    """The trainer count is written in three places; each pair that disagrees, naming both fields.
+
+    The controller trains ranks ``trainer-0 .. trainer-<trainer_ranks - 1>``, and each
+    trainer instance joins a process group of ``ranks`` members: any mismatch hangs
+    or fails the run after it started.
+    """
+    problems = []
+    # A count that is not a whole number is reported by the topology model already.
+    counts = {name: spec.get("count", 1) for name, spec in roles.items() if isinstance(spec, dict)}
+    trainer = sys.modules.get("roles.trainer")  # loaded if a role of this topology is a trainer (see above)
+    for name, config in configs.items():
+        ranks = _roles_needed_by(config).get("trainer")
+        if ranks is not None and isinstance(counts.get("trainer"), int) and ranks != counts["trainer"]:
+            problems.append(Problem(path=f"roles.{name}.config.trainer_ranks", message=(
+                f"{ranks}, but roles.trainer.count is {counts['trainer']}; "
+                "the controller trains every trainer instance: make them the same"
+            )))
+        count = counts.get(name)
+        if trainer is not None and isinstance(config, trainer.TrainerConfig) and isinstance(count, int) and config.ranks != count:
+            problems.append(Problem(path=f"roles.{name}.config.ranks", message=(
+                f"{config.ranks}, but roles.{name}.count is {count}; each trainer instance is one rank: make them the same"
+            )))
+    return problems
+
+
 def load_topology(source: Path | str, overrides: list[str] | None = None) -> tuple[Topology, dict[str, Any]]:
     """Read, override and validate a topology file.
 
@@ -371,11 +511,10 @@ def load_topology(source: Path | str, overrides: list[str] | None = None) -> tup
         (the topology, each role's validated config model).
 
     Raises:
-        TopologyError: listing every problem found.
+        TopologyError: listing every problem found (`TopologyFileError` when the file
+            cannot be a topology at all).
     """
     raw, problems = read_yaml(source)
-    if raw is None:
-        raise TopologyError(str(source), problems)
     problems += apply_overrides(raw, overrides or [])
     topology, configs, validation_problems = validate(raw)
     problems += validation_problems

@@ -440,13 +440,7 @@ class Controller(Actor):
 
     async def _wait_for_roles(self) -> None:
         """Until every role this algorithm uses has a ready instance (and every trainer rank)."""
-        needed = {"generator": 1, "reward": 1, "trainer": self.config.trainer_ranks}
-        if self.use_reference:
-            needed["reference"] = 1
-        if self.use_critic:
-            needed["critic"] = 1
-        if self.config.eval.evaluator:
-            needed["evaluator"] = 1
+        needed = needed_roles(self.config)
         deadline = time.monotonic() + self.config.startup_timeout_s
         while True:
             missing = {}
@@ -459,6 +453,19 @@ class Controller(Actor):
             if time.monotonic() > deadline:
                 raise ActorError(f"roles not ready after {self.config.startup_timeout_s:g} s: {missing}")
             await asyncio.sleep(0.5)
+
+
+def needed_roles(config: ControllerConfig) -> dict[str, int]:
+    """The roles a controller with `config` uses, and how many ready instances of each it
+    waits for before the first step; `troupe validate` checks a topology has them."""
+    needed = {"generator": 1, "reward": 1, "trainer": config.trainer_ranks}
+    if config.use_reference or config.kl.usage != "none":
+        needed["reference"] = 1
+    if config.use_critic or (config.use_critic is None and config.advantage.type == "gae"):
+        needed["critic"] = 1
+    if config.eval.evaluator:
+        needed["evaluator"] = 1
+    return needed
 
 
 FINAL_METRICS = ("train/reward", "train/kl_div", "train/entropy", "train/response_length", "eval/accuracy", "eval/reward")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -139,3 +140,109 @@ def test_role_names_are_checked():
     raw = yaml.safe_load(GOOD)
     raw["roles"]["registry"] = {"entry": "pipeline-sink"}
     assert any("role name 'registry'" in p for p in problems_of(raw))
+
+
+# ------------------------------------------------------------------ cross-references
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def example(name: str) -> dict:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def test_every_example_topology_validates():
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        assert problems_of(yaml.safe_load(path.read_text())) == [], path.name
+
+
+def test_an_rl_controller_without_a_trainer_role_is_refused_before_anything_starts():
+    raw = example("arith-grpo.yaml")
+    del raw["roles"]["trainer"]
+    assert problems_of(raw) == [
+        "roles: the controller role 'controller' needs a role named 'trainer' (1 instance) and the topology has none; "
+        "add it, or change roles.controller.config"
+    ]
+
+
+def test_the_roles_a_controller_needs_follow_its_config():
+    ppo = example("arith-ppo.yaml")
+    del ppo["roles"]["critic"]  # gae needs values
+    assert any(p.startswith("roles: the controller role 'controller' needs a role named 'critic'") for p in problems_of(ppo))
+    ppo["roles"]["controller"]["config"]["advantage"] = {"type": "grpo"}
+    ppo["roles"]["controller"]["config"]["use_reference"] = False
+    ppo["roles"]["controller"]["config"]["kl"] = {"usage": "none"}
+    del ppo["roles"]["reference"]
+    assert problems_of(ppo) == []
+    grpo = example("arith-grpo.yaml")  # eval.evaluator: true
+    grpo["roles"]["evaluators"] = grpo["roles"].pop("evaluator")
+    assert any(p.startswith("roles: the controller role 'controller' needs a role named 'evaluator'")
+               and "did you mean 'evaluators'?" in p for p in problems_of(grpo))
+
+
+def test_trainer_ranks_that_disagree_name_both_fields():
+    raw = example("arith-grpo.yaml")
+    raw["roles"]["controller"]["config"]["trainer_ranks"] = 2
+    assert problems_of(raw) == [
+        "roles.controller.config.trainer_ranks: 2, but roles.trainer.count is 1; "
+        "the controller trains every trainer instance: make them the same"
+    ]
+    raw["roles"]["trainer"]["count"] = 2
+    assert problems_of(raw) == [
+        "roles.trainer.config.ranks: 1, but roles.trainer.count is 2; "
+        "each trainer instance is one rank: make them the same"
+    ]
+    raw["roles"]["trainer"]["config"]["ranks"] = 2
+    assert problems_of(raw) == []
+
+
+def test_a_config_field_naming_a_role_that_does_not_exist_is_refused_with_did_you_mean():
+    raw = yaml.safe_load(GOOD)
+    raw["roles"]["producer"]["config"]["stage_role"] = "stages"
+    assert problems_of(raw) == [
+        "roles.producer.config.stage_role: 'stages' is not a role of this topology (did you mean 'stage'?); "
+        "its roles: producer, stage, sink"
+    ]
+
+
+def test_a_default_role_name_that_does_not_exist_is_refused_too():
+    raw = yaml.safe_load(GOOD)
+    raw["roles"]["store"] = raw["roles"].pop("sink")  # the stage still sends to its default sink_role, 'sink'
+    assert problems_of(raw) == [
+        "roles.stage.config.sink_role: 'sink' is not a role of this topology; its roles: producer, stage, store"
+    ]
+
+
+# ------------------------------------------------------------------ the file itself
+def test_a_key_given_twice_is_reported_at_any_depth_with_both_lines(tmp_path):
+    text = """\
+        name: pipeline
+        roles:
+          producer:
+            entry: pipeline-producer
+            config: {items: 10, items: 20}
+          stage:
+            entry: pipeline-stage
+          sink:
+            entry: pipeline-sink
+          stage:
+            entry: pipeline-stage
+            count: 3
+        name: other
+        """
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write(tmp_path, text))
+    assert [str(problem) for problem in caught.value.problems] == [
+        "roles.producer.config.items: given twice on line 5; YAML would keep only the last: remove one",
+        "roles.stage: given twice (lines 6 and 10); YAML would keep only the last: remove one",
+        "name: given twice (lines 1 and 13); YAML would keep only the last: remove one",
+    ]
+
+
+def test_a_file_that_is_not_utf8_is_one_problem_not_a_traceback(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_bytes(b"name: caf\xe9\nroles: {}\n")
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path)
+    assert [str(problem) for problem in caught.value.problems] == [
+        f"{path}: line 1 is not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    ]
