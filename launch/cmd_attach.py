@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from protocols.supervision import Attach
     from runtime.errors import RemoteError
 
-    if args.count < 1:
-        print("troupe attach: -n must be at least 1", file=sys.stderr)
+    if not 1 <= args.count <= Attach.MAX_COUNT:
+        print(f"troupe attach: -n must be between 1 and {Attach.MAX_COUNT}", file=sys.stderr)
         return 2
     try:
         if args.here:

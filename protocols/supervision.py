@@ -53,6 +53,13 @@ class Attach:  # troupe attach -> supervisor: start `count` more instances of `r
     overrides: list[str] | None = None
     """``key=value`` overrides of the role's config block (as with --set, relative to ``config``)."""
 
+    MAX_COUNT = 64
+    """Instances one attach may start (a larger request is refused, not half done)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= self.MAX_COUNT:
+            raise ValueError(f"count must be between 1 and {self.MAX_COUNT}, got {self.count}")
+
 
 @message("supervision.attached")
 class Attached:  # supervisor -> troupe attach: the new instances, registered and ready
