@@ -12,9 +12,15 @@ on the batcher's thread (launch/serving/batcher.py), so the loop always answers.
 
 Every error has one body, OpenAI's (launch/serving/openai.py builds it and the stream
 chunks): ``{"error": {"message", "type", "param", "code"}}``;
-422 for a body that is not valid JSON or breaks the schema, 400 for a prompt that does
-not fit the context, 503 (with Retry-After) for a full queue or a model still loading,
-504 when a request outlives ``request_timeout_s``, 500 when its batch failed.
+415 for a body not sent as ``Content-Type: application/json``, 422 for a body that is
+not valid JSON or breaks the schema, 400 for a prompt that does not fit the context,
+503 (with Retry-After) for a full queue or a model still loading, 504 when a request
+outlives ``request_timeout_s``, 500 when its batch failed.
+
+A client that hangs up abandons its request (launch/serving/batcher.py says what that
+frees): Starlette stops a stream when its client goes, and a non-streamed handler
+watches for the disconnect while it waits. Either is counted with status 499, nginx's
+"client closed request", though no one receives it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,6 +48,7 @@ from launch.serving.service import ModelService, ServeConfig, ServingError, load
 log = logging.getLogger("troupe.serve")
 
 GENERATION_ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
+CLIENT_CLOSED_REQUEST = 499
 OTHER_ROUTES = ("/health", "/ready", "/metrics", "/v1/models")
 UNION_BRANCHES = {"str", "list[str]", "list[TextPart]"}
 
@@ -140,19 +147,19 @@ def create_app(config: ServeConfig, stop_server: Callable[[], None]) -> FastAPI:
         model = service().model
         return {"object": "list", "data": [{"id": model.name, "object": "model", "owned_by": "troupe"}]}
 
-    @app.post("/generate", response_model=GenerateResponse)
+    @app.post("/generate", response_model=GenerateResponse, dependencies=[Depends(refuse_a_body_not_sent_as_json)])
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         served = service()
         prompt_ids = served.encode(body.prompt)
         params = served.sampling(body, prompt_ids, body.max_new_tokens, "max_new_tokens")
         ticket = served.submit(prompt_ids, params, stream=False, endpoint="/generate",
                                received_at=request.state.received_at)
-        [choice] = await completions_of(ticket, config.request_timeout_s)
+        [choice] = await completions_of(ticket, config.request_timeout_s, request)
         return GenerateResponse(response=choice.text, prompt_tokens=len(prompt_ids),
                                 completion_tokens=choice.completion_tokens,
                                 finish_reason=choice.finish_reason)  # type: ignore[arg-type]
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post("/v1/completions", response_model=None, dependencies=[Depends(refuse_a_body_not_sent_as_json)])
     async def completions(body: CompletionRequest, request: Request) -> Any:
         served = service()
         prompt_ids = served.encode(body.prompt)
@@ -162,9 +169,9 @@ def create_app(config: ServeConfig, stop_server: Callable[[], None]) -> FastAPI:
         reply = OpenAIReply("cmpl", "text_completion", served.model.name, len(prompt_ids), body)
         if body.stream:
             return event_stream(reply.completion_chunks(ticket, config.request_timeout_s), ticket)
-        return reply.completion(await completions_of(ticket, config.request_timeout_s))
+        return reply.completion(await completions_of(ticket, config.request_timeout_s, request))
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, dependencies=[Depends(refuse_a_body_not_sent_as_json)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         served = service()
         prompt_ids = served.encode_chat(body.messages)
@@ -176,7 +183,7 @@ def create_app(config: ServeConfig, stop_server: Callable[[], None]) -> FastAPI:
         reply = OpenAIReply("chatcmpl", "chat.completion", served.model.name, len(prompt_ids), body)
         if body.stream:
             return event_stream(reply.chat_chunks(ticket, config.request_timeout_s), ticket)
-        return reply.chat(await completions_of(ticket, config.request_timeout_s))
+        return reply.chat(await completions_of(ticket, config.request_timeout_s, request))
 
     return app
 
@@ -193,6 +200,26 @@ def _stop_when_failed(stop_server: Callable[[], None]) -> Callable[[asyncio.Task
 def error_response(status: int, message: str, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<anything>+json``, whatever the parameters:
+    the bodies FastAPI parses as JSON."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+async def refuse_a_body_not_sent_as_json(request: Request) -> None:
+    """A dependency of the generation routes: 415 for a body whose Content-Type is not
+    JSON. FastAPI does not parse such a body (a browser may send text/plain, or no type,
+    across sites without asking first), so the schema would then call valid JSON "not
+    an object"; an empty body is left to the schema, which asks for one."""
+    content_type = request.headers.get("content-type")
+    if is_json_media_type(content_type) or not await request.body():
+        return
+    sent = f"this request's is {content_type}" if content_type else "this request has no Content-Type"
+    raise ServingError(415, f"send the body as JSON with the header Content-Type: application/json ({sent})")
 
 
 def describe_validation_errors(errors: Any) -> tuple[str, str | None]:
@@ -217,24 +244,42 @@ def describe_validation_errors(errors: Any) -> tuple[str, str | None]:
     return "; ".join(unique), (params[0] if params else None)
 
 
-async def completions_of(ticket: Ticket, timeout_s: float) -> list[Completion]:
-    """The ticket's choices; a timeout is a 504 and a failed batch a 500."""
+async def completions_of(ticket: Ticket, timeout_s: float, request: Request) -> list[Completion]:
+    """The ticket's choices; a timeout is a 504, a failed batch a 500, and a client that
+    hangs up first a 499, its ticket abandoned."""
+    answer = asyncio.ensure_future(ticket.completions(timeout_s))
+    hang_up = asyncio.ensure_future(client_disconnects(request))
     try:
-        return await ticket.completions(timeout_s)
+        await asyncio.wait((answer, hang_up), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # both tasks end here, whatever ended the wait (a stopping server cancels it)
+        hang_up.cancel()
+        if not answer.done():
+            answer.cancel()
+            ticket.abandon()
+        await asyncio.gather(answer, hang_up, return_exceptions=True)
+    if answer.cancelled():
+        raise ServingError(CLIENT_CLOSED_REQUEST, "the client closed the connection before the response was ready")
+    try:
+        return answer.result()
     except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
-        ticket.abandoned = True
+        ticket.abandon()
         raise ServingError(504, f"no response within {timeout_s:g} s (request_timeout_s)") from None
     except GenerationFailed as error:
         raise ServingError(500, str(error)) from None
-    except asyncio.CancelledError:
-        ticket.abandoned = True
-        raise
+
+
+async def client_disconnects(request: Request) -> None:
+    """Returns once the client has closed the connection. Only after the body has been
+    read: the server's next message is then the disconnect (uvicorn waits for it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class RequestMetrics:
     """ASGI middleware: stamps each request's arrival (``request.state.received_at``,
     ``time.monotonic()``) and, when its last byte has gone, counts it by route and status and
-    times the generation routes."""
+    times the generation routes. A response that never ends (a stream whose client left)
+    is counted as a 499."""
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
         self.app = app
@@ -249,20 +294,25 @@ class RequestMetrics:
         path = scope["path"]
         endpoint = path if path in GENERATION_ROUTES or path in OTHER_ROUTES else "other"
         status = 500
+        ended = False
 
         async def send_and_watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, ended
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
                 self._record(endpoint, status, time.monotonic() - received_at)
 
         try:
             await self.app(scope, receive, send_and_watch)
         except Exception:
-            self._record(endpoint, 500, time.monotonic() - received_at)
+            if not ended:
+                self._record(endpoint, 500, time.monotonic() - received_at)
             raise
+        if not ended:  # the app returned mid-response: Starlette stopped a stream whose client left
+            self._record(endpoint, CLIENT_CLOSED_REQUEST, time.monotonic() - received_at)
 
     def _record(self, endpoint: str, status: int, seconds: float) -> None:
         self.metrics.requests.inc(endpoint=endpoint, status=str(status))

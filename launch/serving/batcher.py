@@ -18,6 +18,13 @@ moves small tuples and never blocks.
 
 The waiting queue is bounded: a full queue raises `QueueFullError`, which the service
 answers with 503 and a Retry-After estimated from recent batch durations.
+
+A client that goes away abandons its ticket (`Ticket.abandon`): a waiting ticket leaves
+the queue at once (its slot and the queue-depth gauge with it), a running one gets no
+more events, and a batch stops at its next step once every row still generating
+belongs to an abandoned ticket. A row cannot be stopped alone (the backend decodes its
+batch to the end), so a departed client sharing a batch with others still costs its
+row until the batch ends.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -64,6 +72,11 @@ class GenerationFailed(Exception):
     """The batch holding the request failed, or the server stopped before answering it."""
 
 
+class EveryClientLeft(Exception):
+    """Raised by the step callback, on the generation thread, to end a batch whose rows
+    still generating all belong to abandoned tickets; `Batcher._generate` catches it."""
+
+
 class TextDelta(NamedTuple):
     """More text of choice ``index`` (streamed requests only)."""
 
@@ -98,14 +111,23 @@ class Ticket:
     """The route, for the metrics' labels."""
     received_at: float
     """``time.monotonic()`` when the request arrived."""
+    leave_queue: Callable[[Ticket], None] = field(default=lambda ticket: None, repr=False)
+    """Takes the ticket off its batcher's queue if it still waits (set by `Batcher.submit`)."""
     events: asyncio.Queue[Event] = field(init=False)
     first_token_at: float | None = None
     abandoned: bool = False
-    """The client went away: skip it if it still waits, drop its events if it runs."""
+    """No one reads the events any more (set by `abandon`; the generation thread reads it)."""
 
     def __post_init__(self) -> None:
         # never full: at most one delta per token and one completion per choice, plus a failure
         self.events = asyncio.Queue(maxsize=self.params.n * (self.params.max_new_tokens + 1) + 1)
+
+    def abandon(self) -> None:
+        """The client went away, or its handler is done reading: leave the queue if still
+        waiting, and let the batch stop if no one else waits for it. Idempotent; on the loop."""
+        if not self.abandoned:
+            self.abandoned = True
+            self.leave_queue(self)
 
     async def stream_events(self, timeout_s: float | None) -> AsyncIterator[TextDelta | Completion]:
         """Events until every choice is done; each must come within ``timeout_s`` (None: no limit).
@@ -184,7 +206,8 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._decoder = copy.deepcopy(tokenizer)
-        self._queue: asyncio.Queue[Ticket] = asyncio.Queue(maxsize=max_queue)
+        self._waiting: deque[Ticket] = deque()  # oldest first; an abandoned ticket leaves it at once
+        self._arrived = asyncio.Event()  # set when a ticket joins `_waiting`, cleared before waiting on it
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self._batch_seconds = 1.0
         self._closed = False
@@ -195,20 +218,20 @@ class Batcher:
         `GenerationFailed` once the batcher is closed."""
         if self._closed:
             raise GenerationFailed("the server is shutting down")
-        ticket = Ticket(prompt_ids, params, stream, endpoint, received_at)
-        try:
-            self._queue.put_nowait(ticket)
-        except asyncio.QueueFull:
+        if len(self._waiting) >= self.max_queue:
             self.metrics.rejected.inc()
-            raise QueueFullError(self.max_queue, self.retry_after_s()) from None
-        self.metrics.queue_depth.set(self._queue.qsize())
+            raise QueueFullError(self.max_queue, self.retry_after_s())
+        ticket = Ticket(prompt_ids, params, stream, endpoint, received_at, leave_queue=self._leave_queue)
+        self._waiting.append(ticket)
+        self._arrived.set()
+        self._count_waiting()
         self.metrics.prompt_tokens.inc(len(prompt_ids))
         return ticket
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has likely drained a batch's worth: the batches ahead
         of a new request times the recent mean batch duration, at least 1."""
-        batches_ahead = self._queue.qsize() / self.max_batch + 1
+        batches_ahead = len(self._waiting) / self.max_batch + 1
         return max(1, math.ceil(batches_ahead * self._batch_seconds))
 
     async def run(self) -> None:
@@ -237,37 +260,49 @@ class Batcher:
         """Fails every waiting request and lets the worker thread go (a running batch ends
         on its own: a thread cannot be interrupted)."""
         self._closed = True
-        while not self._queue.empty():
-            self._fail(self._queue.get_nowait(), "the server is shutting down")
-        self.metrics.queue_depth.set(0)
+        while self._waiting:
+            self._fail(self._waiting.popleft(), "the server is shutting down")
+        self._count_waiting()
         self._worker.shutdown(wait=False, cancel_futures=True)
 
+    def _leave_queue(self, ticket: Ticket) -> None:
+        if ticket in self._waiting:  # else a batch has taken it already
+            self._waiting.remove(ticket)
+            self._count_waiting()
+
+    def _count_waiting(self) -> None:
+        self.metrics.queue_depth.set(len(self._waiting))
+
     async def _next_batch(self) -> list[Ticket]:
-        batch: list[Ticket] = []
-        while not batch:
-            first = await self._queue.get()  # idle until a request comes; cancellation stops it
-            if not first.abandoned:
-                batch.append(first)
-        deadline = batch[0].received_at + self.max_wait_s
-        while len(batch) < self.max_batch:
-            if self._queue.empty():
+        """The oldest waiting tickets, up to ``max_batch``, once that many wait or the oldest
+        has waited ``max_wait_s``; those abandoned meanwhile are left out."""
+        while True:
+            while not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()  # idle until a request comes; cancellation stops it
+            batch = [self._waiting.popleft()]
+            deadline = batch[0].received_at + self.max_wait_s
+            while len(batch) < self.max_batch:
+                if self._waiting:
+                    batch.append(self._waiting.popleft())
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                self._arrived.clear()
                 try:
-                    ticket = await asyncio.wait_for(self._queue.get(), remaining)
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
                 except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
                     break
-            else:
-                ticket = self._queue.get_nowait()
-            if not ticket.abandoned:
-                batch.append(ticket)
-        self.metrics.queue_depth.set(self._queue.qsize())
-        return batch
+            self._count_waiting()
+            batch = [ticket for ticket in batch if not ticket.abandoned]
+            if batch:
+                return batch
 
     def _generate(self, batch: list[Ticket], loop: asyncio.AbstractEventLoop) -> int:
         """Runs on the worker thread; returns the tokens generated."""
         rows = [RowText(ticket, index) for ticket in batch for index in range(ticket.params.n)]
+        unfinished = set(range(len(rows)))
         generated = 0
 
         def on_step(step: DecodingStep) -> None:
@@ -290,9 +325,16 @@ class Batcher:
                 events.append((text.ticket, Completion(text.index, final, len(text.tokens), reason)))
             generated += len(step.tokens)
             loop.call_soon_threadsafe(self._deliver, token_tickets, events)
+            unfinished.difference_update(step.finished)
+            # `abandoned` is set on the loop's thread: read a step late, it costs one step
+            if unfinished and all(rows[row].ticket.abandoned for row in unfinished):
+                raise EveryClientLeft
 
-        self.backend.generate_requests([GenerationRequest([ticket.prompt_ids], ticket.params) for ticket in batch],
-                                       on_step)
+        try:
+            self.backend.generate_requests(
+                [GenerationRequest([ticket.prompt_ids], ticket.params) for ticket in batch], on_step)
+        except EveryClientLeft:  # raised by on_step above: the batch ends here, as no one waits for it
+            log.debug("a batch of %d requests stopped after %d tokens: every client left", len(batch), generated)
         return generated
 
     def _deliver(self, token_tickets: list[Ticket], events: list[tuple[Ticket, Event]]) -> None:

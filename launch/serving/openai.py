@@ -23,7 +23,8 @@ from launch.serving.batcher import Completion, GenerationFailed, TextDelta, Tick
 from launch.serving.schemas import OpenAIFields
 
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
-               422: "invalid_request_error", 500: "server_error", 503: "overloaded_error", 504: "timeout_error"}
+               415: "invalid_request_error", 422: "invalid_request_error", 500: "server_error",
+               503: "overloaded_error", 504: "timeout_error"}
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
@@ -46,8 +47,8 @@ def event_stream(chunks: AsyncIterator[dict[str, Any]], ticket: Ticket) -> Strea
             except GenerationFailed as error:
                 yield f"data: {json.dumps(error_body(500, str(error)))}\n\n"
             yield "data: [DONE]\n\n"
-        finally:  # done, or the client went away: drop whatever is still coming
-            ticket.abandoned = True
+        finally:  # done, or the client went away (Starlette cancels us): drop whatever is still coming
+            ticket.abandon()
 
     return StreamingResponse(lines(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

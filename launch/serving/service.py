@@ -4,7 +4,9 @@ request body into token ids and sampling parameters within the model's limits.
 A prompt plus its token budget must fit the context (``max_position_embeddings`` of
 the model's config; vLLM's ``max_model_len``): a request over it is a 400 that gives
 both numbers, and a request that leaves the budget out gets what the context leaves,
-up to a default.
+up to a default. Sampling settings that mean the same as another are sent as that one
+(`sampling_params`): a near-zero temperature as greedy decoding, a ``top_k`` beyond the
+vocabulary as none.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class LoadedModel:
     default_max_new_tokens: int
     name: str
     device: str
+    vocabulary_size: int
+    """Tokens the tokenizer knows: a ``top_k`` of at least this keeps every token."""
 
 
 def load_model(config: ServeConfig) -> LoadedModel:
@@ -109,7 +113,8 @@ def load_model(config: ServeConfig) -> LoadedModel:
         context_length = _context_length(model.config)
         backend = HFBackend(model, tokenizer, device, micro_batch=config.max_batch)
         configured = getattr(model.generation_config, "max_new_tokens", None)
-    return LoadedModel(backend, tokenizer, context_length, int(configured or FALLBACK_MAX_NEW_TOKENS), name, device)
+    return LoadedModel(backend, tokenizer, context_length, int(configured or FALLBACK_MAX_NEW_TOKENS), name, device,
+                       len(tokenizer))
 
 
 def _context_length(model_config: object) -> int:
@@ -127,6 +132,23 @@ def _generation_config_max_new_tokens(path: Path) -> int | None:
         return GenerationConfig.from_pretrained(path, local_files_only=True).max_new_tokens
     except OSError:  # the directory has no generation_config.json: use the fallback
         return None
+
+
+def sampling_params(fields: SamplingFields, max_new_tokens: int, n: int, vocabulary_size: int) -> SamplingParams:
+    """The generation's parameters for a request's sampling fields.
+
+    A temperature below ``GREEDY_BELOW_TEMPERATURE`` decodes greedily (``top_k=1``; the
+    temperature then changes nothing, so 1), and a ``top_k`` of at least
+    ``vocabulary_size`` is off (0), as vLLM takes it: it would keep every token.
+    """
+    if fields.decodes_greedily():
+        temperature, top_k = 1.0, 1
+    else:
+        temperature, top_k = fields.temperature, (fields.top_k if fields.top_k < vocabulary_size else 0)
+    return SamplingParams(
+        n=n, temperature=temperature, top_k=top_k, top_p=fields.top_p, max_new_tokens=max_new_tokens,
+        stop=fields.stop_strings(), seed=fields.seed, ignore_eos=fields.ignore_eos,
+    )
 
 
 class ModelService:
@@ -179,12 +201,7 @@ class ModelService:
                                     f"{prompt_tokens + max_new_tokens} tokens, over the model's context of {context} "
                                     f"tokens (max_position_embeddings): shorten the prompt or set {budget_name} to at "
                                     f"most {max(room, 0)}", budget_name if room >= 1 else "prompt")
-        greedy = fields.temperature == 0
-        return SamplingParams(
-            n=n, temperature=1.0 if greedy else fields.temperature, top_k=1 if greedy else fields.top_k,
-            top_p=fields.top_p, max_new_tokens=max_new_tokens, stop=fields.stop_strings(), seed=fields.seed,
-            ignore_eos=fields.ignore_eos,
-        )
+        return sampling_params(fields, max_new_tokens, n, self.model.vocabulary_size)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, *, stream: bool, endpoint: str,
                received_at: float) -> Ticket:

@@ -15,8 +15,9 @@ import importlib.util
 import json
 import re
 import signal
+import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,18 @@ def events_of(response: httpx.Response) -> list[str]:
     return [line.removeprefix("data: ") for line in response.text.split("\n\n") if line.startswith("data: ")]
 
 
+def send_and_hang_up(server: Server, path: str, body: dict[str, Any], until: Callable[[], bool], what: str) -> None:
+    """Posts `body` on a raw connection and closes it, unread, once `until()` holds: a
+    client that gives up on a non-streamed request."""
+    host, port = server.url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode() + payload)
+        wait_for(until, 30, what)
+
+
 def start_long_generation(server: Server, pool: ThreadPoolExecutor) -> Future[httpx.Response]:
     """A greedy generation of ``LONG`` tokens, returned once the server is generating it."""
     running = server.metric("troupe_requests_running")
@@ -183,6 +196,109 @@ def test_a_client_leaving_mid_stream_disturbs_nothing(server: Server) -> None:
     assert after.status_code == 200, after.text
 
 
+def test_a_client_leaving_a_stream_while_queued_leaves_the_queue_depth_at_zero_once_idle(server: Server) -> None:
+    body = {"messages": [{"role": "user", "content": "5+5="}], "max_tokens": 50, "stream": True}
+    with ThreadPoolExecutor(1) as pool:
+        long = start_long_generation(server, pool)
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as response:
+            lines = response.iter_lines()  # kept: httpx closes the connection once the iterator is collected
+            assert next(lines).startswith("data: {")  # the role chunk comes before any token, while it waits
+            assert server.metric("troupe_queue_depth") == 1
+        wait_for(lambda: server.metric("troupe_queue_depth") == 0, 10, "the departed client's request to leave")
+        assert not long.done()  # it left at once, not when the batch ahead of it ended
+        assert long.result().status_code == 200
+    wait_for(lambda: server.metric("troupe_requests_running") == 0, 30, "an idle server")
+    wait_for(lambda: server.metric("troupe_queue_depth") == 0, 10, "queue depth 0 on the idle server")
+    after = server.post("/v1/chat/completions", body | {"stream": False, "max_tokens": 3})
+    assert after.status_code == 200, after.text
+    assert server.metric("troupe_queue_depth") == 0
+
+
+def test_a_stream_whose_client_left_stops_generating(server: Server) -> None:
+    tokens = server.metric("troupe_generated_tokens_total")
+    left = server.metric("troupe_requests_total", endpoint="/v1/completions", status="499")
+    body = {"prompt": "5+5=", "max_tokens": LONG, "temperature": 0, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as response:
+        assert next(response.iter_lines()).startswith("data: {")  # a token has come: it runs
+    wait_for(lambda: server.metric("troupe_requests_running") == 0, 30, "the batch to end")
+    assert server.metric("troupe_generated_tokens_total") - tokens < LONG / 2
+    assert server.metric("troupe_queue_depth") == 0
+    wait_for(lambda: server.metric("troupe_requests_total", endpoint="/v1/completions", status="499") == left + 1,
+             10, "the stream counted as closed by its client (499)")
+
+
+def test_a_non_streamed_request_whose_client_left_stops_generating(server: Server) -> None:
+    tokens = server.metric("troupe_generated_tokens_total")
+    left = server.metric("troupe_requests_total", endpoint="/generate", status="499")
+    send_and_hang_up(server, "/generate", {"prompt": "5+5=", "max_new_tokens": LONG, "temperature": 0,
+                                           "ignore_eos": True},
+                     lambda: server.metric("troupe_generated_tokens_total") > tokens, "the first tokens")
+    wait_for(lambda: server.metric("troupe_requests_running") == 0, 30, "the batch to end")
+    assert server.metric("troupe_generated_tokens_total") - tokens < LONG / 2
+    assert server.metric("troupe_queue_depth") == 0
+    wait_for(lambda: server.metric("troupe_requests_total", endpoint="/generate", status="499") == left + 1,
+             10, "the request counted as closed by its client (499)")
+    after = server.post("/generate", {"prompt": "5+5=", "max_new_tokens": 3})
+    assert after.status_code == 200, after.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_json_body_without_a_json_content_type_gets_415_naming_the_header_to_send(
+        server: Server, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = httpx.post(server.url + "/generate", content=json.dumps({"prompt": "1+1=", "max_new_tokens": 2}),
+                          headers=headers, timeout=30)
+    assert response.status_code == 415, response.text
+    message = response.json()["error"]["message"]
+    assert "Content-Type: application/json" in message and (content_type or "no Content-Type") in message
+    fine = httpx.post(server.url + "/generate", content=json.dumps({"prompt": "1+1=", "max_new_tokens": 2}),
+                      headers={"content-type": "application/json; charset=utf-8"}, timeout=30)
+    assert fine.status_code == 200, fine.text
+
+
+def test_nul_and_control_characters_in_a_prompt_go_to_the_tokenizer_as_they_are(server: Server, arith: Path) -> None:
+    from transformers import AutoTokenizer
+
+    prompt = "1\x00+1=\x07\x1b[0m\x7f"
+    raw = json.dumps({"prompt": prompt, "max_new_tokens": 3, "temperature": 0})  # \u0000 escapes, as JSON has them
+    response = httpx.post(server.url + "/generate", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json()["prompt_tokens"] == len(AutoTokenizer.from_pretrained(arith / "model")(prompt).input_ids)
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), [
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "1+1=\\ud800"}]}', "messages.0.content"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}]}',
+     "messages.0.content"),
+    ("/generate", '{"prompt": "1+1=", "stop": "\\ud800"}', "stop"),
+    ("/generate", '{"prompt": "1+1=\\ud800"}', "prompt"),
+])
+def test_text_with_a_lone_surrogate_gets_a_422_naming_the_field(server: Server, path: str, raw: str,
+                                                                param: str) -> None:
+    response = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["message"].startswith(param + ": ") and error["param"] == param
+    assert "surrogate" in error["message"] or "unicode" in error["message"]
+
+
+def test_a_tiny_temperature_decodes_greedily_and_fails_no_batch(server: Server) -> None:
+    greedy = server.post("/generate", {"prompt": "3+4=", "max_new_tokens": 12, "temperature": 0}).json()["response"]
+    tiny = [{"prompt": "3+4=", "max_new_tokens": 12, "temperature": temperature}
+            for temperature in (1e-30, 1e-45, 5e-324)]
+    batch_mate = {"prompt": "3+4=", "max_new_tokens": 12, "top_k": 10**30, "seed": 5}
+    with ThreadPoolExecutor(1 + len(tiny) + 1) as pool:
+        long = start_long_generation(server, pool)
+        queued = [pool.submit(server.post, "/generate", body) for body in [*tiny, batch_mate]]
+        wait_for(lambda: server.metric("troupe_queue_depth") == len(queued), 30, "the requests queued together")
+        responses = [future.result() for future in queued]
+        assert long.result().status_code == 200
+    assert [response.status_code for response in responses] == [200] * len(queued), [r.text for r in responses]
+    assert [response.json()["response"] for response in responses[:-1]] == [greedy] * len(tiny)
+    untruncated = server.post("/generate", batch_mate | {"top_k": 0}).json()["response"]
+    assert responses[-1].json()["response"] == untruncated
+
+
 @pytest.mark.parametrize(("content", "status", "says", "param"), [
     ('{"prompt": "12+7=",', 422, "not valid JSON", None),
     (None, 422, "send a JSON object as the body", None),
@@ -200,6 +316,8 @@ def test_a_client_leaving_mid_stream_disturbs_nothing(server: Server) -> None:
      "max_new_tokens"),
     ({"prompt": "1+1=", "seed": -1}, 422, "seed", "seed"),
     ({"prompt": "1+1=", "stop": ["a", "b", "c", "d", "e"]}, 422, "at most 4 stop strings", "stop"),
+    ({"prompt": "1+1=", "stop": "x" * 100_000, "max_new_tokens": 2}, 422,
+     "stop: Value error, a stop string is at most 256 characters, got one of 100000", "stop"),
     ({"prompt": "1+1=", "temprature": 0.5}, 422, "temprature: Extra inputs are not permitted", "temprature"),
     ({"prompt": "1" * (CONTEXT - 8), "max_new_tokens": 16}, 400,
      (f"the prompt ({CONTEXT - 8} tokens) plus max_new_tokens (16) is {CONTEXT + 8} tokens, over the model's "
@@ -225,6 +343,11 @@ def test_bad_input_to_generate_gets_a_clear_4xx_naming_the_problem(
     ("/v1/completions", {"prompt": "1+1=", "n": 0}, 422, "n: Input should be greater than or equal to 1"),
     ("/v1/completions", {"prompt": "1+1=", "presence_penalty": 0.5}, 422, "only 0 is supported"),
     ("/v1/completions", {"prompt": "1+1=", "stream": "yes"}, 422, "stream: Input should be a valid boolean"),
+    ("/v1/completions", {"prompt": "1+1=", "max_tokens": 2, "stream_options": {"include_usage": True}}, 422,
+     "stream_options: Value error, stream_options is only allowed when stream is true"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1="}], "max_tokens": 2, "stream": False,
+                              "stream_options": {}}, 422,
+     "stream_options: Value error, stream_options is only allowed when stream is true"),
     ("/v1/completions", {"prompt": "1" * 2000, "max_tokens": 100}, 400, "set max_tokens to at most 48"),
     ("/v1/chat/completions", {"messages": []}, 422, "messages: List should have at least 1 item"),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 422, "messages.0.role"),

@@ -1,5 +1,5 @@
 """The batcher with a real backend (the tiny Qwen2 of test_generation) on a real worker
-thread, without HTTP: batches, a bounded queue, a failing batch."""
+thread, without HTTP: batches, a bounded queue, a failing batch, clients that leave."""
 
 from __future__ import annotations
 
@@ -88,3 +88,40 @@ async def test_a_failing_batch_fails_its_requests_and_the_next_batch_runs(batche
             await broken.completions(30)
         fine = submit(batcher, [5, 6])
         assert len(await fine.completions(30)) == 1
+
+
+async def test_a_waiting_request_whose_client_left_gives_back_its_queue_slot(batcher: Batcher) -> None:
+    tickets = [submit(batcher, [5, 6]) for _ in range(3)]
+    tickets[1].abandon()
+    assert batcher.metrics.queue_depth.current == 2
+    later = submit(batcher, [5, 6])  # the queue holds 3: the slot is free again
+    async with running(batcher):
+        for ticket in (tickets[0], tickets[2], later):
+            assert len(await ticket.completions(30)) == 1
+    assert batcher.metrics.queue_depth.current == 0 and batcher.metrics.batch_size.counts[()][2] == 1
+    assert tickets[1].events.empty()
+
+
+async def test_a_waiting_request_whose_client_left_is_not_counted_once_the_batcher_idles(batcher: Batcher) -> None:
+    gone = submit(batcher, [5, 6])
+    gone.abandon()
+    async with running(batcher):
+        await asyncio.sleep(0.2)  # several max_wait_s: the batcher has looked at the queue and now idles
+        assert batcher.metrics.queue_depth.current == 0 and batcher.metrics.running.current == 0
+    assert () not in batcher.metrics.batch_size.counts  # nothing ran
+
+
+async def test_a_batch_whose_clients_all_left_stops_at_its_next_step(batcher: Batcher) -> None:
+    ticket = submit(batcher, [5, 6, 7], stream=True, max_new_tokens=2000, ignore_eos=True)
+    async with running(batcher):
+        events = ticket.stream_events(30)
+        assert isinstance(await anext(events), TextDelta)
+        await events.aclose()
+        ticket.abandon()
+        deadline = time.monotonic() + 30
+        while batcher.metrics.running.current and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert batcher.metrics.running.current == 0
+        later = submit(batcher, [5, 6], max_new_tokens=3)
+        assert (await later.completions(30))[0].completion_tokens == 3
+    assert batcher.metrics.generated_tokens.values[()] < 2000 / 2

@@ -1,15 +1,19 @@
 """Pure pieces of the inference service: what a stream may send yet, how schema errors
-read, and the Prometheus text the metrics render."""
+read, which requests the schemas refuse, the sampling parameters a request gets, and
+the Prometheus text the metrics render."""
 
 from __future__ import annotations
 
 import pydantic
 import pytest
 
-from launch.serving.app import describe_validation_errors
+from launch.serving.app import describe_validation_errors, is_json_media_type
 from launch.serving.batcher import streamable_text
 from launch.serving.metrics import Counter, Histogram, ServingMetrics
-from launch.serving.schemas import ChatCompletionRequest, GenerateRequest
+from launch.serving.schemas import (
+    GREEDY_BELOW_TEMPERATURE, MAX_STOP_CHARACTERS, ChatCompletionRequest, CompletionRequest, GenerateRequest,
+)
+from launch.serving.service import sampling_params
 
 
 @pytest.mark.parametrize(("text", "stop", "sendable"), [
@@ -49,6 +53,67 @@ def test_body_level_errors_say_what_the_body_should_be() -> None:
     assert describe_validation_errors([{"type": "json_invalid", "loc": ("body", 12), "msg": "JSON decode error",
                                         "ctx": {"error": "Expecting value"}}]) == (
         "the body is not valid JSON: Expecting value", None)
+
+
+@pytest.mark.parametrize(("content_type", "is_json"), [
+    ("application/json", True), ("Application/JSON; charset=utf-8", True), ("application/vnd.api+json", True),
+    ("text/plain", False), ("application/x-www-form-urlencoded", False), ("text/json", False), ("", False),
+    (None, False),
+])
+def test_a_body_is_json_only_under_application_json_or_a_json_suffix(content_type: str | None, is_json: bool) -> None:
+    assert is_json_media_type(content_type) is is_json
+
+
+def test_a_stop_string_longer_than_the_bound_is_refused_naming_stop() -> None:
+    message, param = describe_validation_errors(
+        schema_errors(GenerateRequest, {"prompt": "1", "stop": ["ok", "x" * (MAX_STOP_CHARACTERS + 1)]}))
+    assert message == (f"stop: Value error, a stop string is at most {MAX_STOP_CHARACTERS} characters, got one of "
+                       f"{MAX_STOP_CHARACTERS + 1}") and param == "stop"
+    assert GenerateRequest.model_validate({"prompt": "1", "stop": "x" * MAX_STOP_CHARACTERS}).stop_strings()
+
+
+@pytest.mark.parametrize("body", [{"stream_options": {"include_usage": True}},
+                                  {"stream": False, "stream_options": {}}])
+def test_stream_options_without_stream_true_are_refused_naming_stream_options(body: dict) -> None:
+    message, param = describe_validation_errors(schema_errors(CompletionRequest, {"prompt": "1", **body}))
+    assert message == ('stream_options: Value error, stream_options is only allowed when stream is true: '
+                       'set "stream": true or leave stream_options out')
+    assert param == "stream_options"
+    assert CompletionRequest.model_validate({"prompt": "1", "stream": True, "stream_options": {"include_usage": True}})
+    assert CompletionRequest.model_validate({"prompt": "1", "stream_options": None})
+
+
+@pytest.mark.parametrize(("model", "body", "param"), [
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": "12\ud800"}]}, "messages.0.content"),
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+     "messages.0.content"),
+    (GenerateRequest, {"prompt": "1", "stop": ["\n", "\ud83d"]}, "stop"),
+])
+def test_text_with_a_lone_surrogate_is_refused_naming_the_field(model: type, body: dict, param: str) -> None:
+    message, found = describe_validation_errors(schema_errors(model, body))
+    assert message.startswith(f"{param}: Value error, ") and "lone surrogate" in message and found == param
+    # a surrogate pair escaped in JSON is one character once parsed: accepted
+    paired = ChatCompletionRequest.model_validate_json('{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}')
+    assert paired.messages[0].text() == "\U0001f600"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 5e-324, 1e-45, 1e-30, GREEDY_BELOW_TEMPERATURE / 2])
+def test_a_temperature_below_the_greedy_bound_decodes_greedily(temperature: float) -> None:
+    params = sampling_params(GenerateRequest(prompt="1", temperature=temperature, top_k=5, seed=3),
+                             max_new_tokens=4, n=2, vocabulary_size=64)
+    assert (params.temperature, params.top_k, params.n, params.max_new_tokens) == (1.0, 1, 2, 4)
+
+
+def test_a_temperature_at_the_greedy_bound_samples_with_it() -> None:
+    params = sampling_params(GenerateRequest(prompt="1", temperature=GREEDY_BELOW_TEMPERATURE, top_k=5),
+                             max_new_tokens=4, n=1, vocabulary_size=64)
+    assert (params.temperature, params.top_k) == (GREEDY_BELOW_TEMPERATURE, 5)
+
+
+@pytest.mark.parametrize(("top_k", "applied"), [(0, 0), (1, 1), (63, 63), (64, 0), (10**9, 0), (10**30, 0)])
+def test_a_top_k_at_or_above_the_vocabulary_size_turns_top_k_off(top_k: int, applied: int) -> None:
+    params = sampling_params(GenerateRequest(prompt="1", top_k=top_k), max_new_tokens=4, n=1, vocabulary_size=64)
+    assert params.top_k == applied
 
 
 def test_histograms_render_cumulative_buckets_with_sum_and_count() -> None:
