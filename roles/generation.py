@@ -46,8 +46,11 @@ class SamplingParams(BaseModel):
 
     n: int = Field(1, ge=1)
     """Samples per prompt."""
-    temperature: float = Field(1.0, gt=0)
-    """Divides the logits before the softmax; for greedy decoding use ``top_k=1``."""
+    temperature: float = Field(1.0, ge=1e-5)
+    """Divides the logits before the softmax; for greedy decoding use ``top_k=1``. At least
+    1e-5: smaller values overflow float32 logits into inf/NaN (and the log-probs the
+    trainer's ratio uses are of softmax(logits / temperature), so no silent switch to
+    greedy is made here)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling: draw only from the most likely tokens whose probabilities sum to
     at least ``top_p`` (1 turns it off)."""

@@ -376,3 +376,11 @@ def test_the_vllm_backend_reports_the_logprobs_a_recomputation_gives(tmp_path: P
     torch.testing.assert_close(recomputed.cpu(), output.logprobs, atol=1e-3, rtol=0)
     backend.load_weights(model.state_dict().items())
     backend.clear_caches()
+
+
+def test_a_temperature_too_small_for_float32_logits_is_refused_with_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="temperature"):
+        SamplingParams(temperature=1e-30)
+    assert SamplingParams(temperature=1e-5).temperature == 1e-5
