@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _complete_steps(run_dir: Path) -> list[int]:
-    """Steps whose checkpoint is complete (the controller writes controller.json last)."""
-    found = [path for path in (run_dir / "checkpoints").glob("step_*") if (path / "controller.json").is_file()]
-    return sorted(int(path.name.removeprefix("step_")) for path in found if path.name[5:].isdigit())
+    """Steps whose checkpoint is complete and intact (roles.checkpoints' rule, as resume's)."""
+    from roles.checkpoints import checkpoint_step, intact_checkpoints
+
+    return [step for step in map(checkpoint_step, intact_checkpoints(run_dir)) if step is not None]
 
 
 def _checkpoint_name(out: Path) -> str:

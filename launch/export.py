@@ -4,6 +4,9 @@ The trainer saves its (possibly FSDP-sharded) model with torch.distributed.check
 loading that into the initial model's full tensors reshards it, in one process, with
 no process group. The result is written with ``save_pretrained`` (safetensors, config,
 generation config) next to the tokenizer with its chat template.
+
+Which checkpoint is usable is roles.checkpoints' rule (the one resume follows); its
+DCP index is read with an allow-list (runtime.checkpoint_reader), never unpickled freely.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from roles.controller import latest_checkpoint
+from roles.checkpoints import checkpoint_folder, checkpoint_problem, newest_intact_checkpoint
+from runtime.checkpoint_reader import load_distributed_checkpoint
 
 
 class ExportError(RuntimeError):
@@ -23,23 +27,26 @@ class ExportError(RuntimeError):
 
 
 def checkpoint_path(run_dir: Path, step: int | None = None) -> Path:
-    """The run's newest complete checkpoint, or `step`'s."""
+    """The run's newest complete (intact) checkpoint, or `step`'s; a newer one that is
+    damaged is passed over with a warning that names it and its file."""
     if step is None:
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint, skipped = newest_intact_checkpoint(run_dir)
+        for damaged in skipped:
+            warnings.warn(f"checkpoint {damaged}; using an older one", stacklevel=2)
         if checkpoint is None:
-            raise ExportError(f"{run_dir} has no complete checkpoint (checkpoints/step_N/controller.json)")
+            found = "; ".join(map(str, skipped)) or "none (checkpoints/step_N with controller.json)"
+            raise ExportError(f"{run_dir} has no complete checkpoint: {found}")
         return checkpoint
-    checkpoint = run_dir / "checkpoints" / f"step_{step}"
-    if not (checkpoint / "controller.json").exists():
-        raise ExportError(f"{checkpoint} is not a complete checkpoint")
+    checkpoint = checkpoint_folder(run_dir, step)
+    problem = checkpoint_problem(checkpoint) if checkpoint.is_dir() else "there is no such folder"
+    if problem is not None:
+        raise ExportError(f"{checkpoint} is not a complete checkpoint: {problem}")
     return checkpoint
 
 
 def load_checkpoint_policy(run_dir: Path | str, step: int | None = None) -> tuple[Any, Any, Path, int]:
     """The policy of `run_dir`'s newest checkpoint (or `step`'s), in this process:
     (model, tokenizer, checkpoint folder, weights version)."""
-    import torch.distributed.checkpoint as dcp
-
     from roles.generation import load_causal_lm
 
     run_dir = Path(run_dir)
@@ -49,7 +56,7 @@ def load_checkpoint_policy(run_dir: Path | str, step: int | None = None) -> tupl
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(checkpoint / "trainer"))
+        load_distributed_checkpoint(state, checkpoint / "trainer")
     model.load_state_dict(state["model"])
     version = json.loads((checkpoint / "trainer_meta.json").read_text())["version"]
     return model, tokenizer, checkpoint, version

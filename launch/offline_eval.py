@@ -57,12 +57,13 @@ def load_policy(path: Path, step: int | None = None) -> Policy:
     """A run directory's checkpoint (newest, or `step`'s) or a Hugging Face model directory."""
     if (path / "topology.yaml").exists() and (path / "checkpoints").is_dir():
         from launch.export import ExportError, load_checkpoint_policy
+        from roles.checkpoints import checkpoint_step
 
         try:
             model, tokenizer, checkpoint, version = load_checkpoint_policy(path, step)
         except ExportError as error:
             raise EvalSetupError(str(error)) from error
-        return Policy(model, tokenizer, f"{path.name}/{checkpoint.name}", version, path, int(checkpoint.name.split("_")[1]))
+        return Policy(model, tokenizer, f"{path.name}/{checkpoint.name}", version, path, checkpoint_step(checkpoint))
     if not (path / "config.json").exists():
         raise EvalSetupError(f"{path} is neither a Hugging Face model directory (config.json) nor a run with checkpoints")
     if step is not None:

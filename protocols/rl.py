@@ -101,12 +101,14 @@ class TrainStats:  # trainer rank 0 / critic -> controller
 @message("rl.checkpoint.save")
 class SaveCheckpoint:  # controller -> every trainer rank / the critic
     path: str
-    """The step's checkpoint folder (``checkpoints/step_N``)."""
+    """The step's checkpoint folder, ``<run_dir>/checkpoints/step_N``: a role refuses any
+    path that resolves elsewhere (roles.checkpoints.confine_checkpoint_path)."""
 
 
 @message("rl.checkpoint.load")
 class LoadCheckpoint:  # controller -> every trainer rank / the critic
     path: str
+    """As `SaveCheckpoint.path`; the controller sends only intact checkpoints."""
 
 
 @message("rl.checkpoint.done")
@@ -114,12 +116,6 @@ class CheckpointDone:  # trainer / critic -> controller
     path: str
     version: int
     """The trainer's last published weights version (the critic: 0)."""
-
-
-@message("rl.export")
-class ExportModel:  # launcher -> trainer ranks
-    path: str
-    """Folder for a Hugging Face ``save_pretrained`` of the current policy."""
 
 
 @message("rl.evaluate")

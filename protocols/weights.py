@@ -102,7 +102,10 @@ class WeightsJoined:  # trainer-0 -> generator
 
 @message("weights.publish")
 class PublishWeights:  # controller -> every trainer rank (ask; reply PublishReport)
-    pass
+    republish: bool = False
+    """Send the weights under the version the trainer holds instead of the next one.
+    After `LoadCheckpoint` restored version N, the generators get the restored weights
+    as N, so a resumed run numbers versions as an uninterrupted one (N after step N)."""
 
 
 @message("weights.report")

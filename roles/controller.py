@@ -19,12 +19,17 @@ truncated importance ratio between the policy's log-probs and the sampler's.
 
 Every role is reached by messages (protocols.rl); the controller keeps only the
 dataset position, the KL controller and the step counter, all checkpointed.
+
+Resuming from the checkpoint of step K (roles.checkpoints: the newest intact one, with
+a warning for each newer one skipped) continues the run as if it had not stopped: the
+rows and TensorBoard events written after K are dropped (roles.metrics.rewind_metrics),
+and the restored weights go to the generators again under their own version K.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -62,10 +67,18 @@ from roles.algorithms import (
     zero_variance_share,
 )
 from roles.algorithms.aggregation import aggregate_loss
+from roles.checkpoints import (
+    CheckpointError,
+    checkpoint_folder,
+    newest_intact_checkpoint,
+    read_marker,
+    remove_marker,
+    write_marker,
+)
 from roles.data import DataConfig, PromptDataset, PromptSampler
 from roles.evaluator import HeldoutConfig, run_heldout
 from roles.generation import SamplingParams
-from roles.metrics import MetricsLog, read_metrics, run_hyperparameters
+from roles.metrics import MetricsLog, read_metrics, rewind_metrics, run_hyperparameters, scheduled_evaluation_steps
 from roles.rollout import generate_on, response_lengths, score_on
 from runtime.actor import Actor
 from runtime.errors import ActorError
@@ -129,7 +142,9 @@ class ControllerConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0)
     """Save a checkpoint every N steps (0: only after the last step)."""
     resume: bool = True
-    """Continue from the newest checkpoint in the run directory, if there is one."""
+    """Continue from the newest intact checkpoint in the run directory, if there is one
+    (roles.checkpoints); what a stopped session wrote after its step is dropped from
+    metrics.jsonl and tb/ (False: start at step 0, and drop everything after it)."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tensorboard: bool = True
     release_file: str | None = None
@@ -161,6 +176,9 @@ class Controller(Actor):
         """Batches of prompts drawn; names each prompt's group (``uid``)."""
         self.evaluations: list[asyncio.Future[Any]] = []
         """Evaluations sent to the evaluator role (awaited before the run ends)."""
+        self.kept_evaluations: set[int] = set()
+        """The step resumed from, when the stopped session had already evaluated it (the
+        same weights): that evaluation is kept, not repeated."""
 
     # ------------------------------------------------------------------ the run
     async def on_start(self) -> None:
@@ -175,18 +193,21 @@ class Controller(Actor):
         self.dataset = await self.compute.run(PromptDataset.load, config.data, self.tokenizer)
         self.sampler = PromptSampler(len(self.dataset), config.prompts_per_step, config.data.shuffle, config.data.seed)
         self.heldout = await self.compute.run(PromptDataset.load, config.eval.data, self.tokenizer) if config.eval.data else None
-        self.metrics = MetricsLog(run_dir, config.tensorboard)
         await self._wait_for_roles()
         if config.resume:
             await self._resume(run_dir)
-        if self.step == 0:
+        # what a stopped session wrote after this step is superseded: one row per step
+        kept = rewind_metrics(run_dir, self.step)
+        self.kept_evaluations = scheduled_evaluation_steps(kept) & {self.step}
+        self.metrics = MetricsLog(run_dir, config.tensorboard)
+        if self.step == 0 or self.evaluation_due():
             await self.evaluate()
         steps = self.sync_steps() if config.mode == "sync" else self.async_steps()
         async for record in steps:
             self.log.lifecycle("controller.step", **{k: v for k, v in record.items() if k in ("step", "train/reward", "train/kl_div", "train/loss")})
             if self.step == config.steps or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
                 await self.save_checkpoint(run_dir)
-            if config.eval.every_steps and self.step % config.eval.every_steps == 0 and self.step < config.steps:
+            if self.evaluation_due():
                 await self.evaluate()
         await self.evaluate(last=True)
         self.metrics.hparams(run_hyperparameters(run_dir), final_metrics(read_metrics(run_dir)), self.step)
@@ -383,20 +404,29 @@ class Controller(Actor):
         )))
 
     # ------------------------------------------------------------------ evaluation
+    def evaluation_due(self) -> bool:
+        """An evaluation is scheduled after the current step (the last step's is
+        `evaluate(last=True)`, after the loop)."""
+        every = self.config.eval.every_steps
+        return bool(every) and self.step % every == 0 and 0 < self.step < self.config.steps
+
     async def evaluate(self, last: bool = False) -> None:
         """Held-out evaluation of the current policy (roles.evaluator): here, between two
         steps, or by the evaluator role while training goes on; the last one is waited
         for, so the run ends with it (and every earlier one) done."""
         config = self.config.eval
-        if config.evaluator:
+        if self.step in self.kept_evaluations:  # written before the stop, of these same weights
+            self.log.lifecycle("controller.evaluation_kept", step=self.step)
+        elif config.evaluator:
             self.evaluations.append(asyncio.ensure_future(self.ask_role("evaluator", Evaluate(self.step), self.config.call_timeout_s)))
-            if last:
-                for outcome in await asyncio.gather(*self.evaluations, return_exceptions=True):
-                    if isinstance(outcome, BaseException):
-                        self.log.lifecycle("controller.evaluation_failed", error=repr(outcome))
-            return
-        if self.heldout is None:
-            return
+        elif self.heldout is not None:
+            await self._evaluate_here(config)
+        if last:
+            for outcome in await asyncio.gather(*self.evaluations, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    self.log.lifecycle("controller.evaluation_failed", error=repr(outcome))
+
+    async def _evaluate_here(self, config: EvalConfig) -> None:
         current_trace_id.set(new_id())
         started = time.monotonic()
         numbers = await run_heldout(self, self.heldout, config, self.step, self.metrics, self.config.call_timeout_s)
@@ -406,8 +436,10 @@ class Controller(Actor):
 
     # ------------------------------------------------------------------ checkpoints
     async def save_checkpoint(self, run_dir: Path) -> Path:
-        path = run_dir / "checkpoints" / f"step_{self.step}"
+        """checkpoints/step_N: the roles write their files, then the marker (roles.checkpoints)."""
+        path = checkpoint_folder(run_dir, self.step)
         path.mkdir(parents=True, exist_ok=True)
+        remove_marker(path)  # a folder a stopped session left is incomplete until the roles have rewritten it
         calls: list[Awaitable[Any]] = [self.ask_trainers(SaveCheckpoint(str(path)))]
         if self.use_critic:
             calls.append(self.ask_role("critic", SaveCheckpoint(str(path)), self.config.call_timeout_s))
@@ -415,15 +447,25 @@ class Controller(Actor):
         state = {"step": self.step, "sampler": self.sampler_state or self.sampler.state_dict(),
                  "kl_controller": self.kl_controller.state_dict(), "version": self.version,
                  "prompt_counter": self.prompt_counter}
-        (path / "controller.json").write_text(json.dumps(state))  # written last: marks the checkpoint complete
+        write_marker(path, state)  # last, atomically, with every file's size: the checkpoint is complete
         self.log.lifecycle("controller.checkpoint", step=self.step, path=str(path))
         return path
 
     async def _resume(self, run_dir: Path) -> None:
-        path = latest_checkpoint(run_dir)
+        """Restore every role from the newest intact checkpoint; warn about newer ones."""
+        path, skipped = newest_intact_checkpoint(run_dir)
+        for damaged in skipped:
+            self.log.lifecycle("controller.checkpoint_skipped", checkpoint=str(damaged.folder), problem=damaged.problem)
+            print(f"troupe controller: warning: checkpoint {damaged}; resuming from an older one", file=sys.stderr, flush=True)
         if path is None:
+            if any(damaged.finished for damaged in skipped):  # not just saves cut short: say so, do not start over
+                raise CheckpointError(
+                    f"no intact checkpoint to resume from in {run_dir}/checkpoints: " + "; ".join(map(str, skipped))
+                    + ". Move the damaged folders away (all of checkpoints/ to start over), or set "
+                    "roles.controller.config.resume=false"
+                )
             return
-        state = json.loads((path / "controller.json").read_text())
+        state = read_marker(path)
         calls: list[Awaitable[Any]] = [self.ask_trainers(LoadCheckpoint(str(path)))]
         if self.use_critic:
             calls.append(self.ask_role("critic", LoadCheckpoint(str(path)), self.config.call_timeout_s))
@@ -434,7 +476,8 @@ class Controller(Actor):
         self.sampler_state = state["sampler"]
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.prompt_counter = state["prompt_counter"]
-        report: PublishReport = (await self.ask_trainers(PublishWeights()))[0]  # the generators get the restored weights
+        # the generators get the restored weights, under their own version (the next step's is then K + 1)
+        report: PublishReport = (await self.ask_trainers(PublishWeights(republish=True)))[0]
         self.version = report.version
         self.log.lifecycle("controller.resumed", step=self.step, path=str(path), trainer_version=loaded.version, version=report.version)
 
@@ -477,13 +520,6 @@ def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
     for record in records:
         final.update({name: record[name] for name in FINAL_METRICS if isinstance(record.get(name), (int, float))})
     return final
-
-
-def latest_checkpoint(run_dir: Path | str) -> Path | None:
-    """The newest complete checkpoint (one with controller.json) of a run, or None."""
-    folder = Path(run_dir) / "checkpoints"
-    complete = [p for p in folder.glob("step_*") if (p / "controller.json").exists()] if folder.exists() else []
-    return max(complete, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
 async def wait_for_file(path: Path, timeout_s: float) -> None:

@@ -3,6 +3,8 @@
 The value of response token t is predicted from the hidden state just before it
 (the same position whose logits sample token t), so values line up with log-probs.
 Trained with the clipped value loss of roles.algorithms on the returns GAE gives.
+Its checkpoint, ``critic.pt``, is written atomically and read with
+``torch.load(weights_only=True)``: tensors and plain containers, never code.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocols.batch import Batch
 from protocols.rl import CheckpointDone, ComputeValues, LoadCheckpoint, SaveCheckpoint, Train, TrainStats, Values
 from roles.algorithms import clipped_value_loss
+from roles.checkpoints import confine_checkpoint_path
 from roles.generation import limit_cpu_threads, load_causal_lm
 from roles.trainer import OptimConfig, UpdateConfig, clip_gradients, lr_factor
 from runtime.actor import Actor, handler
+from runtime.files import replacing_atomically
 
 
 class CriticConfig(BaseModel):
@@ -94,13 +98,16 @@ class Critic(Actor):
 
     @handler
     async def save_checkpoint(self, request: SaveCheckpoint) -> CheckpointDone:
+        folder = confine_checkpoint_path(self.run_dir, request.path)
         state = {"model": self.model.state_dict(), "optim": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        await self.compute.run(torch.save, state, Path(request.path) / "critic.pt")
+        await self.compute.run(save_state, state, folder / "critic.pt")
         return CheckpointDone(request.path, 0)
 
     @handler
     async def load_checkpoint(self, request: LoadCheckpoint) -> CheckpointDone:
-        state = await self.compute.run(torch.load, Path(request.path) / "critic.pt")
+        folder = confine_checkpoint_path(self.run_dir, request.path)
+        # weights_only given explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only overrides calls that leave it out
+        state = await self.compute.run(lambda: torch.load(folder / "critic.pt", map_location="cpu", weights_only=True))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -133,3 +140,9 @@ class Critic(Actor):
                 self.scheduler.step()
                 steps += 1
         return {name: value / steps for name, value in sums.items()}
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """`torch.save` that leaves either the old file or the whole new one at `path`."""
+    with replacing_atomically(path) as partial:
+        torch.save(state, partial)

@@ -5,6 +5,10 @@ The controller and the evaluator role write to the same run: each record is appe
 with a single ``write`` on a file opened for appending, so lines from two processes
 never interleave; each process has its own TensorBoard event file in ``tb/``, which
 TensorBoard reads as one run.
+
+A run resumed from its checkpoint at step K first forgets what the stopped session
+wrote after K (`rewind_metrics`), in both places, so every reader (`read_metrics`,
+`troupe report` and `compare`, TensorBoard) sees one training row per step.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from runtime.files import replacing_atomically, write_atomically
 
 
 class MetricsLog:
@@ -97,6 +103,82 @@ def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def is_training_record(record: Mapping[str, Any]) -> bool:
+    """The controller's row of a training step (evaluations write rows of their own)."""
+    return "train/reward" in record
+
+
+def scheduled_evaluation_steps(records: list[dict[str, Any]]) -> set[int]:
+    """Steps with a row of the controller's scheduled evaluation: written by the controller
+    itself (no ``source``) or by the evaluator role (``source: evaluator``). Rows of the
+    Python API's evaluators (``source: python-evaluators``) follow their own schedule."""
+    return {int(r["step"]) for r in records if not is_training_record(r) and r.get("source") in (None, "evaluator")
+            and any(name.startswith("eval/") for name in r)}
+
+
+def rewind_metrics(run_dir: Path | str, step: int) -> list[dict[str, Any]]:
+    """Forget what a run wrote after `step`, in ``metrics.jsonl`` and in ``tb/``; returns
+    the records kept.
+
+    A resumed run calls this with its checkpoint's step before anything writes again:
+    the rows after it belong to a session that stopped (killed, crashed), and the
+    resumed session writes them anew. Rows *at* `step` stay: its training row was written before the checkpoint,
+    and an evaluation of `step` evaluated the very weights the checkpoint restores (the
+    controller repeats it only when it is missing). A line cut short by the crash goes
+    too. Kept lines are copied byte for byte; the file is replaced atomically.
+
+    Nothing may be writing meanwhile: a relaunch starts every role anew, and the
+    evaluator role writes only when the controller asks it to.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        lines = []
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(record)
+                lines.append(line + "\n")
+        if "".join(lines) != text:
+            write_atomically(path, "".join(lines))
+    rewind_tensorboard(Path(run_dir) / "tb", step)
+    return kept
+
+
+def rewind_tensorboard(tb_dir: Path, step: int) -> int:
+    """Drop the events after `step` from every event file in `tb_dir`; returns how many.
+
+    Files with no such event are left alone (among them the one a live evaluator role
+    opened before the resume); the others are rewritten with the events kept, byte for
+    byte, and replace the old file atomically. SummaryWriter's ``purge_step`` is not
+    used: at its START event TensorBoard's loader purges every later point it has read
+    so far, reading files in name (time) order, and the evaluator role's new event file
+    is created before the controller's: its new points would be read first and purged.
+    """
+    if not tb_dir.is_dir():
+        return 0
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    dropped = 0
+    for path in sorted(tb_dir.rglob("events.out.tfevents.*")):
+        events = list(RawEventFileLoader(str(path)).Load())  # a record cut short by the crash ends the list
+        kept = [event for event in events if Event.FromString(event).step <= step]
+        if len(kept) == len(events):
+            continue
+        with replacing_atomically(path) as partial, open(partial, "wb") as out:
+            writer = RecordWriter(out)
+            for event in kept:
+                writer.write(event)
+        dropped += len(events) - len(kept)
+    return dropped
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,7 +10,9 @@ One update (`Train`): `ppo_epochs` passes over the batch in shuffled mini-batche
 each mini-batch is one optimizer step, its gradient accumulated over micro-batches;
 loss = policy loss (roles.algorithms.ppo_policy_loss) + KL loss (when the controller
 asks for it) - entropy bonus; gradients clipped; AdamW with a warm-up then constant or
-cosine learning rate. Checkpoints use torch.distributed.checkpoint.
+cosine learning rate. Checkpoints use torch.distributed.checkpoint, read back through
+an allow-listed index reader (runtime.checkpoint_reader), and only in a step folder of
+the run's checkpoints/ (roles.checkpoints.confine_checkpoint_path).
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.batch import Batch
-from protocols.rl import CheckpointDone, ComputeLogProbs, ExportModel, LoadCheckpoint, LogProbs, SaveCheckpoint, Train, TrainStats
+from protocols.rl import CheckpointDone, ComputeLogProbs, LoadCheckpoint, LogProbs, SaveCheckpoint, Train, TrainStats
 from roles.algorithms import compute_kl, compute_kl_loss, ppo_policy_loss
 from roles.algorithms.policy_loss import PolicyLossConfig
+from roles.checkpoints import confine_checkpoint_path
 from roles.generation import limit_cpu_threads, load_causal_lm, response_logprobs
 from roles.rollout import without_rows_weight
 from runtime.actor import handler
 from runtime.errors import ActorError
+from runtime.files import write_atomically
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.group import start_store
 from runtime.weights.publisher import PublishesWeights, WeightPublisher
@@ -185,17 +189,12 @@ class Trainer(PublishesWeights):
 
     @handler
     async def save_checkpoint(self, request: SaveCheckpoint) -> CheckpointDone:
-        await self.compute.run(self._save, Path(request.path))
+        await self.compute.run(self._save, confine_checkpoint_path(self.run_dir, request.path))
         return CheckpointDone(request.path, self.weights.version)
 
     @handler
     async def load_checkpoint(self, request: LoadCheckpoint) -> CheckpointDone:
-        await self.compute.run(self._load, Path(request.path))
-        return CheckpointDone(request.path, self.weights.version)
-
-    @handler
-    async def export_model(self, request: ExportModel) -> CheckpointDone:
-        await self.compute.run(self._export, Path(request.path))
+        await self.compute.run(self._load, confine_checkpoint_path(self.run_dir, request.path))
         return CheckpointDone(request.path, self.weights.version)
 
     # ------------------------------------------------------------------ compute
@@ -265,29 +264,21 @@ class Trainer(PublishesWeights):
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path / "trainer"))
         if self.rank == 0:
             meta = {"version": self.weights.version, "optimizer_steps": self.optimizer_steps, "scheduler": self.scheduler.state_dict()}
-            (path / "trainer_meta.json").write_text(json.dumps(meta))
+            write_atomically(path / "trainer_meta.json", json.dumps(meta))
 
     def _load(self, path: Path) -> None:
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        from runtime.checkpoint_reader import load_distributed_checkpoint
 
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
         state = {"model": model_state, "optim": optim_state}
-        dcp.load(state, checkpoint_id=str(path / "trainer"))
+        load_distributed_checkpoint(state, path / "trainer")
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         meta = json.loads((path / "trainer_meta.json").read_text())
         self.weights.version = meta["version"]
         self.optimizer_steps = meta["optimizer_steps"]
         self.scheduler.load_state_dict(meta["scheduler"])
-
-    def _export(self, path: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.rank == 0:
-            path.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(path, state_dict=state)
-            self.tokenizer.save_pretrained(path)
 
 
 # ---------------------------------------------------------------------- shared pieces

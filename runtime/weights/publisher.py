@@ -256,11 +256,16 @@ class WeightPublisher:
         return 2 * delivery
 
     # ------------------------------------------------------------------ publishing
-    async def publish(self, model: torch.nn.Module) -> PublishReport:
-        """Publish the model's current weights as the next version (call on every rank)."""
+    async def publish(self, model: torch.nn.Module, republish: bool = False) -> PublishReport:
+        """Publish the model's current weights as the next version (call on every rank);
+        with `republish`, as the version already held (`version`, restored from a
+        checkpoint), so numbering goes on as if the run had not stopped."""
         async with self._lock:
             started = time.monotonic()
-            version = self.version + 1
+            if republish and self.version < 1:
+                raise WeightsError(f"{self.actor.name} has no version to publish again (it holds {self.version}): "
+                                   "load a checkpoint first, or publish without republish")
+            version = self.version if republish else self.version + 1
             named = named_tensors(model, self.name_map)
             buckets = plan_buckets(tensor_metas(named), int(self.config.bucket_mb * (1 << 20)))
             device = _device_of(named)
@@ -566,7 +571,7 @@ class PublishesWeights(ChannelActor):
 
     @handler
     async def publish_weights(self, request: PublishWeights) -> PublishReport:
-        return await self.weights.publish(self.weights_model())
+        return await self.weights.publish(self.weights_model(), republish=request.republish)
 
     @handler(urgent=True)
     async def _weights_join(self, request: WeightsJoin) -> WeightsJoined:

@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from roles.checkpoints import write_marker
 from tests.e2e.cli import troupe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -44,7 +45,8 @@ def logits_of(model: PreTrainedModel, batch: dict) -> torch.Tensor:
 def test_export_names_the_checkpoints_there_are_and_keeps_a_folder_that_is_in_use(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "checkpoints" / "step_3").mkdir(parents=True)
-    (run / "checkpoints" / "step_3" / "controller.json").write_text("{}")
+    (run / "checkpoints" / "step_3" / "trainer_meta.json").write_text("{}")
+    write_marker(run / "checkpoints" / "step_3", {"step": 3, "sampler": {}, "kl_controller": {}, "version": 3, "prompt_counter": 3})
     (run / "checkpoints" / "step_4").mkdir()  # no controller.json: incomplete
     (run / "topology.yaml").write_text("name: x\nroles: {}\n")
     missing = troupe("export", str(run), str(tmp_path / "out"), "--step", "9")

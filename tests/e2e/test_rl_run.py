@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from examples.arith.build import build
+from roles.metrics import read_metrics
 from tests.e2e.cli import ps, run_state, troupe, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -164,29 +166,82 @@ def test_killed_generator_and_reward_restart_an_attached_generator_joins_and_no_
     assert any(e.get("event") == "receive" and e.get("kind") == "rl.rollouts" and e.get("peer") == "generator-1" for e in controller)
 
 
-def test_a_stopped_ppo_run_resumes_from_its_checkpoint_in_async_mode(tmp_path: Path, run_dir: Path, arith: Path) -> None:
-    topology = rl_topology(tmp_path, arith, algorithm="ppo", steps=4, checkpoint_every=2,
+def newest_checkpoint(run_dir: Path) -> int:
+    """The newest step whose checkpoint has its completion marker (0: none)."""
+    return max((int(path.parent.name.removeprefix("step_")) for path in (run_dir / "checkpoints").glob("step_*/controller.json")),
+               default=0)
+
+
+def scalar_steps(tb_dir: Path) -> dict[str, list[int]]:
+    """Every scalar point TensorBoard's own loader keeps, per tag (duplicates included)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={SCALARS: 0})
+    accumulator.Reload()
+    return {tag: [event.step for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()[SCALARS]}
+
+
+def test_a_killed_ppo_run_resumes_in_async_mode_with_one_row_per_step_and_the_versions_of_an_uninterrupted_run(
+    tmp_path: Path, run_dir: Path, arith: Path,
+) -> None:
+    steps, every = 100, 10  # a step takes ~0.1 s here: enough of them that the kill lands mid-run
+    topology = rl_topology(tmp_path, arith, algorithm="ppo", steps=steps, checkpoint_every=every,
                            kl={"usage": "reward", "estimator": "k1", "kl_controller": {"type": "adaptive", "kl_coef": 0.01, "target_kl": 0.001, "horizon": 10}})
-    first = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", "--set", "roles.controller.config.steps=2", timeout=300)
+    evaluate_every = ["--set", "roles.controller.config.eval.every_steps=25"]
+    first = troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", *evaluate_every, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    saved = json.loads((run_dir / "checkpoints" / "step_2" / "controller.json").read_text())
-    trainer_meta = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_meta.json").read_text())
-    assert (run_dir / "checkpoints" / "step_2" / "critic.pt").exists()
-    # resumed in async mode: PPO with generation running ahead
-    second = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", "--set", "roles.controller.config.mode=async", timeout=300)
+    try:
+        controller_pid = int(wait_for(lambda: re.search(r"controller-0 running \(pid (\d+)\)", (run_dir / "launcher.log").read_text()),
+                                      30, "the controller's pid").group(1))  # (`troupe ps` takes longer than a few steps)
+
+        def trained_after_a_checkpoint() -> bool:
+            trained = [r["step"] for r in read_metrics(run_dir) if "train/reward" in r]  # (a line being written is skipped)
+            return 0 < newest_checkpoint(run_dir) < max(trained, default=0)
+
+        wait_for(trained_after_a_checkpoint, 300, "a step trained after a checkpoint")
+        os.kill(controller_pid, signal.SIGKILL)
+        wait_for(lambda: run_state(run_dir) in ("finished", "failed"), 120, "the run to end")
+    finally:
+        troupe("stop", str(run_dir))
+    resume_step = newest_checkpoint(run_dir)
+    assert resume_step < steps, "the run ended before the kill: make it longer"
+    assert max(r["step"] for r in read_metrics(run_dir)) > resume_step  # rows the resume must drop
+    saved = json.loads((run_dir / "checkpoints" / f"step_{resume_step}" / "controller.json").read_text())
+    trainer_meta = json.loads((run_dir / "checkpoints" / f"step_{resume_step}" / "trainer_meta.json").read_text())
+    assert (run_dir / "checkpoints" / f"step_{resume_step}" / "critic.pt").exists()
+    # a newer checkpoint whose marker was cut short (a torn write, or an older troupe)
+    damaged = run_dir / "checkpoints" / f"step_{resume_step + every}"
+    damaged.mkdir(exist_ok=True)
+    (damaged / "controller.json").write_text("")
+
+    # relaunched with the same run directory, in async mode: PPO with generation running ahead
+    second = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", *evaluate_every,
+                    "--set", "roles.controller.config.mode=async", timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert trained_steps(run_dir) == [1, 2, 3, 4]  # the step counter continued
-    steps = {r["step"]: r for r in metrics(run_dir) if "train/reward" in r}
-    for record in steps.values():  # PPO: the critic's numbers too
+    records = read_metrics(run_dir)
+    trained = [r for r in records if "train/reward" in r]
+    assert [r["step"] for r in trained] == list(range(1, steps + 1))  # one row per step
+    # the version sequence of an uninterrupted run: version n after step n (check_step_records' rule for clean runs)
+    assert [r["weights/version"] for r in trained] == list(range(1, steps + 1))
+    assert sorted(r["step"] for r in records if "eval/accuracy" in r) == [0, 25, 50, 75, 100]  # each evaluation once
+    points = scalar_steps(run_dir / "tb")  # TensorBoard shows the same: one point per step
+    assert points["train/reward"] == list(range(1, steps + 1)) and points["weights/version"] == list(range(1, steps + 1))
+    assert sorted(points["eval/accuracy"]) == [0, 25, 50, 75, 100]
+
+    events = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()]
+    skipped = [e for e in events if e.get("event") == "controller.checkpoint_skipped"]
+    assert skipped and skipped[-1]["checkpoint"] == str(damaged) and "controller.json is empty" in skipped[-1]["problem"]
+    assert f"{damaged}: controller.json is empty" in (run_dir / "logs" / "controller-0.stderr").read_text()  # said visibly
+    resumed = [e for e in events if e.get("event") == "controller.resumed"]
+    assert resumed and resumed[-1]["step"] == resume_step and resumed[-1]["version"] == trainer_meta["version"] == resume_step
+    by_step = {r["step"]: r for r in trained}
+    for record in trained:  # PPO: the critic's numbers too
         assert STEP_NAMES | {"train/value_loss", "timing/values_s", "timing/train_critic_s"} <= record.keys()
-    assert "train/staleness" in steps[3] and "train/staleness" in steps[4] and "train/staleness" not in steps[2]
-    resumed = [json.loads(line) for line in (run_dir / "logs" / "controller-0.jsonl").read_text().splitlines()
-               if '"controller.resumed"' in line]
-    assert resumed and resumed[-1]["step"] == 2
-    assert steps[3]["train/kl_coef"] == pytest.approx(saved["kl_controller"]["kl_coef"])  # the KL coefficient continued
-    assert steps[3]["weights/version"] == trainer_meta["version"] + 2  # restored version, republished, then step 3
-    final = json.loads((run_dir / "checkpoints" / "step_4" / "trainer_meta.json").read_text())
-    assert final["optimizer_steps"] == trainer_meta["optimizer_steps"] * 2  # the optimizer state went on
-    sampler = json.loads((run_dir / "checkpoints" / "step_4" / "controller.json").read_text())["sampler"]
-    assert (sampler["epoch"], sampler["position"]) != (saved["sampler"]["epoch"], saved["sampler"]["position"])
-    assert sampler["epoch"] * sampler["size"] + sampler["position"] == saved["sampler"]["epoch"] * saved["sampler"]["size"] + saved["sampler"]["position"] + 2 * 4
+        assert ("train/staleness" in record) == (record["step"] > resume_step)  # async after the resume only
+    assert by_step[resume_step + 1]["train/kl_coef"] == pytest.approx(saved["kl_controller"]["kl_coef"])  # the KL coefficient continued
+    final = json.loads((run_dir / "checkpoints" / f"step_{steps}" / "trainer_meta.json").read_text())
+    assert final["optimizer_steps"] == trainer_meta["optimizer_steps"] // resume_step * steps  # the optimizer state went on
+    sampler = json.loads((run_dir / "checkpoints" / f"step_{steps}" / "controller.json").read_text())["sampler"]
+    drawn = sampler["epoch"] * sampler["size"] + sampler["position"]
+    assert drawn == saved["sampler"]["epoch"] * saved["sampler"]["size"] + saved["sampler"]["position"] + (steps - resume_step) * 4
+    assert json.loads((damaged / "controller.json").read_text())["step"] == resume_step + every  # saved again, whole
