@@ -253,9 +253,9 @@ _HANDSHAKE_REASONS = {
 
 
 class RefusalLog:
-    """Writes ``security.refused`` lines for peers refused at the handshake: the first at
-    once, then at most one a second with the count since, so a flood of attempts cannot
-    flood the log."""
+    """Writes ``security.refused`` lines for peers refused at the handshake: the first of
+    each reason at once, then at most one a second per reason with the count since, so a
+    flood of attempts cannot flood the log."""
 
     INTERVAL_S = 1.0
 
@@ -263,18 +263,17 @@ class RefusalLog:
         self.log = log
         self.endpoint = endpoint
         self.total = 0
-        self._unlogged = 0
-        self._last_logged = -float("inf")
+        self._by_reason: dict[str, tuple[float, int]] = {}
+        """reason -> (when a line was last written, refusals since)."""
 
     def record(self, event: int, value: int) -> None:
         self.total += 1
-        self._unlogged += 1
+        reason = _HANDSHAKE_REASONS.get(event, f"handshake event {event}")
+        last_logged, unlogged = self._by_reason.get(reason, (-float("inf"), 0))
         now = time.monotonic()
-        if now - self._last_logged < self.INTERVAL_S:
+        if now - last_logged < self.INTERVAL_S:
+            self._by_reason[reason] = (last_logged, unlogged + 1)
             return
-        self.log.lifecycle(
-            "security.refused", endpoint=self.endpoint, reason=_HANDSHAKE_REASONS.get(event, f"handshake event {event}"),
-            code=value, refused=self._unlogged, refused_total=self.total,
-        )
-        self._unlogged = 0
-        self._last_logged = now
+        self.log.lifecycle("security.refused", endpoint=self.endpoint, reason=reason, code=value,
+                           refused=unlogged + 1, refused_total=self.total)
+        self._by_reason[reason] = (now, 0)

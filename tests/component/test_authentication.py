@@ -65,6 +65,5 @@ async def test_only_peers_with_the_runs_secret_are_served_on_loopback(spawn, tmp
     lines = [json.loads(line) for line in (tmp_path / "logs" / "echo-0.jsonl").read_text().splitlines()]
     refused = [line for line in lines if line.get("event") == "security.refused"]
     assert refused, "the refused peers are logged"
-    reasons = {line["reason"] for line in refused}
-    assert any("no credentials" in reason for reason in reasons)
-    assert sum(line["refused"] for line in refused) <= refused[-1]["refused_total"]
+    assert {"reason", "endpoint", "refused", "refused_total"} <= set(refused[0])
+    assert refused[-1]["refused_total"] >= 2  # the raw peer, the outsider and the other run: each refused

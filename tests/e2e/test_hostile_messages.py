@@ -153,43 +153,44 @@ def test_a_run_survives_ten_thousand_hostile_messages_and_still_supervises(tmp_p
     assert started.returncode == 0, started.stderr
     info = json.loads((run_dir / "registry.json").read_text())
     secret = Path(info["secret_file"]).read_text().strip()
-    before = ps(run_dir)
-    pids = {name: before[name]["pid"] for name in ("stage-0", "sink-0")}
-    memory_before = {name: rss_mb(pid) for name, pid in {**pids, "launcher": info["launcher_pid"]}.items()}
-    targets = {
-        "stage-0": before["stage-0"]["endpoint"], "sink-0": before["sink-0"]["endpoint"],
-        "supervisor": info["supervisor"], "registry": info["registry"],
-    }
-    rng = random.Random(14)
-    total = 0
-    for name, endpoint in targets.items():
-        sent, replies = flood(endpoint, secret, hostile_messages(rng, MESSAGES_PER_TARGET))
+    try:
+        before = ps(run_dir)
+        pids = {name: before[name]["pid"] for name in ("stage-0", "sink-0")}
+        memory_before = {name: rss_mb(pid) for name, pid in {**pids, "launcher": info["launcher_pid"]}.items()}
+        targets = {
+            "stage-0": before["stage-0"]["endpoint"], "sink-0": before["sink-0"]["endpoint"],
+            "supervisor": info["supervisor"], "registry": info["registry"],
+        }
+        rng = random.Random(14)
+        total = 0
+        for name, endpoint in targets.items():
+            sent, replies = flood(endpoint, secret, hostile_messages(rng, MESSAGES_PER_TARGET))
+            total += sent
+            assert replies > 0, f"{name} answered none of the asks"  # refusals come back as typed failures
+        for name in ("stage-0", "sink-0"):
+            total += flood(targets[name], secret, iter(expensive_messages()))[0]
+        # Without the secret nothing gets past the handshake: not even a reply.
+        sent, replies = flood(targets["sink-0"], None, (envelope("pipeline.store", {"index": i, "checksum": 1.0, "stage": "x"})
+                                                       for i in range(500)))
         total += sent
-        assert replies > 0, f"{name} answered none of the asks"  # refusals come back as typed failures
-    for name in ("stage-0", "sink-0"):
-        total += flood(targets[name], secret, iter(expensive_messages()))[0]
-    # Without the secret nothing gets past the handshake: not even a reply.
-    sent, replies = flood(targets["sink-0"], None, (envelope("pipeline.store", {"index": i, "checksum": 1.0, "stage": "x"})
-                                                   for i in range(500)))
-    total += sent
-    assert replies == 0
-    assert total >= 10_000
+        assert replies == 0
+        assert total >= 10_000
 
-    after = ps(run_dir)
-    for name, pid in pids.items():
-        assert after[name]["pid"] == pid and after[name]["restarts"] == 0, after[name]
-        assert after[name]["state"] == "ready"
-    assert not list((run_dir / "pipeline").glob("*.jsonl")) or all(
-        path.read_text() == "" for path in (run_dir / "pipeline").glob("*.jsonl")), "an injected item was stored"
-    for name, pid in {**pids, "launcher": info["launcher_pid"]}.items():
-        grown = rss_mb(pid) - memory_before[name]
-        assert grown < 400, f"{name} grew by {grown:.0f} MB"
-    refused = [json.loads(line) for line in (run_dir / "logs" / "sink-0.jsonl").read_text().splitlines()
-               if '"security.refused"' in line]
-    assert refused, "the unauthenticated peer is logged"
+        after = ps(run_dir)
+        for name, pid in pids.items():
+            assert after[name]["pid"] == pid and after[name]["restarts"] == 0, after[name]
+            assert after[name]["state"] == "ready"
+        assert not list((run_dir / "pipeline").glob("*.jsonl")) or all(
+            path.read_text() == "" for path in (run_dir / "pipeline").glob("*.jsonl")), "an injected item was stored"
+        for name, pid in {**pids, "launcher": info["launcher_pid"]}.items():
+            grown = rss_mb(pid) - memory_before[name]
+            assert grown < 400, f"{name} grew by {grown:.0f} MB"
+        sink_log = run_dir / "logs" / "sink-0.jsonl"
+        wait_for(lambda: '"security.refused"' in sink_log.read_text(), 10, "the sink to log the unauthenticated peer")
 
-    # Supervision still works: a role killed now comes back.
-    os.kill(pids["stage-0"], signal.SIGKILL)
-    wait_for(lambda: ps(run_dir)["stage-0"]["restarts"] == 1 and ps(run_dir)["stage-0"]["state"] == "ready", 60,
-             "stage-0 to be restarted")
-    assert troupe("stop", str(run_dir)).returncode == 0
+        # Supervision still works: a role killed now comes back.
+        os.kill(pids["stage-0"], signal.SIGKILL)
+        wait_for(lambda: ps(run_dir)["stage-0"]["restarts"] == 1 and ps(run_dir)["stage-0"]["state"] == "ready", 60,
+                 "stage-0 to be restarted")
+    finally:
+        assert troupe("stop", str(run_dir)).returncode == 0
