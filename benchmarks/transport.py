@@ -288,10 +288,12 @@ def authentication_costs(repeats: int, round_trips: int) -> dict[str, float]:
         }
         p50: dict[str, list[float]] = {name: [] for name in mechanisms}
         rate: dict[str, list[float]] = {name: [] for name in mechanisms}
-        for _ in range(repeats):
-            for name, settings in mechanisms.items():
-                p50[name].append(percentile(actor_round_trips(round_trips, settings, None), 0.5))
-                rate[name].append(actor_throughput(16 * MB, 60, settings))
+        names = list(mechanisms)
+        for repeat in range(repeats):
+            # rotate the order each repetition, so drift and warm-up hit every mechanism alike
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                p50[name].append(percentile(actor_round_trips(round_trips, mechanisms[name], None), 0.5))
+                rate[name].append(actor_throughput(16 * MB, 60, mechanisms[name]))
     print(f"\n{'authentication':>24} {'ask p50 us':>11} {'16MB GB/s':>10}")
     for name in mechanisms:
         print(f"{name:>24} {statistics.median(p50[name]) * 1e6:>11.0f} {statistics.median(rate[name]) / 1e9:>10.2f}")
