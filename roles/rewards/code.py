@@ -9,7 +9,12 @@ Ground truth, in any of these shapes (a JSON string of one is decoded first):
 - assert tests: a string of Python (each top-level ``assert`` is one test, together
   with the statements before it; code with no top-level assert, such as
   ``check(candidate)``, is one test), or a list of such snippets, one test each.
-  They run after the program, in its namespace, with ``__name__ != "__main__"``.
+  The program runs first (``__name__ != "__main__"``); the tests run in a separate,
+  trusted judge process that calls the program's functions and gets back plain values
+  (`roles.rewards.sandbox.run_with_tests`): an answer cannot pass by returning an
+  object that equals everything, patching ``assert`` or forging a verdict. Helper
+  code the tests rely on (a HumanEval prompt's ``poly``) belongs in the tests, where
+  the program cannot replace it.
 - stdin/stdout cases: a list of ``{"input": str, "output": str}``, or
   ``{"inputs": [str, ...], "outputs": [str, ...]}`` (APPS/TACO style). Each case is a
   fresh sandbox run of the program as ``__main__``; it passes when the program ends
@@ -18,7 +23,8 @@ Ground truth, in any of these shapes (a JSON string of one is decoded first):
 - either of the above under a ``"tests"`` key.
 
 Score: the fraction of tests passed, or with ``partial_credit=False`` 1 only when all
-pass. A sandbox that fails for its own reasons gives ``unscored=True`` (score 0).
+pass; every verdict comes from trusted code (the judge, or the parent comparing
+outputs). A sandbox that fails for its own reasons gives ``unscored=True`` (score 0).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from roles.rewards.sandbox import SandboxConfig, SandboxRun, run_in_sandbox
+from roles.rewards.sandbox import SandboxConfig, SandboxRun, run_in_sandbox, run_with_tests
 from roles.rewards.types import RewardResult
 
 FENCED_BLOCK = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
@@ -187,7 +193,7 @@ def score_code(prompt: str, response: str, ground_truth: Any, **extra: Any) -> R
     if program is None:
         return RewardResult(0.0, None, info={"error": "no Python program in the response", "passed": 0, "total": total})
     if isinstance(tests, AssertTests):
-        run = run_in_sandbox(program, config.sandbox, tests=tests.snippets, module_name="solution")
+        run = run_with_tests(program, tests.snippets, config.sandbox, module_name="solution")
         if run.infra_error is not None:
             return _unscored(program, run)
         verdicts = [_assert_verdict(run, index, snippet) for index, snippet in enumerate(tests.snippets)]
@@ -255,6 +261,8 @@ def _config_from(extra: dict[str, Any]) -> CodeExecutionConfig:
 def _run_failure(run: SandboxRun) -> str | None:
     """Why a run failed as a whole, or None when the harness reported normally."""
     if run.timed_out:
+        return "time limit exceeded"
+    if run.program_error == "time limit exceeded":
         return "time limit exceeded"
     if not run.completed:
         return "no verdict: the process ended before the harness finished (os._exit, a signal, a crash)"

@@ -1,38 +1,42 @@
-"""Run an untrusted Python program against tests in a sandboxed subprocess.
+"""Run an untrusted Python program in sandboxed subprocesses, and judge it against tests.
 
-The one module among the reward functions that starts processes. `run_in_sandbox`
-starts `sandbox_harness.py` (``python -I -S``) in a new session and supervises it:
+The one module among the reward functions that starts processes. Each sandbox is
+`sandbox_harness.py` started as ``python -I -S`` in a new session and supervised
+from here. `run_in_sandbox` runs a program once (stdin/stdout cases: the caller
+compares its output); `run_with_tests` runs a program in one sandbox and the tests
+in another, the *judge*, which calls the program over two pipes and gets back plain
+values only, so a pass is decided by code the program cannot reach (the harness's
+docstring has the protocol).
 
-- isolation, applied by the harness before the program runs, each layer where the
-  machine permits it and reported in `SandboxRun`: a new network namespace (no
-  interfaces but a loopback that is down); a new mount namespace with private,
-  size-limited tmpfs over the work directory, /tmp, /var/tmp, /dev/shm and
-  /run/lock; when started as root, a uid of its own (never shared with another
-  live sandbox), so RLIMIT_NPROC applies and every process of the run can be found
-  and killed; rlimits on CPU time, address space, processes, file size, open files
-  and core dumps; no_new_privs; a seccomp filter that makes setsid and setpgid
-  fail, so no process of the run leaves its process group. Started as root, a run
-  that cannot drop privileges is unscored, never run as root.
+- isolation, applied by the harness before any program or test runs, each layer
+  where the machine permits it and reported in `SandboxRun`: a new network
+  namespace (no interfaces but a loopback that is down); a new mount namespace with
+  private, size-limited tmpfs over the work directory, /tmp, /var/tmp, /dev/shm and
+  /run/lock; when started as root, a uid of its own per sandbox (never shared with
+  another live sandbox: the judge's differs from the program's), so RLIMIT_NPROC
+  applies and every process of the run can be found and killed; rlimits on CPU
+  time, address space, processes, file size, open files and core dumps;
+  no_new_privs; a seccomp filter that makes setsid and setpgid fail, so no process
+  of the run leaves its process group; the judge is not dumpable.
 - a scrubbed environment (PATH, LANG, HOME = the work directory, one thread per
-  numeric library) and a private work directory, removed afterwards;
-- a wall clock: once the harness reports ready, the run has ``time_limit_s``; then
-  SIGKILL goes to the whole process group, and, when the run had its own uid, to
-  every process of that uid (one that left the group where seccomp is missing),
-  until none is left.
+  numeric library) and a private work directory per sandbox, removed afterwards;
+- a wall clock: once every sandbox reports ready, the run has ``time_limit_s`` (the
+  judge a second more to write its verdict); then SIGKILL goes to each process
+  group, and, for a sandbox with its own uid, to every process of that uid (one that
+  left the group where seccomp is missing), until none is left.
 - the verdict is read from a file the harness writes last, signed with an HMAC keyed
-  by a random nonce that reaches the harness through a pipe it closes before the
-  program starts; never from the exit status. The nonce itself is never written: a
-  process of the run can read the verdict file before it is killed, but learns only
-  a tag for the true verdict. A program that exits early, prints ``PASS`` or writes
-  a fake verdict scores nothing.
+  by a random nonce that reaches the harness through a pipe it closes before any
+  untrusted code starts; never from the exit status. The nonce itself is never
+  written. The program's sandbox never holds the nonce of a run with tests.
 
-Threat model, honestly: the program runs in the harness's interpreter (assert tests
-must call its functions), so a program that deliberately reads the harness's memory
-(frames, gc, ctypes) can find the nonce and forge a verdict, and an object whose
-``__eq__`` always returns True passes ``assert f(x) == y``. Stdin/stdout cases do not
-have this weakness: the expected output never enters the sandbox and the parent
-compares. Not covered: an aggregate memory cap over all processes of a run (each has
-RLIMIT_AS), and hiding world-readable files (the program can read what any user can).
+Threat model: the program is an adversary with full Python (it may patch builtins,
+the harness and assert, return objects that equal everything, read its own memory,
+fork, exit early, flood output, ignore signals). It decides nothing: the judge
+compares plain values it rebuilt itself, and the parent compares stdout. Not
+covered: an aggregate memory cap over all processes of a run (each has RLIMIT_AS);
+hiding world-readable files (the program can read what any user can); and, run as a
+normal user, a program can kill the judge (which then fails every test, never
+passes one). docs/rewards.md has the details and the attack suite's list.
 """
 
 from __future__ import annotations
@@ -57,11 +61,15 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
+TIME_LIMIT_TEXT = "time limit exceeded"
+"""The judge's verdict text for running out of time (sandbox_harness.TIME_LIMIT_TEXT)."""
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 MIB = 1 << 20
 STDERR_TAIL_BYTES = 2000
 VERDICT_LIMIT_BYTES = MIB
 KILL_DEADLINE_S = 5.0
+JUDGE_GRACE_S = 1.0
+"""Past the time limit, the judge's own deadline has passed; it gets this long to write its verdict."""
 
 
 class SandboxConfig(BaseModel):
@@ -171,17 +179,15 @@ def run_in_sandbox(
     program: str,
     config: SandboxConfig,
     *,
-    tests: Sequence[str] = (),
     stdin: str = "",
     module_name: str = "__main__",
 ) -> SandboxRun:
-    """Run ``program``, then each of ``tests`` in its namespace, in a fresh sandbox.
+    """Run ``program`` once in a fresh sandbox, on ``stdin`` (for stdin/stdout cases:
+    the caller compares ``stdout``; the verdict only says whether it ended normally).
 
     Args:
         program: Python source of the program under test.
         config: limits and placement.
-        tests: Python snippets run in order after the program, each one test; a test
-            passes when it runs without raising.
         stdin: the program's standard input.
         module_name: ``__name__`` of the program: ``"__main__"`` runs its
             ``if __name__ == "__main__":`` block, another name skips it.
@@ -189,25 +195,261 @@ def run_in_sandbox(
     Raises:
         RuntimeError: a process of the run survived SIGKILL for ``KILL_DEADLINE_S``.
     """
-    uid = _UIDS.reserve(config.uid_range) if os.geteuid() == 0 else None
-    try:
+    with _Sandboxes(config) as sandboxes:
+        if sandboxes.infra_error is not None:
+            return SandboxRun(infra_error=sandboxes.infra_error)
+        nonce = secrets.token_hex(16)
+        run = sandboxes.start("program", {"nonce": nonce, "program": program, "module_name": module_name},
+                              stdin=stdin, verdict=True)
+        report, timed_out, seconds = sandboxes.supervise([run], waiting_for=run)
+        if "error" in report:
+            return SandboxRun(infra_error=report["error"], stderr_tail=run.tail("stderr"))
+        verdict = _read_verdict(run.path("verdict"), nonce, 0)
+        return SandboxRun(
+            completed=verdict is not None, program_error=verdict[0] if verdict is not None else None,
+            timed_out=timed_out, stdout=run.head("stdout", config.max_output_bytes), stderr_tail=run.tail("stderr"),
+            seconds=seconds, **_isolation_of(report),
+        )
+
+
+def run_with_tests(
+    program: str,
+    tests: Sequence[str],
+    config: SandboxConfig,
+    *,
+    module_name: str = "solution",
+) -> SandboxRun:
+    """Run ``program``, then judge each of ``tests`` against it, in two sandboxes.
+
+    The program runs in a *candidate* sandbox; the tests run in a *judge* sandbox of
+    their own (its own uid when started as root, never dumpable), which calls the
+    program's functions over two pipes and gets back plain values only (the harness
+    module's docstring has the protocol). So a pass is decided by the tests' own code
+    in a process the program cannot reach: an object that equals everything, a patched
+    ``assert`` or builtins, a forged verdict or a read of the harness's memory win
+    nothing. A test passes when it runs without raising.
+
+    Args:
+        program: Python source of the program under test.
+        tests: Python snippets run in order by the judge, each one test; the program's
+            top-level names are in scope (a name a test defines itself takes precedence,
+            and a standard-library module is always the judge's own).
+        config: limits and placement; ``time_limit_s`` covers the program and all tests.
+        module_name: ``__name__`` of the program (not ``"__main__"``: its main block is skipped).
+
+    Raises:
+        RuntimeError: a process of the run survived SIGKILL for ``KILL_DEADLINE_S``.
+    """
+    with _Sandboxes(config) as sandboxes:
+        if sandboxes.infra_error is not None:
+            return SandboxRun(infra_error=sandboxes.infra_error)
+        nonce = secrets.token_hex(16)
+        requests_read, requests_write = os.pipe()
+        replies_read, replies_write = os.pipe()
         try:
-            directory = tempfile.TemporaryDirectory(prefix="troupe-sandbox-", dir=config.root_dir)
+            candidate = sandboxes.start(
+                "candidate", {"program": program, "module_name": module_name},
+                pipes={"requests": requests_read, "replies": replies_write},
+            )
+            judge = sandboxes.start(
+                "judge", {"nonce": nonce, "tests": list(tests), "time_limit_s": config.time_limit_s},
+                pipes={"requests": requests_write, "replies": replies_read}, verdict=True,
+            )
+        finally:
+            for descriptor in (requests_read, requests_write, replies_read, replies_write):
+                os.close(descriptor)
+        report, timed_out, seconds = sandboxes.supervise([candidate, judge], waiting_for=judge)
+        if "error" in report:
+            return SandboxRun(infra_error=report["error"], stderr_tail=candidate.tail("stderr") + judge.tail("stderr"))
+        verdict = _read_verdict(judge.path("verdict"), nonce, len(tests))
+        program_error, test_errors = verdict if verdict is not None else (None, ())
+        timed_out = timed_out or TIME_LIMIT_TEXT in (program_error, *test_errors)
+        return SandboxRun(
+            completed=verdict is not None, program_error=program_error, test_errors=test_errors,
+            timed_out=timed_out, stdout=candidate.head("stdout", config.max_output_bytes),
+            stderr_tail=candidate.tail("stderr"), seconds=seconds, **_isolation_of(report),
+        )
+
+
+def _isolation_of(report: dict) -> dict:
+    return {
+        "network_isolated": report["network_isolated"], "filesystem_isolated": report["filesystem_isolated"],
+        "privileges_dropped": report["privileges_dropped"], "isolation_notes": tuple(report["notes"]),
+    }
+
+
+class _Harness:
+    """One harness process of a run, its directory (work/, stdin, stdout, stderr,
+    verdict) and the pipes the parent talks to it over."""
+
+    def __init__(self, outer: Path, uid: int | None) -> None:
+        self.outer, self.uid = outer, uid
+        self.process: subprocess.Popen | None = None
+        self.spec: dict = {}
+        self.spec_write = self.status_read = -1
+
+    def path(self, name: str) -> Path:
+        return self.outer / name
+
+    def head(self, name: str, limit: int) -> str:
+        try:
+            with open(self.path(name), "rb") as output:
+                return output.read(limit).decode("utf-8", "replace")
+        except FileNotFoundError:  # the harness was never started
+            return ""
+
+    def tail(self, name: str) -> str:
+        try:
+            with open(self.path(name), "rb") as output:
+                output.seek(max(0, output.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
+                return output.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+
+class _Sandboxes:
+    """The harness processes of one run: their directories (under one temporary
+    directory, removed afterwards), their uids (one each when started as root), and
+    their end: every process of the run is killed before the context exits."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.infra_error: str | None = None
+        self.harnesses: list[_Harness] = []
+        self._uids: list[int] = []
+        self._directory: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> _Sandboxes:
+        try:
+            self._directory = tempfile.TemporaryDirectory(prefix="troupe-sandbox-", dir=self.config.root_dir)
         except OSError as error:  # a full disk or a missing root_dir is the machine's fault
-            return SandboxRun(infra_error=f"could not create the sandbox directory: {error}")
-        with directory:
-            outer = Path(directory.name)
-            try:
-                _prepare(outer, stdin, uid)
-            except OSError as error:  # a full disk, a root_dir that refuses chown: the machine's fault
-                return SandboxRun(infra_error=f"could not prepare the sandbox directory: {error}")
-            return _run(outer, program, list(tests), module_name, uid, config)
-    finally:
+            self.infra_error = f"could not create the sandbox directory: {error}"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            for harness in self.harnesses:
+                if harness.process is not None:
+                    _kill_everything(harness.process, harness.uid)
+        finally:
+            for uid in self._uids:
+                _UIDS.release(uid)
+            if self._directory is not None:
+                self._directory.cleanup()
+
+    def start(self, role: str, spec: dict, *, stdin: str = "", pipes: dict | None = None, verdict: bool = False) -> _Harness:
+        """Start one harness process; its set-up report is read by `supervise`.
+
+        Raises nothing for the machine's failures: they become ``infra_error`` and the
+        harness is left unstarted (`supervise` reports it).
+        """
+        uid = _UIDS.reserve(self.config.uid_range) if os.geteuid() == 0 else None
         if uid is not None:
-            _UIDS.release(uid)
+            self._uids.append(uid)
+        assert self._directory is not None
+        harness = _Harness(Path(self._directory.name) / f"{role}-{len(self.harnesses)}", uid)
+        self.harnesses.append(harness)
+        if self.infra_error is not None:
+            return harness
+        try:
+            _prepare(harness.outer, stdin, uid)
+        except OSError as error:  # a full disk, a root_dir that refuses chown: the machine's fault
+            self.infra_error = f"could not prepare the sandbox directory: {error}"
+            return harness
+        files = {name: open(harness.path(name), "rb" if name == "stdin" else "wb")
+                 for name in ("stdin", "stdout", "stderr", *(["verdict"] if verdict else []))}
+        spec_read, spec_write = os.pipe()
+        status_read, status_write = os.pipe()
+        fds = dict(pipes or {})
+        if verdict:
+            fds["verdict"] = files["verdict"].fileno()
+        config = self.config
+        full_spec = {
+            **spec,
+            "role": role,
+            "fds": fds,
+            "work_dir": str(harness.path("work")),
+            "uid": uid,
+            "gid": uid,
+            "site_packages": config.site_packages,
+            "tmpfs_bytes": config.file_size_limit_mb * MIB,
+            "limits": {
+                "RLIMIT_CPU": math.ceil(config.time_limit_s) + 1,
+                "RLIMIT_AS": config.memory_limit_mb * MIB,
+                "RLIMIT_NPROC": config.max_processes,
+                "RLIMIT_FSIZE": config.file_size_limit_mb * MIB,
+                "RLIMIT_NOFILE": config.max_open_files,
+                "RLIMIT_CORE": 0,
+            },
+        }
+        try:
+            harness.process = subprocess.Popen(
+                [config.python_executable or sys.executable, "-I", "-S", str(HARNESS), str(spec_read), str(status_write)],
+                stdin=files["stdin"], stdout=files["stdout"], stderr=files["stderr"],
+                pass_fds=(spec_read, status_write, *fds.values()),
+                cwd=harness.path("work"), env=_environment(harness.path("work")), start_new_session=True,
+            )
+        except OSError as error:  # fork or exec failed: no memory, no pids, no interpreter
+            os.close(spec_write)
+            os.close(status_read)
+            self.infra_error = f"could not start the sandbox: {error}"
+        else:
+            harness.spec_write, harness.status_read, harness.spec = spec_write, status_read, full_spec
+        finally:
+            os.close(spec_read)
+            os.close(status_write)
+            for handle in files.values():
+                handle.close()
+        return harness
+
+    def supervise(self, harnesses: list[_Harness], waiting_for: _Harness) -> tuple[dict, bool, float]:
+        """Hand each harness its spec, wait for every set-up report, then give the run its
+        time: until `waiting_for` exits or ``time_limit_s`` (plus a second for the judge
+        to write its verdict) passes. Returns (the first harness's report, timed_out,
+        seconds); a report with ``error`` means the sandbox failed."""
+        if self.infra_error is not None:
+            for harness in harnesses:
+                _close_quietly(harness.spec_write, harness.status_read)
+            return {"error": self.infra_error}, False, 0.0
+        config = self.config
+        startup_deadline = time.monotonic() + config.startup_timeout_s
+        reports = []
+        try:
+            for harness in harnesses:
+                handed_over = _write_all(harness.spec_write, json.dumps(harness.spec).encode(), startup_deadline)
+                os.close(harness.spec_write)
+                harness.spec_write = -1
+                if not handed_over:
+                    return {"error": "the sandbox did not read its spec (it died or hung while starting)"}, False, 0.0
+            for harness in harnesses:
+                status = _read_to_end(harness.status_read, startup_deadline)
+                if status is None:
+                    return {"error": f"the sandbox did not come up within {config.startup_timeout_s} s"}, False, 0.0
+                if not status:
+                    return {"error": "the sandbox exited during set-up without a report"}, False, 0.0
+                report = json.loads(status)
+                if "error" in report:
+                    return report, False, 0.0
+                reports.append(report)
+        finally:
+            for harness in harnesses:
+                _close_quietly(harness.spec_write, harness.status_read)
+                harness.spec_write = harness.status_read = -1
+        started = time.monotonic()
+        grace = JUDGE_GRACE_S if len(harnesses) > 1 else 0.0
+        assert waiting_for.process is not None
+        exited = _wait_without_reaping(waiting_for.process.pid, config.time_limit_s + grace)
+        return reports[0], not exited, time.monotonic() - started
+
+
+def _close_quietly(*descriptors: int) -> None:
+    for descriptor in descriptors:
+        if descriptor >= 0:
+            os.close(descriptor)
 
 
 def _prepare(outer: Path, stdin: str, uid: int | None) -> None:
+    outer.mkdir()
     work = outer / "work"
     work.mkdir(mode=0o700)
     outer.chmod(0o711)  # without a mount namespace the sandbox uid must reach work/ by path
@@ -216,112 +458,11 @@ def _prepare(outer: Path, stdin: str, uid: int | None) -> None:
     (outer / "stdin").write_text(stdin, encoding="utf-8")
 
 
-def _run(
-    outer: Path, program: str, tests: list[str], module_name: str, uid: int | None, config: SandboxConfig
-) -> SandboxRun:
-    work = outer / "work"
-    nonce = secrets.token_hex(16)
-    spec = {
-        "nonce": nonce,
-        "program": program,
-        "tests": tests,
-        "module_name": module_name,
-        "work_dir": str(work),
-        "uid": uid,
-        "gid": uid,
-        "site_packages": config.site_packages,
-        "tmpfs_bytes": config.file_size_limit_mb * MIB,
-        "limits": {
-            "RLIMIT_CPU": math.ceil(config.time_limit_s) + 1,
-            "RLIMIT_AS": config.memory_limit_mb * MIB,
-            "RLIMIT_NPROC": config.max_processes,
-            "RLIMIT_FSIZE": config.file_size_limit_mb * MIB,
-            "RLIMIT_NOFILE": config.max_open_files,
-            "RLIMIT_CORE": 0,
-        },
-    }
-    with (
-        open(outer / "stdin", "rb") as stdin_file,
-        open(outer / "stdout", "wb") as stdout_file,
-        open(outer / "stderr", "wb") as stderr_file,
-        open(outer / "verdict", "wb") as verdict_file,
-    ):
-        spec_read, spec_write = os.pipe()
-        status_read, status_write = os.pipe()
-        try:
-            process = subprocess.Popen(
-                [config.python_executable or sys.executable, "-I", "-S", str(HARNESS)]
-                + [str(spec_read), str(status_write), str(verdict_file.fileno())],
-                stdin=stdin_file,
-                stdout=stdout_file,
-                stderr=stderr_file,
-                pass_fds=(spec_read, status_write, verdict_file.fileno()),
-                cwd=work,
-                env=_environment(work),
-                start_new_session=True,
-            )
-        except OSError as error:  # fork or exec failed: no memory, no pids, no interpreter
-            os.close(spec_write)
-            os.close(status_read)
-            return SandboxRun(infra_error=f"could not start the sandbox: {error}")
-        finally:
-            os.close(spec_read)
-            os.close(status_write)
-        try:
-            report, timed_out, seconds = _supervise(process, spec, spec_write, status_read, config)
-        finally:
-            os.close(status_read)
-            _kill_everything(process, uid)
-    if "error" in report:
-        return SandboxRun(infra_error=report["error"], stderr_tail=_tail(outer / "stderr"))
-    verdict = _read_verdict(outer / "verdict", nonce, len(tests))
-    completed = verdict is not None
-    program_error, test_errors = verdict if completed else (None, ())
-    return SandboxRun(
-        completed=completed,
-        program_error=program_error,
-        test_errors=test_errors,
-        timed_out=timed_out,
-        stdout=_head(outer / "stdout", config.max_output_bytes),
-        stderr_tail=_tail(outer / "stderr"),
-        seconds=seconds,
-        network_isolated=report["network_isolated"],
-        filesystem_isolated=report["filesystem_isolated"],
-        privileges_dropped=report["privileges_dropped"],
-        isolation_notes=tuple(report["notes"]),
-    )
-
-
 def _environment(work: Path) -> dict[str, str]:
     thread_caps = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     # One thread per numeric library: RLIMIT_NPROC counts threads, and a verdict must
     # not depend on how many cores the machine has.
     return {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": str(work), **thread_caps}
-
-
-def _supervise(
-    process: subprocess.Popen, spec: dict, spec_write: int, status_read: int, config: SandboxConfig
-) -> tuple[dict, bool, float]:
-    """Hand the spec over, wait for the ready report, then give the program its time.
-    Returns (report, timed_out, seconds); a report with ``error`` means infra failure."""
-    startup_deadline = time.monotonic() + config.startup_timeout_s
-    try:
-        handed_over = _write_all(spec_write, json.dumps(spec).encode(), startup_deadline)
-    finally:
-        os.close(spec_write)
-    if not handed_over:
-        return {"error": "the sandbox did not read its spec (it died or hung while starting)"}, False, 0.0
-    status = _read_to_end(status_read, startup_deadline)
-    if status is None:
-        return {"error": f"the sandbox did not come up within {config.startup_timeout_s} s"}, False, 0.0
-    if not status:
-        return {"error": "the sandbox exited during set-up without a report"}, False, 0.0
-    report = json.loads(status)
-    if "error" in report:
-        return report, False, 0.0
-    started = time.monotonic()
-    exited = _wait_without_reaping(process.pid, config.time_limit_s)
-    return report, not exited, time.monotonic() - started
 
 
 def _write_all(fd: int, data: bytes, deadline: float) -> bool:
@@ -424,14 +565,3 @@ def _read_verdict(path: Path, nonce: str, test_count: int) -> tuple[str | None, 
     if len(outcomes) != test_count or not all(line == "pass" or line.startswith("fail ") for line in outcomes):
         return None
     return None, tuple(None if line == "pass" else line.removeprefix("fail ") for line in outcomes)
-
-
-def _head(path: Path, limit: int) -> str:
-    with open(path, "rb") as output:
-        return output.read(limit).decode("utf-8", "replace")
-
-
-def _tail(path: Path) -> str:
-    with open(path, "rb") as output:
-        output.seek(max(0, output.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
-        return output.read().decode("utf-8", "replace")

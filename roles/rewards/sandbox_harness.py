@@ -1,41 +1,58 @@
 """The launcher and test harness that run inside the code sandbox.
 
-`roles/rewards/sandbox.py` starts this file as
-``python -I -S sandbox_harness.py SPEC_FD STATUS_FD VERDICT_FD`` in a new session,
-with a scrubbed environment, as root or as the current user. One process, three
-phases:
+`roles/rewards/sandbox.py` starts this file as ``python -I -S sandbox_harness.py
+SPEC_FD STATUS_FD`` in a new session, with a scrubbed environment, as root or as the
+current user. One process, three phases:
 
-1. Set-up (trusted, possibly root): read the run's spec (program, tests, nonce,
-   limits) from the SPEC_FD pipe and close it; enter a new network namespace; enter
-   a new mount namespace with private tmpfs mounts over the work directory and the
-   world-writable directories; set the rlimits; drop to the run's own uid; forbid
-   leaving the process group (seccomp).
+1. Set-up (trusted, possibly root): read the run's spec (role, program or tests,
+   nonce, limits, descriptors) from the SPEC_FD pipe and close it; enter a new
+   network namespace; enter a new mount namespace with private tmpfs mounts over the
+   work directory and the world-writable directories; set the rlimits; drop to the
+   run's own uid; forbid leaving the process group (seccomp).
 2. Report: write which isolation took effect to STATUS_FD and close it. A run whose
    report never arrives is the sandbox's failure, never the program's.
-3. Run the untrusted program, then each test snippet in the program's namespace, and
-   write the verdict, authenticated with an HMAC keyed by the nonce, to VERDICT_FD.
-   The exit status is never read. The nonce itself is never written anywhere: a
-   process of the run may read the verdict (reopening ``/proc/self/fd/N``) between
-   the harness's exit and the final SIGKILL, and must learn nothing it could sign
-   another verdict with.
+3. The role's work. Three roles:
 
-Why one process: after the privilege drop nothing is exec'd, so the interpreter is
-never re-read from a directory the sandbox uid cannot traverse, and nothing can be
-swapped in between the phases. Why ``-I -S``: no environment variable, user site or
-``.pth`` file runs code while the process is still privileged; site-packages are
-added after the drop when the spec asks for them.
+   * ``program``: run the untrusted program (stdin/stdout cases) and write a verdict,
+     authenticated with an HMAC keyed by the nonce, to its verdict descriptor. The
+     parent compares the output; the verdict only says the program ended normally.
+   * ``candidate``: run the untrusted program, then serve the judge's requests over
+     two pipes: call this function, read that attribute, with arguments and results
+     that travel as plain values (`encode`). Everything in this process is the
+     program's to tamper with, and nothing in it decides a verdict.
+   * ``judge``: run the trusted test code, in a process of its own (its own uid when
+     started as root, never dumpable, so the candidate can neither signal, trace nor
+     read it). Names the tests take from the program are remote references; what
+     comes back from the candidate is rebuilt from plain data by this process (an
+     exact type per value: never the candidate's objects, so never its ``__eq__``,
+     ``__hash__`` or ``__bool__``), and the comparisons of the test run here. The
+     expected values never leave this process. It writes the signed verdict.
+
+   The exit status is never read. The nonce is never written anywhere: a process of
+   the run may read a verdict (reopening ``/proc/self/fd/N``) between the harness's
+   exit and the final SIGKILL, and must learn nothing it could sign another with.
+
+Why one process per role: after the privilege drop nothing is exec'd, so the
+interpreter is never re-read from a directory the sandbox uid cannot traverse, and
+nothing can be swapped in between the phases. Why ``-I -S``: no environment
+variable, user site or ``.pth`` file runs code while the process is still
+privileged; site-packages are added after the drop when the spec asks for them.
 
 Standard library only: this file runs before anything else is importable.
 """
 
+import base64
 import builtins
 import ctypes
 import json
 import os
 import platform
 import resource
+import select
 import stat
+import struct
 import sys
+import time
 import traceback
 
 try:
@@ -50,6 +67,7 @@ MS_NODEV = 0x4
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -63,6 +81,11 @@ X32_SYSCALL_BIT = 0x40000000
 # tmpfs, so nothing the program writes there is seen by, or outlives, the sandbox.
 SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 ERROR_TEXT_LIMIT = 300
+MESSAGE_LIMIT_BYTES = 16 << 20
+"""Largest request or reply between the judge and the candidate."""
+VALUE_DEPTH_LIMIT = 64
+TIME_LIMIT_TEXT = "time limit exceeded"
+"""What the judge writes for a program or test that ran out of time (the parent reads it)."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -247,6 +270,10 @@ def set_up(spec: dict) -> dict:
         drop_privileges(uid, gid)
         report["privileges_dropped"] = True
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if spec["role"] == "judge":
+        # Not dumpable: no process of the same uid may trace it or read its memory or
+        # descriptors through /proc (when not started as root, the candidate shares its uid).
+        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     forbid_leaving_the_process_group(notes)
     stdlib = os.path.dirname(os.__file__)
     if not os.access(stdlib, os.R_OK | os.X_OK):
@@ -278,67 +305,373 @@ def _describe(error: BaseException) -> str:
     return text.replace("\n", " ")[:ERROR_TEXT_LIMIT]
 
 
-def run_untrusted(nonce: str, program: str, tests: list, module_name: str, verdict_fd: int) -> None:
-    """Run the program, then each test in its namespace; write the verdict; exit.
+def _bound_names():
+    """What the untrusted-code roles use once the program has started, bound before it
+    starts: the program can replace builtins, module attributes (os.write, sys.settrace)
+    and this module's globals, but not the locals of a running frame."""
+    return {
+        "run": exec, "compile": compile, "exit": os._exit, "write": os.write, "seek": os.lseek,
+        "truncate": os.ftruncate, "settrace": sys.settrace, "setprofile": sys.setprofile,
+        "BaseException": BaseException, "SystemExit": SystemExit, "describe": _describe,
+        "type": type, "int": int, "len": len, "sign": _hmac_digest, "hex": bytes.hex,
+    }
 
-    Verdict: ``<tag> <message>``, where the message is, one line each, the number of
-    tests, ``program ok`` or ``program error <text>``, then (program ok only) ``pass``
-    or ``fail <text>`` per test, and the tag is the hex HMAC-SHA256 of the message
-    keyed with the nonce.
-    """
-    # The program can replace builtins, module attributes (os.write, sys.settrace)
-    # and this module's globals, but not the locals of this running frame: everything
-    # used once the program has started is bound here first.
-    run, compile_source, exit_now = exec, compile, os._exit
-    write, seek, truncate = os.write, os.lseek, os.ftruncate
-    settrace, setprofile = sys.settrace, sys.setprofile
-    any_error, program_exit = BaseException, SystemExit
-    describe, enumerate_, len_, type_, int_ = _describe, enumerate, len, type, int
-    sign, to_hex, key = _hmac_digest, bytes.hex, nonce.encode()
-    stdout = sys.stdout
+
+def _execute_program(program: str, module_name: str, bound: dict):
+    """Run the program as a module; (its namespace, the error text or None)."""
     sys.argv = ["program.py"]
     with open("program.py", "w", encoding="utf-8") as source:  # lets tracebacks quote the program
         source.write(program)
     namespace = {"__name__": module_name, "__file__": "program.py", "__builtins__": builtins}
-    program_error = None
     try:
-        run(compile_source(program, "program.py", "exec"), namespace)
-    except program_exit as stop:
-        # sys.exit(0) is how many stdin/stdout programs finish; the tests still run.
-        if not (stop.code is None or (type_(stop.code) is int_ and stop.code == 0)):
-            program_error = describe(stop)
-    except any_error as error:
-        program_error = describe(error)
-    outcomes = []
-    if program_error is None:
-        for index, test in enumerate_(tests):
-            # A tracer left behind by the program could jump over statements of a test.
-            settrace(None)
-            setprofile(None)
-            try:
-                run(compile_source(test, f"<test {index}>", "exec"), namespace)
-            except any_error as error:
-                outcomes.append("fail " + describe(error))
-            else:
-                outcomes.append("pass")
+        bound["run"](bound["compile"](program, "program.py", "exec"), namespace)
+    except bound["SystemExit"] as stop:
+        # sys.exit(0) is how many stdin/stdout programs finish.
+        code = stop.code
+        if not (code is None or (bound["type"](code) is bound["int"] and code == 0)):
+            return namespace, bound["describe"](stop)
+    except bound["BaseException"] as error:
+        return namespace, bound["describe"](error)
+    return namespace, None
+
+
+def _write_verdict(lines: list, key: bytes, verdict_fd: int, bound: dict) -> None:
+    """``<tag> <message>``: the message is the lines joined; the tag its HMAC-SHA256 under ``key``."""
+    message = "\n".join(lines).encode("utf-8", "replace")
+    data = bound["hex"](bound["sign"](key, message, "sha256")).encode() + b" " + message
+    # Overwrite whatever may have been written to this descriptor.
+    bound["seek"](verdict_fd, 0, 0)
+    bound["truncate"](verdict_fd, 0)
+    while data:
+        data = data[bound["write"](verdict_fd, data):]
+
+
+def run_program(nonce: str, program: str, module_name: str, verdict_fd: int) -> None:
+    """The ``program`` role: run the program (its stdin and stdout are the run's), then
+    write a verdict saying whether it ended normally: ``0`` and ``program ok`` or
+    ``program error <text>``, one line each."""
+    bound = _bound_names()
+    stdout = sys.stdout
+    _, program_error = _execute_program(program, module_name, bound)
     try:
         stdout.flush()
-    except any_error:
+    except bound["BaseException"]:
         pass  # the program closed or broke its stdout: that shows up as its output
-    lines = [f"{len_(tests)}", "program ok" if program_error is None else "program error " + program_error]
-    lines.extend(outcomes)
-    message = "\n".join(lines).encode("utf-8", "replace")
-    data = to_hex(sign(key, message, "sha256")).encode() + b" " + message
-    # Overwrite whatever the program may have written to this descriptor.
-    seek(verdict_fd, 0, 0)
-    truncate(verdict_fd, 0)
+    lines = ["0", "program ok" if program_error is None else "program error " + program_error]
+    _write_verdict(lines, nonce.encode(), verdict_fd, bound)
+    bound["exit"](0)
+
+
+# ---------------------------------------------------------------- plain values
+# A value crossing between the candidate and the judge is JSON: None, bools, ints,
+# floats (NaN and infinities as JSON's extensions), strings and lists as themselves;
+# everything else a one-key object: {"tuple": [...]}, {"set": [...]},
+# {"frozenset": [...]}, {"dict": [[key, value], ...]}, {"bytes": base64},
+# {"complex": [real, imaginary]}, and {"ref": n} for an object the candidate keeps
+# (anything whose type is not exactly one of these: its class, a function, an
+# instance with an __eq__ of its own). The judge rebuilds values with its own types.
+
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+
+def encode(value, refs: list, depth: int = 0):
+    """The candidate side: ``value`` as plain data, objects as references into ``refs``."""
+    kind = type(value)
+    if depth > VALUE_DEPTH_LIMIT:
+        raise ValueError("value nested too deeply to send")
+    if kind in _PLAIN_SCALARS:
+        return value
+    if kind is list:
+        return [encode(item, refs, depth + 1) for item in value]
+    if kind in (tuple, set, frozenset):
+        return {kind.__name__: [encode(item, refs, depth + 1) for item in value]}
+    if kind is dict:
+        return {"dict": [[encode(k, refs, depth + 1), encode(v, refs, depth + 1)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"bytes": base64.b64encode(value).decode("ascii")}
+    if kind is complex:
+        return {"complex": [value.real, value.imag]}
+    refs.append(value)
+    return {"ref": len(refs) - 1}
+
+
+class RemoteError(Exception):
+    """The candidate's code raised while the judge called it (the text is the candidate's)."""
+
+
+class ChannelBroken(Exception):
+    """The candidate stopped answering, answered garbage, or ran out of time."""
+
+
+def decode(data, make_ref, depth: int = 0):
+    """The judge side: rebuild a value from plain data with this process's own types."""
+    if depth > VALUE_DEPTH_LIMIT:
+        raise ChannelBroken("a value nested too deeply")
+    kind = type(data)
+    if kind in _PLAIN_SCALARS:
+        return data
+    if kind is list:
+        return [decode(item, make_ref, depth + 1) for item in data]
+    if kind is not dict or len(data) != 1:
+        raise ChannelBroken(f"not a value: {kind.__name__}")
+    (tag, body), = data.items()
+    if tag in ("tuple", "set", "frozenset") and type(body) is list:
+        items = [decode(item, make_ref, depth + 1) for item in body]
+        try:
+            return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
+        except TypeError as error:  # an unhashable item in a set: not a value that exists
+            raise ChannelBroken(f"a {tag} of unhashable items") from error
+    if tag == "dict" and type(body) is list:
+        pairs = [decode(pair, make_ref, depth + 1) for pair in body]
+        if not all(type(pair) is list and len(pair) == 2 for pair in pairs):
+            raise ChannelBroken("a dict entry is not a pair")
+        try:
+            return {key: value for key, value in pairs}
+        except TypeError as error:
+            raise ChannelBroken("a dict with an unhashable key") from error
+    if tag == "bytes" and type(body) is str:
+        return base64.b64decode(body.encode("ascii"), validate=True)
+    if tag == "complex" and type(body) is list and len(body) == 2 and all(type(x) in (int, float) for x in body):
+        return complex(body[0], body[1])
+    if tag == "ref" and type(body) is int:
+        return make_ref(body)
+    raise ChannelBroken(f"not a value: {{{tag!r}: ...}}")
+
+
+def _send(fd: int, message: dict, deadline=None) -> None:
+    data = json.dumps(message).encode()
+    data = struct.pack(">I", len(data)) + data
     while data:
-        data = data[write(verdict_fd, data) :]
-    exit_now(0)
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                raise ChannelBroken(TIME_LIMIT_TEXT)
+        try:
+            data = data[os.write(fd, data):]
+        except OSError as error:
+            raise ChannelBroken(f"the channel closed: {error.strerror}") from error
+
+
+def _receive(fd: int, deadline=None) -> dict:
+    def read_exactly(count: int) -> bytes:
+        chunks, left = [], count
+        while left:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                    raise ChannelBroken(TIME_LIMIT_TEXT)
+            try:
+                chunk = os.read(fd, min(left, 1 << 20))
+            except OSError as error:
+                raise ChannelBroken(f"the channel closed: {error.strerror}") from error
+            if not chunk:
+                raise ChannelBroken("the program's process ended")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    (size,) = struct.unpack(">I", read_exactly(4))
+    if size > MESSAGE_LIMIT_BYTES:
+        raise ChannelBroken(f"a message of {size} bytes (limit {MESSAGE_LIMIT_BYTES})")
+    try:
+        message = json.loads(read_exactly(size))
+    except ValueError as error:
+        raise ChannelBroken("a message that is not JSON") from error
+    if type(message) is not dict:
+        raise ChannelBroken("a message that is not an object")
+    return message
+
+
+# ---------------------------------------------------------------- the candidate
+def serve_candidate(program: str, module_name: str, requests_fd: int, replies_fd: int) -> None:
+    """The ``candidate`` role: run the program, say so, then answer requests until the
+    judge closes its end. Nothing here is trusted: the judge believes only plain data."""
+    namespace, program_error = _execute_program(program, module_name, _bound_names())
+    refs: list = []
+    names = {name: value for name, value in namespace.items() if not name.startswith("__")}
+    try:
+        _send(replies_fd, {"ready": True, "program_error": program_error, "names": encode(names, refs)})
+        while True:
+            request = _receive(requests_fd)
+            _send(replies_fd, {**_answer(request, refs), "id": request.get("id")})
+    except BaseException:  # the judge went away (or the program broke this loop): the run is over
+        os._exit(0)
+
+
+def _answer(request: dict, refs: list) -> dict:
+    def value_of(data):
+        return decode(data, lambda index: refs[index])
+
+    try:
+        target = refs[request["target"]]
+        operation = request["op"]
+        if operation == "call":
+            args = [value_of(item) for item in request["args"]]
+            kwargs = {key: value_of(item) for key, item in request["kwargs"].items()}
+            result = target(*args, **kwargs)
+            # arguments travel back too: a test may check what a function did to them in place
+            return {"value": encode(result, refs), "args": [encode(arg, refs) for arg in args]}
+        if operation == "getattr":
+            return {"value": encode(getattr(target, request["name"]), refs)}
+        if operation == "items":  # iterate, for a test's list(...) of a generator or iterator
+            return {"value": encode(list(target), refs)}
+        return {"error": f"ValueError: unknown request {operation!r}"}
+    except BaseException as error:  # the program's code raised: the judge sees the text only
+        return {"error": _describe(error)}
+
+
+# ---------------------------------------------------------------- the judge
+class Remote:
+    """Something the program defined: a function, a class, an instance, a module. The
+    judge can call it, read its attributes and iterate it, each a request to the
+    candidate; the answer comes back as plain data or as another `Remote`. It has no
+    truth value, no equality and no hash: those would be the program's to decide."""
+
+    __slots__ = ("_channel", "_index")
+
+    def __init__(self, channel, index: int) -> None:
+        object.__setattr__(self, "_channel", channel)
+        object.__setattr__(self, "_index", index)
+
+    def __call__(self, *args, **kwargs):
+        return self._channel.call(self._index, args, kwargs)
+
+    def __getattr__(self, name: str):
+        return self._channel.request({"op": "getattr", "target": self._index, "name": name})["value"]
+
+    def __iter__(self):
+        return iter(self._channel.request({"op": "items", "target": self._index})["value"])
+
+    def _refuse(self, *args):
+        raise TypeError("an object of the program's own type has no truth value, equality or order here: "
+                        "tests compare plain values (numbers, strings, lists, dicts, sets, tuples, None)")
+
+    __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = __len__ = __contains__ = _refuse
+
+    def __setattr__(self, name, value):
+        raise TypeError("the program's objects cannot be changed from the tests")
+
+    def __repr__(self) -> str:
+        return f"<an object of the program #{self._index}>"
+
+
+class Channel:
+    """The judge's end of the pipes to the candidate, with the run's deadline."""
+
+    def __init__(self, requests_fd: int, replies_fd: int, deadline: float) -> None:
+        self.requests_fd, self.replies_fd, self.deadline = requests_fd, replies_fd, deadline
+        self.broken = None
+        self.sent = 0
+
+    def value(self, data):
+        return decode(data, lambda index: Remote(self, index))
+
+    def request(self, message: dict) -> dict:
+        if self.broken is not None:
+            raise ChannelBroken(self.broken)
+        try:
+            # Each reply names its request: the program may have forked, and more than one
+            # process may be reading requests and answering (or answering the wrong one).
+            self.sent += 1
+            _send(self.requests_fd, {**message, "id": self.sent}, self.deadline)
+            reply = _receive(self.replies_fd, self.deadline)
+            if reply.get("id") != self.sent or type(reply.get("id")) is not int:
+                raise ChannelBroken("an answer to another question (the program's processes are out of step)")
+            if "error" in reply:
+                raise RemoteError(str(reply["error"])[:ERROR_TEXT_LIMIT])
+            decoded = {"value": self.value(reply.get("value"))}
+            if "args" in reply:
+                decoded["args"] = self.value(reply["args"])
+            return decoded
+        except ChannelBroken as error:
+            self.broken = str(error)  # nothing after this can be believed to be in order
+            raise
+
+    def call(self, index: int, args: tuple, kwargs: dict):
+        encoded_args = [self._plain(arg) for arg in args]
+        encoded_kwargs = {str(key): self._plain(value) for key, value in kwargs.items()}
+        reply = self.request({"op": "call", "target": index, "args": encoded_args, "kwargs": encoded_kwargs})
+        after = reply.get("args")
+        if type(after) is list and len(after) == len(args):
+            for original, changed in zip(args, after):
+                _copy_back(original, changed)
+        return reply["value"]
+
+    def _plain(self, value):
+        if type(value) is Remote:
+            return {"ref": value._index}
+        refs: list = []
+        data = encode(value, refs)
+        if refs:
+            raise TypeError(f"a test passed the program a {type(refs[0]).__name__}; only plain values can be sent")
+        return data
+
+
+def _copy_back(original, changed) -> None:
+    """Make a mutable argument the judge passed look as the program left it."""
+    if type(original) is list and type(changed) is list:
+        original[:] = changed
+    elif type(original) is dict and type(changed) is dict:
+        original.clear()
+        original.update(changed)
+    elif type(original) is set and type(changed) is set:
+        original.clear()
+        original.update(changed)
+
+
+def _own_module(name: str, otherwise):
+    try:
+        return __import__(name)
+    except BaseException:  # not importable in this interpreter: the name is the program's own object
+        return otherwise
+
+
+def judge_tests(nonce: str, tests: list, requests_fd: int, replies_fd: int, verdict_fd: int, time_limit_s: float) -> None:
+    """The ``judge`` role: wait for the candidate's program to have run, then run each
+    test here, with the program's top-level names as `Remote` objects (names a test
+    defines itself take precedence), and write the signed verdict: the number of
+    tests, ``program ok`` or ``program error <text>``, then ``pass`` or ``fail <text>``
+    per test."""
+    channel = Channel(requests_fd, replies_fd, time.monotonic() + time_limit_s)
+    program_error, outcomes = None, []
+    try:
+        ready = _receive(replies_fd, channel.deadline)
+        if ready.get("ready") is not True:
+            raise ChannelBroken("the program's process did not say it was ready")
+        if ready.get("program_error") is not None:
+            program_error = str(ready["program_error"])[:ERROR_TEXT_LIMIT]
+        names = channel.value(ready.get("names"))
+        if type(names) is not dict:
+            raise ChannelBroken("the program's names are not a mapping")
+    except ChannelBroken as error:
+        program_error = TIME_LIMIT_TEXT if str(error) == TIME_LIMIT_TEXT else f"no answer from the program: {error}"
+        names = {}
+    if program_error is None:
+        namespace = {"__name__": "tests", "__builtins__": builtins}
+        for name, value in names.items():
+            if type(name) is not str:
+                continue
+            # A standard-library module the program imported is this process's own
+            # import: a test calling math.fabs must not be calling the program's math.
+            namespace[name] = _own_module(name, value) if name in sys.stdlib_module_names else value
+        for index, test in enumerate(tests):
+            try:
+                exec(compile(test, f"<test {index}>", "exec"), namespace)
+            except ChannelBroken as error:
+                outcomes.append("fail " + str(error))
+            except RemoteError as error:
+                outcomes.append("fail " + str(error))
+            except BaseException as error:  # the test's own failure: an assert, a TypeError from a Remote ...
+                outcomes.append("fail " + _describe(error))
+            else:
+                outcomes.append("pass")
+    lines = [str(len(tests)), "program ok" if program_error is None else "program error " + program_error, *outcomes]
+    _write_verdict(lines, nonce.encode(), verdict_fd, _bound_names())
+    os._exit(0)
 
 
 def main() -> None:
-    spec_fd, status_fd, verdict_fd = (int(argument) for argument in sys.argv[1:4])
+    spec_fd, status_fd = (int(argument) for argument in sys.argv[1:3])
     with os.fdopen(spec_fd, "rb") as spec_pipe:
         spec = json.loads(spec_pipe.read())
     try:
@@ -349,7 +682,13 @@ def main() -> None:
     os.close(status_fd)
     if "error" in report:
         os._exit(70)
-    run_untrusted(spec["nonce"], spec["program"], spec["tests"], spec["module_name"], verdict_fd)
+    fds = spec["fds"]
+    if spec["role"] == "program":
+        run_program(spec["nonce"], spec["program"], spec["module_name"], fds["verdict"])
+    elif spec["role"] == "candidate":
+        serve_candidate(spec["program"], spec["module_name"], fds["requests"], fds["replies"])
+    else:
+        judge_tests(spec["nonce"], spec["tests"], fds["requests"], fds["replies"], fds["verdict"], spec["time_limit_s"])
 
 
 if __name__ == "__main__":

@@ -245,14 +245,14 @@ def test_sys_exit_before_the_asserts_does_not_skip_them(options):
     assert right.score == 1.0  # the asserts did run after the exit
 
 
-def test_os_exit_before_the_asserts_leaves_no_verdict(options):
+def test_os_exit_before_the_asserts_fails_every_test(options):
     result = score_code("", WRONG_ADD + "import os\nos._exit(0)\n", ADD_TESTS, config=options)
 
     assert_scored_as_failure(result)
-    assert result.info["tests"][0]["error"].startswith("no verdict")
+    assert result.info["tests"][0]["error"] == "program failed: no answer from the program: the program's process ended"
 
 
-def test_wrappers_that_swallow_assertion_errors_do_not_hide_failures(options):
+def test_wrappers_that_swallow_assertion_errors_do_not_hide_failures(short_options):
     attack = program(
         """
         import builtins, sys
@@ -275,10 +275,12 @@ def test_wrappers_that_swallow_assertion_errors_do_not_hide_failures(options):
         """
     )
 
-    result = score_code("", attack, ADD_TESTS, config=options)
+    result = score_code("", attack, ADD_TESTS, config=short_options)
 
     assert_scored_as_failure(result)
-    assert all(test["error"] == "AssertionError" for test in result.info["tests"][:2])
+    # the tests run in the judge, which none of this reaches; the program's own server
+    # loop may be broken by it (no answer, the process ended), which only costs it its answers
+    assert not any(test["passed"] for test in result.info["tests"]), result.info
 
 
 def test_printed_or_forged_verdicts_without_the_nonce_are_not_believed(options):
@@ -557,20 +559,20 @@ def test_sandbox_that_dies_or_stalls_while_starting_is_unscored(sandbox, change,
 
 def test_batch_runs_at_most_max_concurrent_sandboxes_at_once(sandbox, monkeypatch):
     running, peak, lock = 0, 0, threading.Lock()
-    real_run_in_sandbox = code_reward.run_in_sandbox
+    real_run_with_tests = code_reward.run_with_tests
 
-    def counting_run_in_sandbox(*args, **kwargs):
+    def counting_run_with_tests(*args, **kwargs):
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
         try:
-            return real_run_in_sandbox(*args, **kwargs)
+            return real_run_with_tests(*args, **kwargs)
         finally:
             with lock:
                 running -= 1
 
-    monkeypatch.setattr(code_reward, "run_in_sandbox", counting_run_in_sandbox)
+    monkeypatch.setattr(code_reward, "run_with_tests", counting_run_with_tests)
     responses = ["import time\ntime.sleep(0.3)\ndef add(a, b):\n    return a + b\n"] * 6
 
     options = CodeExecutionConfig(sandbox=sandbox, max_concurrent=2)
