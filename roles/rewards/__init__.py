@@ -20,6 +20,7 @@ from roles.rewards.config import (
     ArithmeticRewardConfig,
     CodeRewardConfig,
     CustomRewardConfig,
+    FinalNumberRewardConfig,
     Gsm8kRewardConfig,
     MathRewardConfig,
     RewardFunctionConfig,
@@ -27,6 +28,7 @@ from roles.rewards.config import (
     RewardsConfig,
 )
 from roles.rewards.custom import load_custom_reward, to_reward_result
+from roles.rewards.final_answer import extract_final_number, score_final_number
 from roles.rewards.gsm8k import extract_gsm8k_answer, score_gsm8k
 from roles.rewards.latex_normalize import normalize_math_answer
 from roles.rewards.math_reward import score_math
@@ -50,6 +52,7 @@ __all__ = [
     "BatchRewardFn",
     "CodeRewardConfig",
     "CustomRewardConfig",
+    "FinalNumberRewardConfig",
     "Gsm8kRewardConfig",
     "MathRewardConfig",
     "RewardFn",
@@ -61,6 +64,7 @@ __all__ = [
     "RewardsConfig",
     "UnknownDataSourceError",
     "build_reward_fn",
+    "extract_final_number",
     "extract_gsm8k_answer",
     "extract_last_boxed",
     "extract_leading_integer",
@@ -68,6 +72,7 @@ __all__ = [
     "normalize_math_answer",
     "score_arithmetic",
     "score_code",
+    "score_final_number",
     "score_gsm8k",
     "score_math",
     "shutdown_symbolic_workers",

@@ -6,6 +6,7 @@ maps a row's ``data_source`` to one of them, with an optional default. In YAML:
     rewards:
       default: {type: arithmetic}
       by_data_source:
+        reasoning_gym/basic_arithmetic: {type: final_number}
         openai/gsm8k: {type: gsm8k, method: flexible, format_score: 0.1}
         lighteval/MATH: {type: math, timeout_s: 5}
 """
@@ -37,6 +38,14 @@ class Gsm8kRewardConfig(_StrictConfig):
     """``strict`` reads ``#### <number>``; ``flexible`` takes the last number in the response."""
     format_score: float = 0.0
     """Score of a response whose answer was found but is wrong."""
+
+
+class FinalNumberRewardConfig(_StrictConfig):
+    """A numeric answer graded however the response phrases it: ``\\boxed{}``, "the answer
+    is ...", ``<answer>`` tags, else the last number (`roles.rewards.final_answer`)."""
+
+    type: Literal["final_number"] = "final_number"
+    """Selects `score_final_number`."""
 
 
 class MathRewardConfig(_StrictConfig):
@@ -103,6 +112,7 @@ RewardFunctionConfig = Annotated[
     Union[
         ArithmeticRewardConfig,
         Gsm8kRewardConfig,
+        FinalNumberRewardConfig,
         MathRewardConfig,
         CodeRewardConfig,
         RewardModelRewardConfig,

@@ -22,6 +22,7 @@ from roles.rewards.config import (
     ArithmeticRewardConfig,
     CodeRewardConfig,
     CustomRewardConfig,
+    FinalNumberRewardConfig,
     Gsm8kRewardConfig,
     MathRewardConfig,
     RewardFunctionConfig,
@@ -29,6 +30,7 @@ from roles.rewards.config import (
     RewardsConfig,
 )
 from roles.rewards.custom import load_custom_reward
+from roles.rewards.final_answer import score_final_number
 from roles.rewards.gsm8k import score_gsm8k
 from roles.rewards.math_reward import score_math
 from roles.rewards.types import RewardResult
@@ -61,6 +63,8 @@ def build_reward_fn(config: RewardFunctionConfig) -> RewardFn:
         return score_arithmetic
     if isinstance(config, Gsm8kRewardConfig):
         return functools.partial(score_gsm8k, method=config.method, format_score=config.format_score)
+    if isinstance(config, FinalNumberRewardConfig):
+        return score_final_number
     if isinstance(config, MathRewardConfig):
         return functools.partial(
             score_math, symbolic=config.symbolic, timeout_s=config.timeout_s, on_timeout=config.on_timeout

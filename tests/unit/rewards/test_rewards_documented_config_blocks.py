@@ -30,7 +30,7 @@ def test_the_page_shows_a_config_for_every_non_sandbox_reward_type():
         if spec is not None
     }
 
-    assert documented_types >= {"arithmetic", "gsm8k", "math", "reward_model", "custom"}
+    assert documented_types >= {"arithmetic", "gsm8k", "final_number", "math", "reward_model", "custom"}
 
 
 def test_the_sandbox_section_heading_is_present():

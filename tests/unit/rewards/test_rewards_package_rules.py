@@ -36,6 +36,7 @@ def test_every_public_config_is_found():
         "ArithmeticRewardConfig",
         "CodeRewardConfig",
         "CustomRewardConfig",
+        "FinalNumberRewardConfig",
         "Gsm8kRewardConfig",
         "MathRewardConfig",
         "RewardModelRewardConfig",
