@@ -15,13 +15,20 @@ Rollout batches travel as `Batch`es. Their columns, by the role that adds them:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 
 from protocols.batch import Batch
 from protocols.messages import message
 from protocols.specs import FLOATING, PROMPTS_BATCH, ROLLOUTS_BATCH, SEQUENCES_BATCH, TRAIN_BATCH, TensorSpec
+
+
+OldLogProbs = Literal["recomputed", "current", "behavior"]
+"""Where an update's "old" log-probs come from (roles.algorithms.old_logprobs): the
+batch's ``old_logprobs`` column (a trainer forward before the update), the update's own
+log-probs detached (one optimizer step: the ratio is exactly 1), or the batch's
+``behavior_logprobs`` (the generator's)."""
 
 
 @message("rl.generate")
@@ -90,6 +97,25 @@ class Train:  # controller -> every trainer rank / the critic
     kl_estimator: str | None = None
     """Add a KL-to-reference loss with this estimator (the batch then has
     ``ref_logprobs``); None: no KL loss."""
+    old_logprobs: OldLogProbs = "recomputed"
+    """Which log-probs the PPO ratio divides by (decided by the controller,
+    roles.algorithms.old_logprob_source)."""
+    importance_cap: float | None = None
+    """Async mode: weight the policy loss per token by min(exp(old - behavior), this);
+    None: no importance weights."""
+
+
+@message("rl.update.describe")
+class DescribeUpdate:  # controller -> trainer rank 0
+    """Asks how the trainer turns a batch into optimizer steps (once, before the first step)."""
+
+
+@message("rl.update.settings")
+class UpdateSettings:  # trainer rank 0 -> controller
+    ranks: int
+    ppo_epochs: int
+    mini_batch_size: int
+    """Rows per optimizer step, over all ranks together."""
 
 
 @message("rl.train.result")

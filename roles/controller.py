@@ -4,8 +4,9 @@ A synchronous step reads as the algorithm does (`Controller.sync_step`):
 
     prompts  = next batch of the shuffled dataset
     rollouts = generators sample n responses per prompt
-    in parallel: reference log-probs, critic values, reward scores, the policy's own
-                 log-probs ("old", unless the generator's are used)
+    in parallel: reference log-probs, critic values, reward scores, and the policy's own
+                 log-probs when the update needs them recomputed (roles.algorithms.
+                 old_logprobs: not when it is one on-policy optimizer step)
     advantages (roles.algorithms), with the KL in the reward or as a loss
     train the critic and the trainer ranks
     publish the new weights to the generators
@@ -14,7 +15,7 @@ A synchronous step reads as the algorithm does (`Controller.sync_step`):
 In asynchronous mode (`Controller.async_steps`) generation runs ahead: while the
 trainer trains on one batch, generators already sample the next with the weights
 they hold. Every row carries the version that produced it; rows more than
-`max_staleness` versions behind are dropped, and the rest are corrected with a
+`max_staleness` versions behind are dropped, and the trainer corrects the rest with a
 truncated importance ratio between the policy's log-probs and the sampler's.
 
 Every role is reached by messages (protocols.rl); the controller keeps only the
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocols.batch import Batch
 from protocols.envelope import new_id
@@ -46,11 +47,14 @@ from protocols.rl import (
     ComputeLogProbs,
     ComputeValues,
     Evaluate,
+    DescribeUpdate,
     LoadCheckpoint,
+    OldLogProbs,
     SaveCheckpoint,
     Scores,
     Train,
     TrainStats,
+    UpdateSettings,
 )
 from protocols.weights import PublishReport, PublishWeights
 from roles.algorithms import (
@@ -58,12 +62,16 @@ from roles.algorithms import (
     AdvantageInputs,
     GRPOConfig,
     KLConfig,
+    RecomputeLogprobs,
     apply_kl_penalty,
     build_kl_controller,
     compute_advantages,
     compute_kl,
     kl_metrics,
+    old_logprob_source,
+    optimizer_steps_per_update,
     place_scores_on_last_token,
+    policy_logprobs_before_update,
     zero_variance_share,
 )
 from roles.algorithms.aggregation import aggregate_loss
@@ -129,10 +137,14 @@ class ControllerConfig(BaseModel):
     """Async: rows sampled more than this many versions behind the policy are dropped."""
     importance_cap: float = Field(2.0, gt=0)
     """Async: the importance ratio policy/sampler is truncated at this."""
-    recompute_logprobs: bool = True
-    """Recompute the "old" log-probs with the trainer (False: use the generator's; in
-    async mode the PPO ratio is then taken against the sampling weights directly, so
-    the clipped ratio itself is the off-policy correction)."""
+    recompute_logprobs: RecomputeLogprobs = "auto"
+    """Where the PPO ratio's "old" log-probs come from (roles.algorithms.old_logprobs):
+    ``auto``: the trainer's own log-probs in the update, detached, when the update is one
+    optimizer step (one PPO epoch, one mini-batch: the ratio is exactly 1, so no extra
+    forward pass), else a trainer forward pass before the update; ``always``: that
+    forward pass every step; ``never``: the generator's (in async mode the PPO ratio is
+    then taken against the sampling weights directly, so the clipped ratio itself is the
+    off-policy correction). ``true`` and ``false`` mean ``always`` and ``never``."""
     trainer_ranks: int = Field(1, ge=1)
     """Trainer processes (the trainer role's count)."""
     use_critic: bool | None = None
@@ -158,7 +170,15 @@ class ControllerConfig(BaseModel):
     """Deadline of one generate, score, forward or train call."""
 
 
+    @field_validator("recompute_logprobs", mode="before")
+    @classmethod
+    def _booleans_of_earlier_versions(cls, value: Any) -> Any:
+        return {True: "always", False: "never"}.get(value, value) if isinstance(value, bool) else value
+
+
 class Controller(Actor):
+    """Drives the RL dataflow of one run, step after step (see the module docstring)."""
+
     role = "controller"
     Config: ClassVar[type[BaseModel]] = ControllerConfig
 
@@ -179,6 +199,9 @@ class Controller(Actor):
         self.kept_evaluations: set[int] = set()
         """The step resumed from, when the stopped session had already evaluated it (the
         same weights): that evaluation is kept, not repeated."""
+        self.update_settings: UpdateSettings | None = None
+        """How the trainer turns a batch into optimizer steps (asked once, for
+        ``recompute_logprobs: auto``)."""
 
     # ------------------------------------------------------------------ the run
     async def on_start(self) -> None:
@@ -194,6 +217,8 @@ class Controller(Actor):
         self.sampler = PromptSampler(len(self.dataset), config.prompts_per_step, config.data.shuffle, config.data.seed)
         self.heldout = await self.compute.run(PromptDataset.load, config.eval.data, self.tokenizer) if config.eval.data else None
         await self._wait_for_roles()
+        if config.recompute_logprobs == "auto":
+            self.update_settings = await self._ask_update_settings()
         if config.resume:
             await self._resume(run_dir)
         # what a stopped session wrote after this step is superseded: one row per step
@@ -295,8 +320,16 @@ class Controller(Actor):
     async def generate(self, prompts: Batch, sampling: SamplingParams) -> Batch:
         return await generate_on(self, prompts, sampling, self.tokenizer.pad_token_id, self.config.call_timeout_s)
 
+    def old_logprobs_for(self, batch: Batch) -> OldLogProbs:
+        """Where the update of `batch` takes its old log-probs from (roles.algorithms.old_logprobs)."""
+        settings = self.update_settings
+        steps = (optimizer_steps_per_update(batch.size, settings.ranks, settings.ppo_epochs, settings.mini_batch_size)
+                 if settings is not None else 0)  # only auto reads it, and auto has the settings
+        return old_logprob_source(self.config.recompute_logprobs, steps)
+
     async def prepare(self, batch: Batch, timings: dict[str, float]) -> tuple[Batch, dict[str, float]]:
-        """Reference, critic, reward and old log-probs in parallel, then advantages."""
+        """Reference, critic, reward and, when the update needs them, old log-probs in
+        parallel, then advantages."""
         config = self.config
         temperature = config.sampling.temperature
         calls: dict[str, Awaitable[Any]] = {"reward": self.score(batch)}
@@ -304,7 +337,7 @@ class Controller(Actor):
             calls["reference"] = self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
         if self.use_critic:
             calls["values"] = self.ask_role("critic", ComputeValues(batch), config.call_timeout_s)
-        if config.recompute_logprobs:
+        if self.old_logprobs_for(batch) == "recomputed":
             calls["old_logprobs"] = self.ask_trainers(ComputeLogProbs(batch, temperature))
         results = await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))
         result = dict(zip(calls, results))
@@ -333,11 +366,11 @@ class Controller(Actor):
 
     def advantages(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
         """Token rewards (score on the last token, minus the KL when it goes in the reward),
-        then the configured estimator; the importance weights in async mode."""
+        then the configured estimator."""
         config, t = self.config, batch.tensors
         mask, scores = t["response_mask"], t["score"]
         numbers: dict[str, float] = {}
-        policy = t["old_logprobs"] if "old_logprobs" in t else t["behavior_logprobs"]
+        policy = policy_logprobs_before_update(self.old_logprobs_for(batch), t)
         if "ref_logprobs" in t:
             kl = compute_kl(policy, t["ref_logprobs"], "k1" if config.kl.usage == "reward" else config.kl.estimator.rstrip("+"))  # type: ignore[arg-type]
             numbers["train/kl_div"] = float(aggregate_loss(kl, mask, "seq-mean-token-mean"))
@@ -349,10 +382,6 @@ class Controller(Actor):
             rewards = place_scores_on_last_token(scores, mask)
         output = compute_advantages(config.advantage, AdvantageInputs(rewards, mask, t.get("values"), batch.columns["uid"]))
         columns: dict[str, Any] = {"advantages": output.advantages.float(), "returns": output.returns.float()}
-        if config.mode == "async" and "old_logprobs" in t:
-            ratio = (t["old_logprobs"] - t["behavior_logprobs"]).clamp(max=20).exp()
-            columns["importance_weights"] = ratio.clamp(max=config.importance_cap) * mask
-            numbers["train/importance_ratio"] = float((ratio * mask).sum() / mask.sum().clamp(min=1))
         valid = mask > 0
         numbers["train/advantages_mean"] = float(output.advantages[valid].mean()) if valid.any() else 0.0
         return batch.with_columns(**columns), numbers
@@ -364,7 +393,12 @@ class Controller(Actor):
         config = self.config
         self.step += 1
         kl_loss = config.kl.usage == "loss" and "ref_logprobs" in batch
-        train = Train(batch, self.step, config.sampling.temperature, self.kl_controller.kl_coef, config.kl.estimator if kl_loss else None)
+        old_logprobs = self.old_logprobs_for(batch)
+        # async: the trainer weights the loss by the truncated ratio of the old policy to the
+        # sampling weights, unless the old log-probs are the sampler's own
+        importance_cap = config.importance_cap if config.mode == "async" and old_logprobs != "behavior" else None
+        train = Train(batch, self.step, config.sampling.temperature, self.kl_controller.kl_coef,
+                      config.kl.estimator if kl_loss else None, old_logprobs, importance_cap)
         calls: dict[str, Awaitable[Any]] = {"train": self.ask_trainers(train)}
         if self.use_critic:
             calls["train_critic"] = self.ask_role("critic", train, config.call_timeout_s)
@@ -480,6 +514,14 @@ class Controller(Actor):
         report: PublishReport = (await self.ask_trainers(PublishWeights(republish=True)))[0]
         self.version = report.version
         self.log.lifecycle("controller.resumed", step=self.step, path=str(path), trainer_version=loaded.version, version=report.version)
+
+    async def _ask_update_settings(self) -> UpdateSettings:
+        """The trainer's update settings, checked against this config's ``trainer_ranks``."""
+        settings: UpdateSettings = await self.ask("trainer-0", DescribeUpdate(), timeout=self.config.call_timeout_s)
+        if settings.ranks != self.config.trainer_ranks:
+            raise ActorError(f"controller config trainer_ranks is {self.config.trainer_ranks} but the trainer has "
+                             f"ranks: {settings.ranks}; set trainer_ranks to the trainer role's count")
+        return settings
 
     async def _wait_for_roles(self) -> None:
         """Until every role this algorithm uses has a ready instance (and every trainer rank)."""

@@ -19,7 +19,7 @@ from protocols.batch import Batch
 from protocols.rl import CheckpointDone, ComputeValues, LoadCheckpoint, SaveCheckpoint, Train, TrainStats, Values
 from roles.algorithms import clipped_value_loss
 from roles.checkpoints import confine_checkpoint_path
-from roles.generation import limit_cpu_threads, load_causal_lm
+from roles.generation import CpuThreads, limit_cpu_threads, load_causal_lm
 from roles.trainer import OptimConfig, UpdateConfig, clip_gradients, lr_factor
 from runtime.actor import Actor, handler
 from runtime.files import replacing_atomically
@@ -39,8 +39,10 @@ class CriticConfig(BaseModel):
     clip_range_value: float | None = Field(0.5, gt=0)
     """Value clipping around the rollout-time values; None: no clipping."""
     seed: int = 0
-    cpu_threads: int | None = Field(1, ge=1)
-    """torch threads on the CPU (role processes share the cores); None: torch's default."""
+    cpu_threads: CpuThreads = "auto"
+    """torch threads on the CPU: a number, ``auto`` (every core this process may use for
+    a model of 20M parameters or more, else 1), or None (torch's default). The critic's
+    values run beside the reference: on a small machine give each part of the cores."""
 
 
 class ValueModel(torch.nn.Module):
@@ -68,6 +70,8 @@ class ValueModel(torch.nn.Module):
 
 
 class Critic(Actor):
+    """The value model of PPO with GAE (see the module docstring)."""
+
     role = "critic"
     Config: ClassVar[type[BaseModel]] = CriticConfig
 
@@ -80,9 +84,9 @@ class Critic(Actor):
 
     def _build(self) -> None:
         config = self.config
-        limit_cpu_threads(config.device, config.cpu_threads)
         torch.manual_seed(config.seed)
         lm, _ = load_causal_lm(config.model, config.dtype, config.device)
+        limit_cpu_threads(config.device, config.cpu_threads, lm)
         self.model = ValueModel(lm).to(config.device).train()
         optim = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)

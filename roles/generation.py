@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protocols.batch import Batch
+from roles.algorithms.chunked_logprobs import chunked_token_logprobs
 from roles.weight_loaders import VllmLoader
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded: the controller,
@@ -175,14 +178,23 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def response_logprobs(
     model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     response_ids: torch.Tensor, response_mask: torch.Tensor,
-    temperature: float = 1.0, with_entropy: bool = False,
+    temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities of the response tokens under softmax(logits / temperature), in one
     differentiable forward over prompt and response.
 
+    The vocabulary-sized logits are never held whole: during the forward the model's
+    output layer is stood in for by `ResponseTokenHead`, which applies the layer's weight
+    to the response tokens' hidden states `chunk_tokens` at a time
+    (roles.algorithms.chunked_logprobs), in backward too. Because it runs inside the
+    model's own forward, a sharded (FSDP) model has its output layer gathered as usual.
+    Models whose forward changes the logits after the output layer (a final soft cap, a
+    logit scale) take the model's logits instead, chunked only in the softmax.
+
     Args:
         prompt_ids, prompt_mask: [N, P], left-padded (as in `GenerationOutput`).
         response_ids, response_mask: [N, R], right-padded.
+        chunk_tokens: response tokens per chunk (default: about 32 MiB of float32 logits).
 
     Returns:
         log-probabilities [N, R] float32 and, ``with_entropy``, the entropy [N, R] of each
@@ -191,21 +203,85 @@ def response_logprobs(
     response_length = response_ids.shape[1]
     valid = response_mask > 0
     attention_mask = torch.cat([prompt_mask.long(), valid.long()], dim=1)
-    # only the positions that predict response tokens reach the lm head: the last prompt
-    # token's up to the second-to-last response token's
-    logits = model(
-        input_ids=torch.cat([prompt_ids, response_ids], dim=1),
-        attention_mask=attention_mask,
-        position_ids=positions_from_mask(attention_mask),
-        use_cache=False,
-        logits_to_keep=response_length + 1,
-    ).logits[:, :-1]
-    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    token_logprobs = torch.where(valid, log_probs.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1), 0.0)
-    if not with_entropy:
-        return token_logprobs, None
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return token_logprobs, torch.where(valid, entropy, 0.0)
+    # only the positions that predict response tokens reach the output layer: the last
+    # prompt token's up to the second-to-last response token's
+    inputs = {
+        "input_ids": torch.cat([prompt_ids, response_ids], dim=1), "attention_mask": attention_mask,
+        "position_ids": positions_from_mask(attention_mask), "use_cache": False, "logits_to_keep": response_length + 1,
+    }
+    if logits_are_output_layer(model):
+        head = ResponseTokenHead(model.get_output_embeddings(), response_ids, valid, temperature, with_entropy, chunk_tokens)
+        with output_layer_replaced(model, head):
+            statistics = model(**inputs).logits  # [N, R, 2]: what the stand-in head returned
+        logprobs, entropy = statistics[..., 0], statistics[..., 1]
+        return logprobs, entropy if with_entropy else None
+    logits = model(**inputs).logits[:, :-1]
+    token = chunked_token_logprobs(logits[valid], None, response_ids[valid], temperature=temperature,
+                                   with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+    return scatter_rows(token.logprobs, valid), scatter_rows(token.entropy, valid) if with_entropy else None
+
+
+def batch_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, with_entropy: bool = False,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`response_logprobs` of a rollout batch's columns (``prompt_ids``, ``prompt_mask``,
+    ``response_ids``, ``response_mask``), for the trainer, the reference and the evaluator."""
+    t = batch.tensors
+    return response_logprobs(model, t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"],
+                             temperature, with_entropy)
+
+
+LOGIT_POST_PROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config fields of transformers models whose forward changes the logits after the output layer."""
+
+
+def logits_are_output_layer(model: torch.nn.Module) -> bool:
+    """Whether the model's logits are exactly its output layer (a linear map) applied to
+    the last hidden state, so `ResponseTokenHead` can stand in for it."""
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_POST_PROCESSING):
+        return False
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    return isinstance(head, torch.nn.Linear) and hasattr(model, "set_output_embeddings")
+
+
+def scatter_rows(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[N, R] float32 with `values` [M] at the `valid` [N, R] positions, 0 elsewhere (differentiable)."""
+    return torch.zeros(valid.shape, dtype=values.dtype, device=values.device).masked_scatter(valid, values)
+
+
+class ResponseTokenHead(torch.nn.Module):
+    """Stands in for a causal LM's output layer during one forward: from the hidden states
+    of the kept positions [N, R + 1, H] it returns [N, R, 2], each response token's
+    log-probability and entropy (0 at masked positions; entropy 0 unless asked for),
+    computed from the real layer's weight in chunks of tokens."""
+
+    def __init__(self, layer: torch.nn.Linear, response_ids: torch.Tensor, valid: torch.Tensor, temperature: float,
+                 with_entropy: bool, chunk_tokens: int | None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.response_ids, self.valid = response_ids, valid
+        self.temperature, self.with_entropy, self.chunk_tokens = temperature, with_entropy, chunk_tokens
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        predicting = hidden[:, :-1][self.valid]  # [M, H]: the positions whose next token is a response token
+        token = chunked_token_logprobs(
+            predicting, self.layer.weight, self.response_ids[self.valid], bias=self.layer.bias,
+            temperature=self.temperature, with_entropy=self.with_entropy, chunk_tokens=self.chunk_tokens,
+        )
+        entropy = token.entropy if token.entropy is not None else torch.zeros_like(token.logprobs)
+        return torch.stack([scatter_rows(token.logprobs, self.valid), scatter_rows(entropy, self.valid)], dim=-1)
+
+
+@contextmanager
+def output_layer_replaced(model: PreTrainedModel, head: torch.nn.Module) -> Iterator[None]:
+    """The model with `head` as its output layer, for the duration of the block."""
+    layer = model.get_output_embeddings()
+    model.set_output_embeddings(head)
+    try:
+        yield
+    finally:
+        model.set_output_embeddings(layer)
 
 
 def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -286,7 +362,7 @@ class Sampled(NamedTuple):
 
 class HFBackend:
     """Samples with a transformers causal LM: micro-batches of left-padded prompts, one
-    token per step through the KV cache.
+    token per step through the KV cache; the rows of one prompt share its prefill.
 
     Responses are drawn with temperature, top-k and top-p, and end at an eos token (the
     tokenizer's and the model's generation config's) or at the token completing a stop
@@ -361,10 +437,14 @@ class HFBackend:
         """Decodes one micro-batch; `spans` cover its rows (numbered from 0 here, from
         ``row_offset`` for ``on_step``)."""
         batch = len(rows)
+        # a prompt's n samples share one prefill: its keys and values are computed once and
+        # copied to each of its rows (the same numbers a prefill per row would give)
+        distinct: dict[tuple[int, ...], int] = {}
+        copies = torch.tensor([distinct.setdefault(tuple(row), len(distinct)) for row in rows], device=self.device)
         width = max(len(row) for row in rows)
-        prompt_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(batch, width, dtype=torch.long)
-        for index, row in enumerate(rows):
+        prompt_ids = torch.full((len(distinct), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(distinct), width, dtype=torch.long)
+        for index, row in enumerate(distinct):
             prompt_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
             attention_mask[index, width - len(row):] = 1
         prompt_ids, attention_mask = prompt_ids.to(self.device), attention_mask.to(self.device)
@@ -381,13 +461,17 @@ class HFBackend:
 
         out = self.model(input_ids=prompt_ids, attention_mask=attention_mask,
                          position_ids=positions_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
+        logits, cache = out.logits[:, -1], out.past_key_values
+        if len(distinct) < batch:
+            cache.reorder_cache(copies)
+            logits, attention_mask = logits.index_select(0, copies), attention_mask.index_select(0, copies)
         next_positions = attention_mask.sum(dim=1, keepdim=True)
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         responses: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
         reasons = ["length"] * batch
         for step in range(max(span.params.max_new_tokens for span in spans)):
-            tokens, token_logprobs = sample_groups(out.logits[:, -1], groups)
+            tokens, token_logprobs = sample_groups(logits, groups)
             active = ~finished
             tokens = torch.where(active, tokens, self.pad_token_id)
             ended = active & torch.isin(tokens, eos) & ends_at_eos
@@ -416,7 +500,8 @@ class HFBackend:
             # finished rows keep feeding pad tokens: they only ever attend to themselves
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
             out = self.model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=next_positions,
-                             past_key_values=out.past_key_values, use_cache=True)
+                             past_key_values=cache, use_cache=True)
+            logits, cache = out.logits[:, -1], out.past_key_values
             next_positions = next_positions + 1
         return Sampled(responses, logprobs, reasons)
 
@@ -605,8 +690,51 @@ def outputs_from_vllm(prompts: Sequence[Sequence[int]], request_outputs: Sequenc
     return collate(rows, responses, logprobs, texts, reasons, pad_token_id)
 
 
-def limit_cpu_threads(device: str, threads: int | None) -> None:
-    """Cap torch's intra-op threads for a role on the CPU: several role processes share
-    the cores, and oversubscribed threads slow tiny forwards down by orders of magnitude."""
-    if threads is not None and not device.startswith("cuda"):
-        torch.set_num_threads(threads)
+CpuThreads = Annotated[int, Field(ge=1)] | Literal["auto"] | None
+"""A role's ``cpu_threads`` setting: a number of torch threads, ``auto`` (see
+`cpu_thread_count`), or None (torch's default)."""
+
+AUTO_THREADS_MIN_PARAMETERS = 20_000_000
+"""``cpu_threads: auto`` gives a model this large every core, a smaller one a single
+thread: a small model's kernels end before a second thread pays for waking up, and
+its idle threads spinning between kernels take cores from the other role processes
+(the arithmetic example's 0.5M-parameter model steps 19x slower with 2 threads per
+role on a busy 2-core machine; SmolLM2-135M's forward and backward take half the time
+with 2 threads on an idle one, docs/benchmarks.md)."""
+
+
+def cpu_thread_count(threads: CpuThreads, model: torch.nn.Module | None = None) -> int | None:
+    """The number of torch threads a ``cpu_threads`` setting means for `model` (None:
+    leave torch's). ``auto``: every core this process may run on when the model has at
+    least AUTO_THREADS_MIN_PARAMETERS parameters, else 1."""
+    if threads != "auto":
+        return threads
+    if model is None or sum(parameter.numel() for parameter in model.parameters()) < AUTO_THREADS_MIN_PARAMETERS:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def limit_cpu_threads(device: str, threads: CpuThreads, model: torch.nn.Module | None = None) -> None:
+    """Set torch's intra-op threads for a role on the CPU (`cpu_thread_count`).
+
+    Role processes share the cores. Where several compute at the same time (async mode,
+    the reference beside the critic, an evaluation beside training) and their threads
+    together outnumber the cores, OpenMP threads spinning at barriers take turns with
+    each other's work and a forward can take several times as long as with one thread:
+    give such roles fewer threads, or set ``OMP_WAIT_POLICY=PASSIVE`` in their env (the
+    topology's ``env``) so idle threads sleep instead of spinning."""
+    count = cpu_thread_count(threads, model)
+    if count is not None and not device.startswith("cuda"):
+        torch.set_num_threads(count)
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_for(device: str, dtype: str | None) -> AbstractContextManager[Any]:
+    """torch.autocast on the device's type in `dtype` ("bfloat16" or "float16"), or nothing for None."""
+    if dtype is None:
+        return nullcontext()
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast {dtype!r} is not one of {sorted(AUTOCAST_DTYPES)} (or null for none)")
+    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[dtype])

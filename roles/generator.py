@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.batch import Batch
 from protocols.rl import Generate, Rollouts
-from roles.generation import GenerationBackend, GenerationOutput, HFBackend, SamplingParams, limit_cpu_threads, load_causal_lm
+from roles.generation import (
+    CpuThreads,
+    GenerationBackend,
+    GenerationOutput,
+    HFBackend,
+    SamplingParams,
+    limit_cpu_threads,
+    load_causal_lm,
+)
 from runtime.actor import handler
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.receiver import ModelLoader, ReceivesWeights, WeightReceiver
@@ -44,9 +52,13 @@ class GeneratorConfig(BaseModel):
     device: str = "cpu"
     """``cpu`` or ``cuda`` (the launcher's placement sets which GPU)."""
     micro_batch: int = Field(64, ge=1)
-    cpu_threads: int | None = Field(1, ge=1)
-    """torch threads on the CPU (role processes share the cores); None: torch's default."""
     """Rows generated at once by the transformers backend."""
+    cpu_threads: CpuThreads = "auto"
+    """torch threads on the CPU: a number, ``auto`` (every core this process may use for
+    a model of 20M parameters or more, else 1: in sync mode the generator has the cores
+    to itself while it samples), or None (torch's default). In async mode it samples
+    while the trainer trains: on a small machine give each part of the cores
+    (roles.generation.limit_cpu_threads)."""
     channel: WeightChannelConfig = Field(default_factory=WeightChannelConfig)
     """The weight channel (must match the trainer's)."""
     join_channel: bool = True
@@ -56,6 +68,8 @@ class GeneratorConfig(BaseModel):
 
 
 class Generator(ReceivesWeights):
+    """Samples rollouts with the weights it holds (see the module docstring)."""
+
     role = "generator"
     Config: ClassVar[type[BaseModel]] = GeneratorConfig
 
@@ -66,8 +80,9 @@ class Generator(ReceivesWeights):
 
     async def on_start(self) -> None:
         config = self.config
-        limit_cpu_threads(config.device, config.cpu_threads)
         self.backend, loader, expected = await self.compute.run(_build_backend, config)
+        model = getattr(self.backend, "model", None)  # the transformers backend's; vLLM manages its own threads
+        await self.compute.run(limit_cpu_threads, config.device, config.cpu_threads, model)
         self.weights = WeightReceiver(
             self, loader, expected, clear_caches=self.backend.clear_caches, config=config.channel, device=config.device,
         )

@@ -1,17 +1,16 @@
 """The reference role: log-probs of rollouts under the frozen initial policy (for the
-KL to the reference)."""
+KL to the reference), a chunk of tokens at a time (roles.generation.response_logprobs)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.batch import Batch
 from protocols.rl import ComputeLogProbs, LogProbs
-from roles.generation import limit_cpu_threads, load_causal_lm
-from roles.trainer import forward_batch
+from roles.generation import CpuThreads, autocast_for, batch_logprobs, limit_cpu_threads, load_causal_lm
 from runtime.actor import Actor, handler
 
 
@@ -25,12 +24,20 @@ class ReferenceConfig(BaseModel):
     dtype: str = "float32"
     device: str = "cpu"
     micro_batch_size: int = Field(32, ge=1)
-    cpu_threads: int | None = Field(1, ge=1)
-    """torch threads on the CPU (role processes share the cores); None: torch's default."""
     """Rows per forward."""
+    cpu_threads: CpuThreads = "auto"
+    """torch threads on the CPU: a number, ``auto`` (every core this process may use for
+    a model of 20M parameters or more, else 1), or None (torch's default). The reference
+    runs beside the reward and, when they are asked for, the critic's values and the
+    trainer's recomputed log-probs: on a small machine give each part of the cores then."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Forward under torch.autocast in this dtype (as the trainer's `autocast`: use the
+    same setting, so the KL of the unchanged policy to the reference is 0)."""
 
 
 class Reference(Actor):
+    """Serves the reference policy's log-probs (see the module docstring)."""
+
     role = "reference"
     Config: ClassVar[type[BaseModel]] = ReferenceConfig
 
@@ -39,9 +46,9 @@ class Reference(Actor):
         self.config = config
 
     async def on_start(self) -> None:
-        limit_cpu_threads(self.config.device, self.config.cpu_threads)
         self.model, _ = await self.compute.run(load_causal_lm, self.config.model, self.config.dtype, self.config.device)
         self.model.requires_grad_(False)
+        await self.compute.run(limit_cpu_threads, self.config.device, self.config.cpu_threads, self.model)
 
     @handler
     async def compute_logprobs(self, request: ComputeLogProbs) -> LogProbs:
@@ -51,6 +58,7 @@ class Reference(Actor):
     def _logprobs(self, batch: Batch, temperature: float) -> torch.Tensor:
         pieces = []
         for micro in batch.split_by_size(self.config.micro_batch_size):
-            logprobs, _ = forward_batch(self.model, micro.to(self.config.device), temperature)
+            with autocast_for(self.config.device, self.config.autocast):
+                logprobs, _ = batch_logprobs(self.model, micro.to(self.config.device), temperature)
             pieces.append(logprobs.float().cpu())
         return torch.cat(pieces)

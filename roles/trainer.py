@@ -10,7 +10,12 @@ One update (`Train`): `ppo_epochs` passes over the batch in shuffled mini-batche
 each mini-batch is one optimizer step, its gradient accumulated over micro-batches;
 loss = policy loss (roles.algorithms.ppo_policy_loss) + KL loss (when the controller
 asks for it) - entropy bonus; gradients clipped; AdamW with a warm-up then constant or
-cosine learning rate. Checkpoints use torch.distributed.checkpoint, read back through
+cosine learning rate. The ratio's "old" log-probs are the ones the controller chose
+(roles.algorithms.old_logprobs: recomputed before the update, the update's own when it
+is a single optimizer step, or the generator's); in async mode the loss is weighted by
+the truncated importance ratio of those to the generator's. Log-probs come from
+`roles.generation.response_logprobs`, a chunk of tokens at a time, optionally under
+bfloat16 autocast (`autocast`). Checkpoints use torch.distributed.checkpoint, read back through
 an allow-listed index reader (runtime.checkpoint_reader), and only in a step folder of
 the run's checkpoints/ (roles.checkpoints.confine_checkpoint_path).
 """
@@ -29,11 +34,28 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.batch import Batch
-from protocols.rl import CheckpointDone, ComputeLogProbs, LoadCheckpoint, LogProbs, SaveCheckpoint, Train, TrainStats
-from roles.algorithms import compute_kl, compute_kl_loss, ppo_policy_loss
+from protocols.rl import (
+    CheckpointDone,
+    ComputeLogProbs,
+    DescribeUpdate,
+    LoadCheckpoint,
+    LogProbs,
+    SaveCheckpoint,
+    Train,
+    TrainStats,
+    UpdateSettings,
+)
+from roles.algorithms import (
+    compute_kl,
+    compute_kl_loss,
+    optimizer_steps_per_update,
+    ppo_policy_loss,
+    select_old_logprobs,
+    truncated_importance_weights,
+)
 from roles.algorithms.policy_loss import PolicyLossConfig
 from roles.checkpoints import confine_checkpoint_path
-from roles.generation import limit_cpu_threads, load_causal_lm, response_logprobs
+from roles.generation import CpuThreads, autocast_for, batch_logprobs, limit_cpu_threads, load_causal_lm
 from roles.rollout import without_rows_weight
 from runtime.actor import handler
 from runtime.errors import ActorError
@@ -89,9 +111,21 @@ class TrainerConfig(BaseModel):
     init_method: str | None = None
     """Rendezvous of the trainers' group; default: a file store in the run directory."""
     dtype: str = "float32"
+    """Weights dtype (float32, bfloat16, float16); keep float32 for AdamW at small
+    learning rates (updates below bfloat16's resolution are lost), and use `autocast`
+    for speed."""
     device: str = "cpu"
-    cpu_threads: int | None = Field(1, ge=1)
-    """torch threads on the CPU (role processes share the cores); None: torch's default."""
+    cpu_threads: CpuThreads = "auto"
+    """torch threads on the CPU: a number, ``auto`` (every core this process may use for
+    a model of 20M parameters or more, else 1: in sync mode the roles take turns, so the
+    one working has the cores to itself), or None (torch's default). In async mode the
+    trainer trains while the generator samples: on a small machine give each part of
+    the cores (roles.generation.limit_cpu_threads)."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Run forward and backward under torch.autocast in this dtype (the weights,
+    gradients and optimizer stay in `dtype`; log-softmax arithmetic stays float32).
+    ``bfloat16`` roughly halves a step on CPUs with bfloat16 instructions. The recomputed
+    old log-probs use it too, so the PPO ratio of an unchanged policy stays 1."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     policy_loss: PolicyLossConfig = Field(default_factory=PolicyLossConfig)
@@ -103,6 +137,8 @@ class TrainerConfig(BaseModel):
 
 
 class Trainer(PublishesWeights):
+    """The policy: one rank of the trainer group (see the module docstring)."""
+
     role = "trainer"
     Config: ClassVar[type[BaseModel]] = TrainerConfig
 
@@ -121,13 +157,13 @@ class Trainer(PublishesWeights):
 
     def _build(self) -> None:
         config = self.config
-        limit_cpu_threads(config.device, config.cpu_threads)
         torch.manual_seed(config.seed)
         backend = "nccl" if config.device.startswith("cuda") else "gloo"
         dist.init_process_group(
             backend, **self._rendezvous(), rank=self.rank, world_size=config.ranks, timeout=datetime.timedelta(seconds=600),
         )
         self.model, self.tokenizer = load_causal_lm(config.model, config.dtype, config.device)
+        limit_cpu_threads(config.device, config.cpu_threads, self.model)
         self.model.train()
         if config.ranks > 1:
             shard_model(self.model, config.device, config.ranks)
@@ -183,6 +219,13 @@ class Trainer(PublishesWeights):
         return LogProbs(logprobs if self.rank == 0 else torch.zeros(0))
 
     @handler
+    async def describe_update(self, request: DescribeUpdate) -> UpdateSettings:
+        """How a batch becomes optimizer steps: the controller decides with it which
+        log-probs are "old" (roles.algorithms.old_logprobs)."""
+        update = self.config.update
+        return UpdateSettings(self.config.ranks, update.ppo_epochs, update.mini_batch_size)
+
+    @handler
     async def train(self, request: Train) -> TrainStats:
         stats = await self.compute.run(self._train, request)
         return TrainStats(stats)
@@ -202,12 +245,18 @@ class Trainer(PublishesWeights):
     def _logprobs(self, batch: Batch, temperature: float) -> torch.Tensor:
         pieces = []
         for micro in batch.split_by_size(self.config.update.micro_batch_size):
-            logprobs, _ = forward_batch(self.model, micro.to(self.config.device), temperature)
+            with autocast_for(self.config.device, self.config.autocast):
+                logprobs, _ = batch_logprobs(self.model, micro.to(self.config.device), temperature)
             pieces.append(logprobs.float().cpu())
         return torch.cat(pieces)
 
     def _train(self, request: Train) -> dict[str, float]:
         config, update = self.config, self.config.update
+        steps = optimizer_steps_per_update(request.batch.size, config.ranks, update.ppo_epochs, update.mini_batch_size)
+        if request.old_logprobs == "current" and steps != 1:
+            raise ActorError(f"the controller asked for the update's own log-probs as the old ones, but this batch "
+                             f"takes {steps} optimizer steps (ppo_epochs {update.ppo_epochs}, mini_batch_size "
+                             f"{update.mini_batch_size}): set the controller's recompute_logprobs to always")
         local = rank_slice(request.batch, self.rank, config.ranks).to(config.device)
         mini_size = max(1, update.mini_batch_size // config.ranks)
         totals: dict[str, float] = {}
@@ -227,15 +276,26 @@ class Trainer(PublishesWeights):
         config = self.config
         mask_total = mini.tensors["response_mask"].sum().clamp(min=1.0)
         sums = {"train/loss": 0.0, "train/entropy": 0.0, "train/pg_clipfrac": 0.0, "train/ppo_kl": 0.0, "train/kl_loss": 0.0}
+        if request.importance_cap is not None:
+            sums["train/importance_ratio"] = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for micro in mini.split_by_size(config.update.micro_batch_size):
             mask = micro.tensors["response_mask"]
             weight = float(mask.sum() / mask_total)  # token-weighted accumulation over micro-batches
-            logprobs, entropy = forward_batch(self.model, micro, request.temperature, with_entropy=True)
-            old = micro.tensors["old_logprobs"] if "old_logprobs" in micro else micro.tensors["behavior_logprobs"]
+            with autocast_for(config.device, config.autocast):
+                logprobs, entropy = batch_logprobs(self.model, micro, request.temperature, with_entropy=True)
+            assert entropy is not None
+            if config.entropy_coef == 0:
+                entropy = entropy.detach()  # logged only: its gradient is not computed
+            old = select_old_logprobs(request.old_logprobs, micro.tensors, logprobs)
+            importance_weights = None
+            if request.importance_cap is not None:
+                importance = truncated_importance_weights(old, micro.tensors["behavior_logprobs"], mask, request.importance_cap)
+                importance_weights = importance.weights
+                sums["train/importance_ratio"] += weight * float(importance.mean_ratio)
             policy = ppo_policy_loss(
                 logprobs, old, micro.tensors["advantages"], mask,
-                importance_weights=micro.tensors.get("importance_weights"), **config.policy_loss.model_dump(),
+                importance_weights=importance_weights, **config.policy_loss.model_dump(),
             )
             entropy_mean = (entropy * mask).sum() / mask.sum().clamp(min=1.0)
             loss = policy.loss - config.entropy_coef * entropy_mean
@@ -282,12 +342,6 @@ class Trainer(PublishesWeights):
 
 
 # ---------------------------------------------------------------------- shared pieces
-def forward_batch(model: torch.nn.Module, batch: Batch, temperature: float, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of a rollout batch's responses under `model`."""
-    t = batch.tensors
-    return response_logprobs(model, t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], temperature, with_entropy)
-
-
 def rank_slice(batch: Batch, rank: int, ranks: int) -> Batch:
     """This rank's equal share of `batch`; rows added to even the shares weigh nothing."""
     padded, padding = batch.pad_to_multiple(ranks)

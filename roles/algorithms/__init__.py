@@ -2,9 +2,10 @@
 
 Everything here is a function of torch tensors (or a small stateful KL controller)
 with no I/O, no processes and no distributed calls, so it runs and tests on a CPU in
-milliseconds. The controller role calls the advantage and KL-penalty functions; the
-trainer and critic roles call the losses. Formulas and config blocks are in
-docs/algorithms.md.
+milliseconds. The controller role calls the advantage and KL-penalty functions and
+decides which log-probs are "old"; the trainer and critic roles call the losses; every
+role that computes log-probs does it in chunks of tokens. Formulas and config blocks
+are in docs/algorithms.md.
 """
 
 from roles.algorithms.advantage_registry import (
@@ -32,6 +33,7 @@ from roles.algorithms.advantages import (
     compute_rloo_advantages,
 )
 from roles.algorithms.aggregation import LOSS_AGG_MODES, LossAggMode, aggregate_loss
+from roles.algorithms.chunked_logprobs import TokenLogProbs, chunked_token_logprobs
 from roles.algorithms.entropy import entropy_from_logits, logprobs_from_logits
 from roles.algorithms.groups import GroupIds, GroupStats, group_stats, zero_variance_share
 from roles.algorithms.kl import (
@@ -61,6 +63,15 @@ from roles.algorithms.kl_control import (
     build_kl_controller,
 )
 from roles.algorithms.masked import masked_mean, masked_sum, masked_whiten
+from roles.algorithms.old_logprobs import (
+    ImportanceWeights,
+    RecomputeLogprobs,
+    old_logprob_source,
+    optimizer_steps_per_update,
+    policy_logprobs_before_update,
+    select_old_logprobs,
+    truncated_importance_weights,
+)
 from roles.algorithms.policy_loss import PolicyLossConfig, PolicyLossOutput, ppo_policy_loss
 from roles.algorithms.value_loss import ValueLossConfig, ValueLossOutput, clipped_value_loss
 
@@ -81,6 +92,7 @@ __all__ = [
     "GRPOConfig",
     "GroupIds",
     "GroupStats",
+    "ImportanceWeights",
     "KLConfig",
     "KLController",
     "KLControllerConfig",
@@ -91,17 +103,19 @@ __all__ = [
     "PolicyLossConfig",
     "PolicyLossOutput",
     "RLOOConfig",
+    "RecomputeLogprobs",
     "ReinforcePlusPlusBaselineConfig",
     "ReinforcePlusPlusConfig",
+    "TokenLogProbs",
     "ValueLossConfig",
     "ValueLossOutput",
     "aggregate_loss",
     "apply_kl_penalty",
     "broadcast_to_tokens",
     "build_kl_controller",
+    "chunked_token_logprobs",
     "clipped_value_loss",
     "compute_advantages",
-    "get_advantage_estimator",
     "compute_discounted_returns",
     "compute_gae",
     "compute_grpo_advantages",
@@ -111,6 +125,7 @@ __all__ = [
     "compute_reinforce_plus_plus_baseline_advantages",
     "compute_rloo_advantages",
     "entropy_from_logits",
+    "get_advantage_estimator",
     "group_stats",
     "kl_abs",
     "kl_k1",
@@ -121,8 +136,13 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "old_logprob_source",
+    "optimizer_steps_per_update",
     "place_scores_on_last_token",
+    "policy_logprobs_before_update",
     "ppo_policy_loss",
+    "select_old_logprobs",
     "straight_through_kl",
+    "truncated_importance_weights",
     "zero_variance_share",
 ]

@@ -1,0 +1,112 @@
+"""Which log-probabilities are "old" in the PPO ratio, decided once per update.
+
+The ratio rho = exp(log pi_theta - log pi_old) compares the policy being optimized with
+the policy before the update. There are three ways to get log pi_old:
+
+* ``recomputed``: a forward pass of the trainer over the rollouts before the update
+  (the controller asks for it in parallel with the reference and the reward).
+* ``current``: the update's own log-probs, detached. Exact when the update is a single
+  optimizer step (one PPO epoch, one mini-batch): every forward of that step runs with
+  the weights from before it, so pi_old = pi_theta and rho = 1, and the pass above is
+  a second, identical forward that can be skipped (verl and TRL skip it too).
+* ``behavior``: the generator's log-probs, taken while sampling. In async mode the PPO
+  ratio is then taken against the sampling weights directly, so the clipped ratio is
+  itself the off-policy correction.
+
+``recompute_logprobs: auto`` picks ``current`` when the update is one optimizer step,
+and ``recomputed`` otherwise; ``always`` and ``never`` force ``recomputed`` and
+``behavior``. In async mode, with ``recomputed`` or ``current``, the policy loss is
+also weighted per token by the truncated importance ratio min(exp(old - behavior), cap)
+between the policy before the update and the weights that sampled the row
+(`truncated_importance_weights`).
+
+The controller decides (`old_logprob_source`) and sends the decision with the batch;
+the trainer takes its tensor with `select_old_logprobs`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Literal, NamedTuple
+
+import torch
+
+from protocols.rl import OldLogProbs
+
+RecomputeLogprobs = Literal["auto", "always", "never"]
+"""The setting: ``auto`` skips the recomputation when the update is one optimizer step."""
+
+
+def optimizer_steps_per_update(rows: int, ranks: int, ppo_epochs: int, mini_batch_size: int) -> int:
+    """Optimizer steps one batch of `rows` rows makes on each trainer rank: every rank
+    gets ceil(rows / ranks) rows and splits them into mini-batches of
+    ``max(1, mini_batch_size // ranks)`` rows, `ppo_epochs` times."""
+    for name, value in (("rows", rows), ("ranks", ranks), ("ppo_epochs", ppo_epochs), ("mini_batch_size", mini_batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    rows_per_rank = math.ceil(rows / ranks)
+    return ppo_epochs * math.ceil(rows_per_rank / max(1, mini_batch_size // ranks))
+
+
+def old_logprob_source(recompute: RecomputeLogprobs, optimizer_steps: int) -> OldLogProbs:
+    """Where the update's old log-probs come from (see the module docstring).
+
+    Args:
+        recompute: the controller's ``recompute_logprobs`` setting.
+        optimizer_steps: `optimizer_steps_per_update` for this batch.
+    """
+    if recompute == "never":
+        return "behavior"
+    if recompute == "always":
+        return "recomputed"
+    if recompute != "auto":
+        raise ValueError(f"recompute_logprobs must be auto, always or never, got {recompute!r}")
+    return "current" if optimizer_steps == 1 else "recomputed"
+
+
+def select_old_logprobs(source: OldLogProbs, columns: Mapping[str, torch.Tensor], current: torch.Tensor) -> torch.Tensor:
+    """The [N, R] old log-probs of a (micro-)batch for `source`.
+
+    Args:
+        columns: the batch's tensors: ``old_logprobs`` (recomputed) and ``behavior_logprobs``.
+        current: [N, R] the update's own log-probs under the current weights.
+    """
+    if source == "current":
+        return current.detach()
+    name = "old_logprobs" if source == "recomputed" else "behavior_logprobs"
+    if name not in columns:
+        raise ValueError(f"old log-probs from {source!r} need the batch column {name!r}, which is missing")
+    return columns[name]
+
+
+def policy_logprobs_before_update(source: OldLogProbs, columns: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """[N, R] the policy's log-probs before the update, as the controller has them before
+    training (for the KL to the reference): the recomputed ones, else the generator's
+    (the same weights in sync mode; with ``current`` the update's own are not known yet)."""
+    return columns["old_logprobs"] if source == "recomputed" else columns["behavior_logprobs"]
+
+
+class ImportanceWeights(NamedTuple):
+    weights: torch.Tensor
+    """[N, R] min(exp(old - behavior), cap), 0 where the mask is 0."""
+    mean_ratio: torch.Tensor
+    """Scalar: the untruncated ratio averaged over valid tokens (logged as train/importance_ratio)."""
+
+
+def truncated_importance_weights(old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor,
+                                 response_mask: torch.Tensor, cap: float) -> ImportanceWeights:
+    """Per-token truncated importance weights between the policy before the update and
+    the weights that sampled the rows (async mode).
+
+        w = min(exp(min(old - behavior, 20)), cap) * mask
+
+    Args:
+        old_logprobs, behavior_logprobs, response_mask: [N, R].
+        cap: the truncation (> 0).
+    """
+    if cap <= 0:
+        raise ValueError(f"importance_cap must be > 0, got {cap}")
+    ratio = (old_logprobs.detach() - behavior_logprobs).clamp(max=20).exp()
+    mean_ratio = (ratio * response_mask).sum() / response_mask.sum().clamp(min=1)
+    return ImportanceWeights(ratio.clamp(max=cap) * response_mask, mean_ratio)

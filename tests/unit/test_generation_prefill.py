@@ -1,0 +1,69 @@
+"""`HFBackend` prefills each distinct prompt of a micro-batch once and copies its keys and
+values to the prompt's rows: the samples are those of a prefill per row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from roles.generation import GenerationRequest, HFBackend, SamplingParams
+from tests.unit.test_generation import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def backend() -> HFBackend:
+    tokenizer = tiny_tokenizer()
+    tokenizer.padding_side = "left"
+    return HFBackend(tiny_model().eval(), tokenizer)
+
+
+def prompt_ids(backend: HFBackend, texts: list[str]) -> list[list[int]]:
+    return [backend.tokenizer(text).input_ids for text in texts]
+
+
+def prefill_rows(backend: HFBackend, run) -> list[int]:  # type: ignore[no-untyped-def]
+    """The batch size of every forward with more than one position (a prefill) during `run`."""
+    sizes: list[int] = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda _, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]) if kwargs["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True,
+    )
+    try:
+        run()
+    finally:
+        hook.remove()
+    return sizes
+
+
+def test_the_samples_of_one_prompt_share_one_prefill(backend: HFBackend) -> None:
+    prompts = prompt_ids(backend, ["hello", "what is 2+2?"])
+    sizes = prefill_rows(backend, lambda: backend.generate(prompts, SamplingParams(n=4, max_new_tokens=3, seed=0)))
+    assert sizes == [2]
+
+
+def test_identical_prompts_of_different_requests_share_a_prefill_too(backend: HFBackend) -> None:
+    prompts = prompt_ids(backend, ["hello", "abc"])
+    requests = [GenerationRequest(prompts, SamplingParams(n=2, max_new_tokens=3, seed=1)),
+                GenerationRequest(prompts[:1], SamplingParams(n=1, max_new_tokens=3, temperature=0.5))]
+    sizes = prefill_rows(backend, lambda: backend.generate_requests(requests))
+    assert sizes == [2]
+
+
+def test_shared_prefill_rows_sample_what_a_prompt_alone_samples(backend: HFBackend) -> None:
+    prompts = prompt_ids(backend, ["hello", "what is 2+2?", "a"])
+    greedy = SamplingParams(top_k=1, max_new_tokens=8)
+    together = backend.generate(prompts, greedy.model_copy(update={"n": 3}))
+    for index, prompt in enumerate(prompts):
+        alone = backend.generate([prompt], greedy)
+        length = int(alone.response_mask.sum())
+        for row in range(3 * index, 3 * index + 3):
+            assert together.response_ids[row, :length].tolist() == alone.response_ids[0, :length].tolist()
+            torch.testing.assert_close(together.logprobs[row, :length], alone.logprobs[0, :length], atol=1e-5, rtol=0)
