@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from roles.algorithms import advantages as estimators
 from roles.algorithms.advantages import AdvantageOutput, broadcast_to_tokens
-from roles.algorithms.groups import GroupIds
+from roles.algorithms.groups import GroupIds, OneSampleGroup
 from roles.algorithms.masked import masked_sum
 
 
@@ -60,46 +60,60 @@ class AdvantageInputs:
 AdvantageEstimator = Callable[..., AdvantageOutput]
 
 
-def _gae(inputs: AdvantageInputs, *, gamma: float, lam: float, whiten: bool) -> AdvantageOutput:
+def _gae(inputs: AdvantageInputs, *, gamma: float, lam: float, whiten: bool, unbiased_std: bool) -> AdvantageOutput:
     if inputs.values is None:
         raise ValueError("advantage estimator 'gae' needs values [B, T] from a critic; none given (or choose 'grpo')")
-    return estimators.compute_gae(inputs.token_level_rewards, inputs.values, inputs.response_mask, gamma, lam, whiten)
+    return estimators.compute_gae(
+        inputs.token_level_rewards, inputs.values, inputs.response_mask, gamma, lam, whiten, unbiased_std
+    )
 
 
 def _with_score_returns(inputs: AdvantageInputs, advantages: torch.Tensor) -> AdvantageOutput:
     return AdvantageOutput(advantages=advantages, returns=broadcast_to_tokens(inputs.scores(), inputs.response_mask))
 
 
-def _grpo(inputs: AdvantageInputs, *, eps: float, unbiased_std: bool) -> AdvantageOutput:
+def _grpo(
+    inputs: AdvantageInputs, *, eps: float, unbiased_std: bool, one_sample_group: OneSampleGroup
+) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("grpo")
     advantages = estimators.compute_grpo_advantages(
-        inputs.scores(), group_ids, inputs.response_mask, normalize_by_std=True, unbiased_std=unbiased_std, eps=eps
+        inputs.scores(),
+        group_ids,
+        inputs.response_mask,
+        normalize_by_std=True,
+        unbiased_std=unbiased_std,
+        eps=eps,
+        one_sample_group=one_sample_group,
     )
     return _with_score_returns(inputs, advantages)
 
 
-def _drgrpo(inputs: AdvantageInputs) -> AdvantageOutput:
+def _drgrpo(inputs: AdvantageInputs, *, one_sample_group: OneSampleGroup) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("drgrpo")
     advantages = estimators.compute_grpo_advantages(
-        inputs.scores(), group_ids, inputs.response_mask, normalize_by_std=False
+        inputs.scores(), group_ids, inputs.response_mask, normalize_by_std=False, one_sample_group=one_sample_group
     )
     return _with_score_returns(inputs, advantages)
 
 
-def _rloo(inputs: AdvantageInputs) -> AdvantageOutput:
+def _rloo(inputs: AdvantageInputs, *, one_sample_group: OneSampleGroup) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("rloo")
-    advantages = estimators.compute_rloo_advantages(inputs.scores(), group_ids, inputs.response_mask)
+    advantages = estimators.compute_rloo_advantages(inputs.scores(), group_ids, inputs.response_mask, one_sample_group)
     return _with_score_returns(inputs, advantages)
 
 
-def _reinforce_plus_plus(inputs: AdvantageInputs, *, gamma: float) -> AdvantageOutput:
-    return estimators.compute_reinforce_plus_plus_advantages(inputs.token_level_rewards, inputs.response_mask, gamma)
+def _reinforce_plus_plus(inputs: AdvantageInputs, *, gamma: float, unbiased_std: bool) -> AdvantageOutput:
+    return estimators.compute_reinforce_plus_plus_advantages(
+        inputs.token_level_rewards, inputs.response_mask, gamma, unbiased_std
+    )
 
 
-def _reinforce_plus_plus_baseline(inputs: AdvantageInputs) -> AdvantageOutput:
+def _reinforce_plus_plus_baseline(
+    inputs: AdvantageInputs, *, unbiased_std: bool, one_sample_group: OneSampleGroup
+) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("reinforce_plus_plus_baseline")
     advantages = estimators.compute_reinforce_plus_plus_baseline_advantages(
-        inputs.scores(), group_ids, inputs.response_mask
+        inputs.scores(), group_ids, inputs.response_mask, unbiased_std, one_sample_group
     )
     return _with_score_returns(inputs, advantages)
 
@@ -137,7 +151,19 @@ class _EstimatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
-class GAEConfig(_EstimatorConfig):
+class _GroupEstimatorConfig(_EstimatorConfig):
+    one_sample_group: OneSampleGroup = "zero"
+    """Advantage of a response alone in its group: "zero" (no peer to compare with, no
+    gradient) or "score" (verl's: group mean 0 and std 1, so the raw score counts)."""
+
+
+class _WhitenedEstimatorConfig(_EstimatorConfig):
+    unbiased_std: bool = False
+    """Std of the whitening over the batch's valid tokens: false divides the variance by
+    N (population), true by N - 1 (Bessel's correction, as verl's masked_whiten)."""
+
+
+class GAEConfig(_WhitenedEstimatorConfig):
     """PPO with a critic: generalised advantage estimation."""
 
     type: Literal["gae"] = "gae"
@@ -151,7 +177,7 @@ class GAEConfig(_EstimatorConfig):
     by default (the bare function `compute_gae` defaults to False)."""
 
 
-class GRPOConfig(_EstimatorConfig):
+class GRPOConfig(_GroupEstimatorConfig):
     """GRPO: score minus group mean, divided by group std."""
 
     type: Literal["grpo"] = "grpo"
@@ -162,21 +188,21 @@ class GRPOConfig(_EstimatorConfig):
     """Bessel-corrected group std (n - 1, as torch.std); False divides by n."""
 
 
-class DrGRPOConfig(_EstimatorConfig):
+class DrGRPOConfig(_GroupEstimatorConfig):
     """Dr.GRPO: score minus group mean, no std normalisation."""
 
     type: Literal["drgrpo"] = "drgrpo"
     """Selects Dr.GRPO (pair it with loss_agg_mode seq-mean-token-sum-norm)."""
 
 
-class RLOOConfig(_EstimatorConfig):
+class RLOOConfig(_GroupEstimatorConfig):
     """RLOO: score minus the mean of the other responses of its group."""
 
     type: Literal["rloo"] = "rloo"
     """Selects RLOO."""
 
 
-class ReinforcePlusPlusConfig(_EstimatorConfig):
+class ReinforcePlusPlusConfig(_WhitenedEstimatorConfig):
     """REINFORCE++: discounted token returns whitened over the batch."""
 
     type: Literal["reinforce_plus_plus"] = "reinforce_plus_plus"
@@ -185,7 +211,7 @@ class ReinforcePlusPlusConfig(_EstimatorConfig):
     """Discount factor per policy token."""
 
 
-class ReinforcePlusPlusBaselineConfig(_EstimatorConfig):
+class ReinforcePlusPlusBaselineConfig(_GroupEstimatorConfig, _WhitenedEstimatorConfig):
     """REINFORCE++ with a group-mean baseline, then batch whitening."""
 
     type: Literal["reinforce_plus_plus_baseline"] = "reinforce_plus_plus_baseline"

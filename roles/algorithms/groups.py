@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple, Union
+from typing import Literal, NamedTuple, Union, get_args
 
 import torch
 
 #: A group id per row: an integer tensor [B] or a sequence of B hashable ids.
 GroupIds = Union[torch.Tensor, Sequence[Hashable]]
+
+#: The advantage of a response alone in its group (a prompt sampled once, or the
+#: last sample of a prompt left in a batch): "zero" (no peer to compare with, so no
+#: gradient) or "score" (verl's: the group's mean is taken as 0 and its std as 1, so
+#: the response is judged by its raw score).
+OneSampleGroup = Literal["zero", "score"]
+#: The values `OneSampleGroup` takes.
+ONE_SAMPLE_GROUP_CHOICES: tuple[str, ...] = get_args(OneSampleGroup)
 
 
 class GroupStats(NamedTuple):

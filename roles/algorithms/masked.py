@@ -83,21 +83,30 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, float_mask, dim) / count.clamp(min=1.0)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = WHITEN_EPS) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, eps: float = WHITEN_EPS, unbiased_std: bool = False
+) -> torch.Tensor:
     """Whitens `values` over mask-1 positions; mask-0 positions become 0.
 
     whitened = (x - mu) / (sigma + eps) at mask-1 positions and 0 elsewhere, where mu
-    and sigma are the mean and the population standard deviation (divide by N) of x
-    over the N mask-1 positions of the whole tensor. With N = 0 the result is all
-    zeros.
+    and sigma are the mean and the standard deviation of x over the N mask-1
+    positions of the whole tensor:
+        sigma^2 = sum (x - mu)^2 / N         population std (default)
+        sigma^2 = sum (x - mu)^2 / (N - 1)   if unbiased_std (Bessel's correction, verl)
+    With N = 1 both give sigma = 0 (the one value maps to 0); with N = 0 the result
+    is all zeros.
 
     Args:
         values: any shape, e.g. advantages [B, T].
         mask: 0/1 (float or bool), same shape as `values`.
         eps: added to sigma so a constant input maps to 0 instead of NaN.
+        unbiased_std: divide the variance by N - 1 instead of N.
     """
     float_mask = as_float_mask(mask, values)
     mean = masked_mean(values, float_mask)
-    variance = masked_mean((values - mean) ** 2, float_mask)
+    squared_deviation = masked_sum((values - mean) ** 2, float_mask)
+    count = float_mask.sum()
+    divisor = (count - 1.0) if unbiased_std else count
+    variance = squared_deviation / divisor.clamp(min=1.0)
     whitened = (values - mean) / (variance.sqrt() + eps)
     return torch.where(float_mask > 0, whitened, torch.zeros_like(whitened))

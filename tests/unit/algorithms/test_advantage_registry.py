@@ -1,5 +1,7 @@
 """Choosing an advantage estimator by name or by config."""
 
+import math
+
 import pytest
 import torch
 import yaml
@@ -93,6 +95,62 @@ def test_reinforce_plus_plus_config_passes_its_discount():
     assert_close(result.advantages, expected.advantages)
     # row 0: rewards [0, 0, 1] -> G = [0.25, 0.5, 1]
     assert_close(result.returns[0], torch.tensor([0.25, 0.5, 1.0]))
+
+
+# Three prompts: "a" sampled twice (scores 1, 0), "b" and "c" once (scores 2, -1); one token each.
+LONE_INPUTS = AdvantageInputs(
+    token_level_rewards=torch.tensor([[1.0], [0.0], [2.0], [-1.0]]),
+    response_mask=torch.ones(4, 1),
+    group_ids=["a", "a", "b", "c"],
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_by_default", "expected_as_verl"),
+    [
+        # group a: +-0.5 / unbiased std 0.70711 = +-0.70711; lone rows: 0, or score / (1 + 1e-6)
+        ("grpo", [0.70711, -0.70711, 0.0, 0.0], [0.70711, -0.70711, 2.0, -1.0]),
+        ("drgrpo", [0.5, -0.5, 0.0, 0.0], [0.5, -0.5, 2.0, -1.0]),
+        ("rloo", [1.0, -1.0, 0.0, 0.0], [1.0, -1.0, 2.0, -1.0]),
+    ],
+)
+def test_group_config_one_sample_group_choice_reaches_the_estimator(name, expected_by_default, expected_as_verl):
+    by_default = compute_advantages(CONFIG_ADAPTER.validate_python({"type": name}), LONE_INPUTS)
+    as_verl = compute_advantages(
+        CONFIG_ADAPTER.validate_python({"type": name, "one_sample_group": "score"}), LONE_INPUTS
+    )
+
+    assert_close(by_default.advantages[:, 0], torch.tensor(expected_by_default), rtol=0, atol=1e-5)
+    assert_close(as_verl.advantages[:, 0], torch.tensor(expected_as_verl), rtol=0, atol=1e-5)
+
+
+def test_reinforce_plus_plus_baseline_config_passes_both_verl_choices():
+    # c = [0.5, -0.5, 2, -1] (lone rows keep their scores): mean 0.25,
+    # deviations [0.25, -0.75, 1.75, -1.25], sum of squares 5.25, unbiased variance 5.25 / 3
+    config = CONFIG_ADAPTER.validate_python(
+        {"type": "reinforce_plus_plus_baseline", "unbiased_std": True, "one_sample_group": "score"}
+    )
+
+    result = compute_advantages(config, LONE_INPUTS)
+
+    assert_close(result.advantages[:, 0], torch.tensor([0.25, -0.75, 1.75, -1.25]) / math.sqrt(5.25 / 3.0))
+
+
+@pytest.mark.parametrize("name", ["gae", "reinforce_plus_plus"])
+def test_whitening_config_passes_unbiased_std(name):
+    # gamma = lam = 1 and V = 0: both whiten the reward-to-go [[1], [0], [2], [-1]]:
+    # mean 0.5, deviations [0.5, -0.5, 1.5, -1.5], sum of squares 5.0, unbiased variance 5 / 3
+    inputs = AdvantageInputs(LONE_INPUTS.token_level_rewards, LONE_INPUTS.response_mask, values=torch.zeros(4, 1))
+    config = CONFIG_ADAPTER.validate_python({"type": name, "unbiased_std": True})
+
+    result = compute_advantages(config, inputs)
+
+    assert_close(result.advantages[:, 0], torch.tensor([0.5, -0.5, 1.5, -1.5]) / math.sqrt(5.0 / 3.0))
+
+
+def test_advantage_config_rejects_an_unknown_one_sample_group_choice():
+    with pytest.raises(ValidationError, match="'zero' or 'score'"):
+        CONFIG_ADAPTER.validate_python({"type": "rloo", "one_sample_group": "mean"})
 
 
 def test_gae_without_values_says_a_critic_is_needed():

@@ -1,5 +1,7 @@
 """GAE over policy tokens: the recursion, masking of observation tokens, whitening."""
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -73,6 +75,17 @@ def test_gae_whitening_uses_only_valid_tokens_and_leaves_returns_raw():
     assert_close(whitened.advantages[mask.bool()], expected)
     assert_close(whitened.advantages[~mask.bool()], torch.zeros(3))
     assert_close(whitened.returns, raw.returns)
+
+
+def test_gae_whitening_with_unbiased_std_divides_the_variance_by_n_minus_one():
+    # V = 0, gamma = lam = 1: A = reward-to-go = [[1, 1], [3, 0]], mean 1.25,
+    # deviations [-0.25, -0.25, 1.75, -1.25], sum of squares 4.75, variance 4.75 / 3
+    rewards = torch.tensor([[0.0, 1.0], [3.0, 0.0]])
+
+    result = compute_gae(rewards, torch.zeros(2, 2), torch.ones(2, 2), 1.0, 1.0, whiten=True, unbiased_std=True)
+
+    assert_close(result.advantages, torch.tensor([[-0.25, -0.25], [1.75, -1.25]]) / math.sqrt(4.75 / 3))
+    assert_close(result.returns, torch.tensor([[1.0, 1.0], [3.0, 0.0]]))
 
 
 def test_gae_result_carries_no_gradient():

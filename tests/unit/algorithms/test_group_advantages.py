@@ -79,6 +79,51 @@ def test_rloo_equals_scaled_mean_centring():
     assert_close(advantages[:, 0], 4.0 / 3.0 * (scores - group_means))
 
 
+def test_one_sample_group_gets_zero_by_default_in_every_group_estimator():
+    # Row 5 (score 4) is alone in group "c".
+    assert float(compute_grpo_advantages(SCORES, GROUP_IDS, ONE_TOKEN)[5, 0]) == 0.0
+    assert float(compute_grpo_advantages(SCORES, GROUP_IDS, ONE_TOKEN, normalize_by_std=False)[5, 0]) == 0.0
+    assert float(compute_rloo_advantages(SCORES, GROUP_IDS, ONE_TOKEN)[5, 0]) == 0.0
+
+
+def test_grpo_one_sample_group_as_verl_is_the_score_over_one_plus_eps():
+    # c: mean taken as 0, std as 1 -> 4 / (1 + 1e-6); groups a and b as in the unbiased example
+    advantages = compute_grpo_advantages(SCORES, GROUP_IDS, ONE_TOKEN, one_sample_group="score")
+
+    expected = torch.tensor([0.0, -0.70711, -1.0, 0.70711, 1.0, 4.0 / (1.0 + 1e-6)])
+    assert_close(advantages[:, 0], expected, rtol=0, atol=1e-5)
+
+
+def test_drgrpo_one_sample_group_as_verl_is_the_raw_score():
+    advantages = compute_grpo_advantages(
+        SCORES, GROUP_IDS, ONE_TOKEN, normalize_by_std=False, one_sample_group="score"
+    )
+
+    assert_close(advantages[:, 0], torch.tensor([0.0, -2.5, -1.0, 2.5, 1.0, 4.0]))
+
+
+def test_rloo_one_sample_group_as_verl_has_a_zero_baseline():
+    advantages = compute_rloo_advantages(SCORES, GROUP_IDS, ONE_TOKEN, one_sample_group="score")
+
+    assert_close(advantages[:, 0], torch.tensor([0.0, -5.0, -1.5, 5.0, 1.5, 4.0]))
+
+
+def test_one_sample_group_score_is_copied_onto_valid_tokens_only():
+    # Two lone responses with scores 3 and -1; Dr.GRPO keeps the scores.
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+
+    advantages = compute_grpo_advantages(
+        torch.tensor([3.0, -1.0]), ["p", "q"], mask, normalize_by_std=False, one_sample_group="score"
+    )
+
+    assert_close(advantages, torch.tensor([[3.0, 3.0, 0.0], [-1.0, 0.0, 0.0]]))
+
+
+def test_unknown_one_sample_group_choice_lists_the_choices():
+    with pytest.raises(ValueError, match="one_sample_group must be one of 'zero', 'score', got 'mean'"):
+        compute_rloo_advantages(SCORES, GROUP_IDS, ONE_TOKEN, one_sample_group="mean")
+
+
 def test_group_stats_reports_each_rows_group():
     stats = group_stats(SCORES, GROUP_IDS)
 
