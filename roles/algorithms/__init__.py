@@ -32,10 +32,17 @@ from roles.algorithms.advantages import (
     compute_reinforce_plus_plus_baseline_advantages,
     compute_rloo_advantages,
 )
-from roles.algorithms.aggregation import LOSS_AGG_MODES, LossAggMode, aggregate_loss
+from roles.algorithms.aggregation import LOSS_AGG_MODES, LossAggMode, aggregate_loss, micro_batch_weight
 from roles.algorithms.chunked_logprobs import TokenLogProbs, chunked_token_logprobs
 from roles.algorithms.entropy import entropy_from_logits, logprobs_from_logits
-from roles.algorithms.groups import GroupIds, GroupStats, group_stats, zero_variance_share
+from roles.algorithms.groups import (
+    ONE_SAMPLE_GROUP_CHOICES,
+    GroupIds,
+    GroupStats,
+    OneSampleGroup,
+    group_stats,
+    zero_variance_share,
+)
 from roles.algorithms.kl import (
     KL_ESTIMATOR_NAMES,
     KLConfig,
@@ -79,6 +86,7 @@ __all__ = [
     "ADVANTAGE_ESTIMATOR_NAMES",
     "KL_ESTIMATOR_NAMES",
     "LOSS_AGG_MODES",
+    "ONE_SAMPLE_GROUP_CHOICES",
     "AdaptiveKLController",
     "AdaptiveKLControllerConfig",
     "AdvantageConfig",
@@ -100,6 +108,7 @@ __all__ = [
     "KLLossOutput",
     "KLPenaltyOutput",
     "LossAggMode",
+    "OneSampleGroup",
     "PolicyLossConfig",
     "PolicyLossOutput",
     "RLOOConfig",
@@ -136,6 +145,7 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "micro_batch_weight",
     "old_logprob_source",
     "optimizer_steps_per_update",
     "place_scores_on_last_token",

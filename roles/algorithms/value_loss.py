@@ -89,4 +89,5 @@ class ValueLossConfig(BaseModel):
     loss_agg_mode: LossAggMode = "token-mean"
     """How per-token losses become one scalar; see docs/algorithms.md."""
     loss_scale_factor: float | None = Field(None, gt=0.0)
-    """Constant normaliser of seq-mean-token-sum-norm; None uses the padded response length."""
+    """Constant normaliser N of seq-mean-token-sum-norm and token-sum-norm; None uses the
+    padded response length."""
