@@ -12,6 +12,12 @@ whose probability grew a lot under the new policy cannot dominate the update. Th
 weights w are constants (detached here) that correct for rollouts sampled by an
 older policy than `old_logprobs` came from, e.g. a truncated importance ratio
 min(pi_old / pi_behaviour, C) in asynchronous training.
+
+Two diagnostics estimate how far the update moved the policy, KL(old || new) over
+the sampled tokens, with log rho = logprobs - old_logprobs:
+    ppo_kl    = mean(-log rho)            k1: verl's `ppo_kl`, can be negative
+    approx_kl = mean(rho - 1 - log rho)   k3: >= 0, lower variance
+They are different numbers; a run compared with verl's `actor/ppo_kl` must log ppo_kl.
 """
 
 from __future__ import annotations
@@ -39,12 +45,15 @@ class PolicyLossOutput(NamedTuple):
             was applied (always 0 without dual clip), detached.
         approx_kl: token-mean of k3 between old and new policy over valid tokens:
             rho - 1 - log rho, an estimate of KL(old || new) >= 0, detached.
+        ppo_kl: token-mean of k1 over valid tokens: old_logprobs - logprobs (the
+            clamped log-ratio, negated), verl's `ppo_kl`; may be negative, detached.
     """
 
     loss: torch.Tensor
     clip_fraction: torch.Tensor
     lower_clip_fraction: torch.Tensor
     approx_kl: torch.Tensor
+    ppo_kl: torch.Tensor
 
 
 def _check_clip_arguments(clip_ratio_low: float, clip_ratio_high: float, dual_clip_c: float | None) -> None:
@@ -86,7 +95,7 @@ def ppo_policy_loss(
         loss_scale_factor: see `aggregation.aggregate_loss`.
 
     Returns:
-        PolicyLossOutput(loss, clip_fraction, lower_clip_fraction, approx_kl).
+        PolicyLossOutput(loss, clip_fraction, lower_clip_fraction, approx_kl, ppo_kl).
     """
     require_rank(logprobs, 2, "logprobs", "[B, T]")
     require_same_shape(
@@ -115,10 +124,15 @@ def ppo_policy_loss(
     loss = aggregate_loss(per_token_loss, response_mask, loss_agg_mode, loss_scale_factor)
     with torch.no_grad():
         approx_kl = masked_mean(ratio - 1.0 - log_ratio, response_mask)
+        ppo_kl = masked_mean(-log_ratio, response_mask)
         clip_fraction = masked_mean(is_clipped.to(logprobs.dtype), response_mask)
         lower_clip_fraction = masked_mean(is_dual_clipped.to(logprobs.dtype), response_mask)
     return PolicyLossOutput(
-        loss=loss, clip_fraction=clip_fraction, lower_clip_fraction=lower_clip_fraction, approx_kl=approx_kl
+        loss=loss,
+        clip_fraction=clip_fraction,
+        lower_clip_fraction=lower_clip_fraction,
+        approx_kl=approx_kl,
+        ppo_kl=ppo_kl,
     )
 
 
@@ -132,11 +146,15 @@ class PolicyLossConfig(BaseModel):
     clip_ratio_high: float = Field(0.2, ge=0.0)
     """eps_high: the ratio is clipped from above at 1 + clip_ratio_high (DAPO uses 0.28)."""
     dual_clip_c: float | None = None
-    """Dual-clip constant c > 1 (3.0 is common); None disables the dual clip."""
+    """Dual-clip constant c > 1; None disables the dual clip (the PPO paper's loss). verl's
+    default loss always applies c = 3.0: set 3.0 to match it."""
     loss_agg_mode: LossAggMode = "token-mean"
-    """How per-token losses become one scalar; see docs/algorithms.md."""
+    """How per-token losses become one scalar: token-mean, seq-mean-token-sum,
+    seq-mean-token-mean, seq-mean-token-sum-norm, token-sum or token-sum-norm (verl's
+    seq-mean-token-sum-norm); see docs/algorithms.md."""
     loss_scale_factor: float | None = Field(None, gt=0.0)
-    """Constant normaliser of seq-mean-token-sum-norm; None uses the padded response length."""
+    """Constant normaliser N of seq-mean-token-sum-norm and token-sum-norm; None uses the
+    padded response length."""
 
     @field_validator("dual_clip_c")
     @classmethod

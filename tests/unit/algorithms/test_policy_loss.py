@@ -38,6 +38,24 @@ def test_policy_loss_matches_hand_worked_example():
     assert_close(result.approx_kl, torch.tensor(0.392550))
 
 
+def test_ppo_kl_is_verls_mean_of_old_minus_new_logprobs_not_approx_kl():
+    # ppo_kl = mean(old - new) = mean(-log ratio)
+    #        = (-0.405465 + 0.693147 - 0.095310 + 0.356675 - 1.386294) / 5 = -0.167449
+    # (negative here, where approx_kl, a k3 estimate, is 0.392550)
+    result = ppo_policy_loss(new_logprobs(), OLD_LOGPROBS, ADVANTAGES, MASK, clip_ratio_low=0.2, clip_ratio_high=0.3)
+
+    assert_close(result.ppo_kl, torch.tensor(-0.167449))
+
+
+def test_ppo_kl_averages_valid_tokens_only():
+    # Token 1 is padding: mean(-log ratio) over tokens 0, 2, 3, 4 = (-0.405465 - 0.095310 + 0.356675 - 1.386294) / 4
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0]])
+
+    result = ppo_policy_loss(new_logprobs(), OLD_LOGPROBS, ADVANTAGES, mask)
+
+    assert_close(result.ppo_kl, torch.tensor(-1.530394 / 4))
+
+
 def test_dual_clip_bounds_negative_advantage_loss_by_c_times_abs_advantage():
     # token 4: min(8.0, 3 * 2) = 6 -> (-1.3 - 0.5 + 1.1 + 0.8 + 6.0) / 5 = 1.22
     result = ppo_policy_loss(
