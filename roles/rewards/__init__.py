@@ -1,9 +1,10 @@
-"""Reward functions: rule-based, symbolic math, reward model, custom and sandboxed code.
+"""Reward functions: rule-based, math (checked by math-verify), reward model, custom and sandboxed code.
 
 Every reward function has the signature
 ``fn(prompt: str, response: str, ground_truth: Any, **extra) -> RewardResult``.
 `RewardRouter.from_config` picks one per row's ``data_source``; see
-docs/rewards.md for each function's rules and options.
+docs/rewards.md for each function's rules and options. The math rewards report
+their terms (``correctness``, ``format``) in `RewardResult.terms`.
 
 `RewardModel` (torch, transformers) and `score_code` (the sandbox) are imported
 on first access, so importing this package stays cheap.
@@ -30,7 +31,6 @@ from roles.rewards.config import (
 from roles.rewards.custom import load_custom_reward, to_reward_result
 from roles.rewards.final_answer import extract_final_number, score_final_number
 from roles.rewards.gsm8k import extract_gsm8k_answer, score_gsm8k
-from roles.rewards.latex_normalize import normalize_math_answer
 from roles.rewards.math_reward import score_math
 from roles.rewards.router import (
     BatchRewardFn,
@@ -69,7 +69,6 @@ __all__ = [
     "extract_last_boxed",
     "extract_leading_integer",
     "load_custom_reward",
-    "normalize_math_answer",
     "score_arithmetic",
     "score_code",
     "score_final_number",

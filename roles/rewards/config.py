@@ -7,8 +7,12 @@ maps a row's ``data_source`` to one of them, with an optional default. In YAML:
       default: {type: arithmetic}
       by_data_source:
         reasoning_gym/basic_arithmetic: {type: final_number}
-        openai/gsm8k: {type: gsm8k, method: flexible, format_score: 0.1}
+        openai/gsm8k: {type: gsm8k, format_weight: 0.1}
         lighteval/MATH: {type: math, timeout_s: 5}
+
+The math rewards (gsm8k, math, final_number) report two terms, ``correctness`` and
+``format`` (`roles.rewards.correctness`); ``method``, ``format_score`` and
+``format_weight`` say how the score combines them.
 """
 
 from __future__ import annotations
@@ -29,15 +33,29 @@ class ArithmeticRewardConfig(_StrictConfig):
     """Selects `score_arithmetic`."""
 
 
-class Gsm8kRewardConfig(_StrictConfig):
-    """GSM8K word problems graded on the final number."""
+class _AnswerCheckConfig(_StrictConfig):
+    """Options shared by the rewards whose correctness math-verify checks."""
+
+    format_score: float = 0.0
+    """Score of a wrong answer the method read (verl's ``format_score``); 0: a wrong answer scores 0."""
+    format_weight: float = 0.0
+    """Added to the score of every response in the requested format, right or wrong (TRL's
+    separate format reward and its weight); 0: the format does not change the score."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """Time limit of one math-verify check (run in a child process), in seconds."""
+    on_timeout: Literal["unscored", "zero"] = "unscored"
+    """What a timed-out check yields: an unscored result (dropped by callers) or a plain 0."""
+
+
+class Gsm8kRewardConfig(_AnswerCheckConfig):
+    """GSM8K word problems graded on the final number; the format is ``#### <number>``."""
 
     type: Literal["gsm8k"] = "gsm8k"
     """Selects `score_gsm8k`."""
-    method: Literal["strict", "flexible"] = "strict"
-    """``strict`` reads ``#### <number>``; ``flexible`` takes the last number in the response."""
-    format_score: float = 0.0
-    """Score of a response whose answer was found but is wrong."""
+    method: Literal["answer", "strict", "flexible"] = "answer"
+    """What the score counts: ``answer`` the final answer however phrased (``#### 72``, "the
+    answer is 72", ``\\boxed{72}``); ``strict`` (verl) only ``#### <number>``; ``flexible``
+    (verl) the last number in the response."""
 
 
 class FinalNumberRewardConfig(_StrictConfig):
@@ -48,17 +66,16 @@ class FinalNumberRewardConfig(_StrictConfig):
     """Selects `score_final_number`."""
 
 
-class MathRewardConfig(_StrictConfig):
-    """MATH-style problems graded on the last ``\\boxed{}`` answer."""
+class MathRewardConfig(_AnswerCheckConfig):
+    """MATH-style problems graded by math-verify; the format is a ``\\boxed{}`` answer."""
 
     type: Literal["math"] = "math"
     """Selects `score_math`."""
+    method: Literal["answer", "boxed"] = "answer"
+    """What the score counts: ``answer`` the final answer however phrased (the last box when
+    there is one); ``boxed`` (verl, the MATH graders) only a boxed answer."""
     symbolic: bool = True
-    """Ask sympy (in a child process) when the normalised answers differ as strings."""
-    timeout_s: float = Field(default=5.0, gt=0)
-    """Time limit of one symbolic check, in seconds."""
-    on_timeout: Literal["unscored", "zero"] = "unscored"
-    """What a timed-out check yields: an unscored result (dropped by callers) or a plain 0."""
+    """Let math-verify simplify when comparing; False: the parsed answers must be equal as written."""
 
 
 class CodeRewardConfig(_StrictConfig):

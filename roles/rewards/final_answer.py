@@ -21,13 +21,16 @@ that holds something else (``\\boxed{\\frac{1}{2}}``, ``<answer>seven</answer>``
 model's stated answer all the same: it is extracted as written and scores 0, rather
 than falling through to some other number in the text.
 
-Numbers are read and compared by `roles.rewards.gsm8k`'s rules: an optional sign (a
+Numbers are read and compared by `roles.rewards.numbers`' rules: an optional sign (a
 ``-`` after a letter, digit or dot is a minus, not a sign: "3-5" holds 3 and 5),
 digits grouped by commas in threes (``1,234``), an optional decimal part, an optional
 ``$``; a trailing period ends the sentence. Two numbers are equal when their
 canonical forms are (``84.0`` == ``84``, ``1,234`` == ``1234``, ``-0`` == ``0``).
-Fractions, expressions and units are not understood (issue 17 moves math grading to a
-symbolic verifier); the ground truth must be one number.
+A box or tag that holds something other than one number is read as LaTeX and compared
+by math-verify (`roles.rewards.correctness.judge_answer`, in a child process under a
+time limit), so ``\\boxed{\\frac{1}{2}}`` is right for 0.5; a check that runs out of
+time is unscored. The ground truth must be one number. The score is the
+``correctness`` term; this reward requests no format, so it has no ``format`` term.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from roles.rewards.boxed import extract_last_boxed
-from roles.rewards.gsm8k import extract_gsm8k_answer, normalize_number
+from roles.rewards.correctness import Correctness, judge_answer, reward_terms
+from roles.rewards.gsm8k import extract_gsm8k_answer
+from roles.rewards.numbers import normalize_number
 from roles.rewards.types import RewardResult
 
 _NUMBER_TEXT = r"-?\$?\s*-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
@@ -119,10 +124,15 @@ def score_final_number(prompt: str, response: str, ground_truth: Any, **extra: A
 
     Returns:
         A `RewardResult` whose ``extracted`` is the answer found (None: the response holds
-        no number), with ``info["rule"]``, the rule that found it, and ``info["reference"]``,
-        the canonical ground truth.
+        no number), with ``info["rule"]``, the rule that found it, ``info["reference"]``,
+        the canonical ground truth, and the ``correctness`` term.
     """
     reference = parse_number_ground_truth(ground_truth)
     extracted, rule = extract_final_number(response)
-    score = 1.0 if extracted == reference else 0.0
-    return RewardResult(score=score, extracted=extracted, info={"rule": rule, "reference": reference})
+    if extracted is None:
+        correctness = Correctness(False, None, False, {"match": "none"})
+    else:  # a number is compared exactly; anything else a box or tag holds is read as LaTeX
+        text = extracted if normalize_number(extracted) is not None else "\\boxed{" + extracted + "}"
+        correctness = judge_answer(reference, text)
+    return RewardResult(float(correctness.correct), extracted, correctness.unscored,
+                        {"rule": rule, "reference": reference, **correctness.info}, reward_terms(correctness, None))

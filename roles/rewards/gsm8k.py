@@ -1,23 +1,26 @@
 """Reward for GSM8K-style grade-school math word problems.
 
-GSM8K solutions end with ``#### <number>``. Two extraction methods:
+GSM8K solutions end with ``#### <number>``. Every response gets two terms
+(`roles.rewards.correctness`):
 
-- ``strict``: the number after the first ``####`` that is followed by a number
-  (spaces and a ``$`` may come between them). The first one counts so that text
-  a model appends after its answer (a new question and its own ``####``) is
-  ignored. A response without ``#### <number>`` has no answer.
-- ``flexible``: the last number anywhere in the response, for models that do
-  not use the ``####`` format.
+- ``correctness``: the final answer is right however it is phrased. The answer after
+  the first ``####`` counts when there is one (compared exactly as a number);
+  otherwise math-verify reads the response (its last ``\\boxed{}``, "the answer is",
+  the last number ...).
+- ``format``: the response gives ``#### <number>``, the format GSM8K asks for.
 
-A number is ``[-][$]digits[.digits]`` where the digits may be grouped by
-commas in threes (``1,234,567``). A ``-`` counts as a sign only when it does not
-follow a letter, digit or dot, so in ``"pages 3-5"`` the last number is ``5``.
-A trailing period is a sentence end, not part of the number.
+``method`` picks what the score counts:
 
-Normalisation turns a number into a canonical string: no ``$``, no commas, no
-trailing zeros after the decimal point, no decimal point for whole numbers
-(``"72.0"`` -> ``"72"``, ``"-$1,234.50"`` -> ``"-1234.5"``). Two answers are equal
-when their canonical strings are.
+- ``answer`` (default): the correctness term, however the answer is phrased.
+- ``strict`` (verl's default): only the number after the first ``####`` that is
+  followed by a number (spaces and a ``$`` may come between them); a response without
+  one has no answer and scores 0, even if it is right.
+- ``flexible`` (verl's other method): the last number anywhere in the response.
+
+``format_score`` is the score of a wrong answer the method read (for ``answer``: a
+wrong ``#### <number>``), verl's convention; ``format_weight`` is added to the score
+of every response in the format, right or wrong, TRL's separate format reward.
+Numbers are read and compared by `roles.rewards.numbers`.
 """
 
 from __future__ import annotations
@@ -26,44 +29,19 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from roles.rewards.correctness import TimeoutPolicy, answer_text, combined_score, judge_answer, reward_terms
+from roles.rewards.numbers import NUMBER, canonical_decimal, canonical_number, normalize_number
 from roles.rewards.types import RewardResult
 
-Gsm8kMethod = Literal["strict", "flexible"]
+Gsm8kMethod = Literal["answer", "strict", "flexible"]
 
-_NUMBER = (
-    r"(?:(?<![\w.])(?P<sign>-))?(?:\$\s*(?P<sign_after_dollar>-)?)?"
-    r"(?P<digits>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-)
-_NUMBER_PATTERN = re.compile(_NUMBER)
-_STRICT_ANSWER_PATTERN = re.compile(r"####\s*" + _NUMBER)
-_BARE_NUMBER_PATTERN = re.compile(r"\s*" + _NUMBER + r"\.?\s*")
+_NUMBER_PATTERN = re.compile(NUMBER)
+_STRICT_ANSWER_PATTERN = re.compile(r"####\s*" + NUMBER)
+
+__all__ = ["extract_gsm8k_answer", "normalize_number", "parse_gsm8k_ground_truth", "score_gsm8k"]
 
 
-def _canonical_decimal(value: Decimal) -> str:
-    if not value.is_finite():
-        raise InvalidOperation(f"{value} is not finite")
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def _canonical_number(match: re.Match[str]) -> str:
-    value = Decimal(match.group("digits").replace(",", ""))
-    if match.group("sign") or match.group("sign_after_dollar"):
-        value = -value
-    return _canonical_decimal(value)
-
-
-def normalize_number(text: str) -> str | None:
-    """Return the canonical string of a text holding one number, or None.
-
-    ``" $1,234.50. "`` -> ``"1234.5"``; ``"72.0"`` -> ``"72"``; ``"abc"`` -> None.
-    """
-    match = _BARE_NUMBER_PATTERN.fullmatch(text)
-    return _canonical_number(match) if match else None
-
-
-def extract_gsm8k_answer(text: str, method: Gsm8kMethod = "strict") -> str | None:
+def extract_gsm8k_answer(text: str, method: Literal["strict", "flexible"] = "strict") -> str | None:
     """Return the canonical answer found in ``text`` by ``method``, or None.
 
     Args:
@@ -73,10 +51,10 @@ def extract_gsm8k_answer(text: str, method: Gsm8kMethod = "strict") -> str | Non
     """
     if method == "strict":
         match = _STRICT_ANSWER_PATTERN.search(text)
-        return _canonical_number(match) if match else None
+        return canonical_number(match) if match else None
     if method == "flexible":
         matches = list(_NUMBER_PATTERN.finditer(text))
-        return _canonical_number(matches[-1]) if matches else None
+        return canonical_number(matches[-1]) if matches else None
     raise ValueError(f"GSM8K method must be 'strict' or 'flexible', got {method!r}")
 
 
@@ -91,7 +69,7 @@ def parse_gsm8k_ground_truth(ground_truth: Any) -> str:
     """
     if isinstance(ground_truth, (int, float)) and not isinstance(ground_truth, bool):
         try:
-            return _canonical_decimal(Decimal(str(ground_truth)))
+            return canonical_decimal(Decimal(str(ground_truth)))
         except InvalidOperation as error:
             raise ValueError(f"GSM8K ground_truth {ground_truth!r} is not a finite number") from error
     if isinstance(ground_truth, str):
@@ -113,31 +91,41 @@ def score_gsm8k(
     response: str,
     ground_truth: Any,
     *,
-    method: Gsm8kMethod = "strict",
+    method: Gsm8kMethod = "answer",
     format_score: float = 0.0,
+    format_weight: float = 0.0,
+    timeout_s: float = 5.0,
+    on_timeout: TimeoutPolicy = "unscored",
     **extra: Any,
 ) -> RewardResult:
-    """Score a GSM8K response: 1.0 right, ``format_score`` wrong, 0.0 no answer.
+    """Score a GSM8K response: 1.0 right, ``format_score`` wrong, 0.0 no answer (+ ``format_weight``).
 
     Args:
         prompt: the question (not used for grading).
         response: the model's solution.
         ground_truth: see `parse_gsm8k_ground_truth`.
-        method: ``"strict"`` or ``"flexible"`` extraction (module docstring).
-        format_score: the score of a response whose answer was found but is
-            wrong; a small positive value rewards using the answer format.
+        method: ``"answer"``, ``"strict"`` or ``"flexible"`` (module docstring).
+        format_score: the score of a wrong answer the method read.
+        format_weight: added when the response gives ``#### <number>``.
+        timeout_s: the time limit of one math-verify check, in seconds.
+        on_timeout: ``"unscored"`` or ``"zero"``: what a check that ran out of time yields.
         **extra: other row fields; ignored.
 
     Returns:
-        A `RewardResult` with the canonical extracted answer (None when none was
-        found) and ``info["reference"]``, the canonical ground truth.
+        A `RewardResult` with the extracted answer (None when none was found), the terms
+        ``correctness`` and ``format``, and ``info["reference"]``, the canonical ground truth.
     """
+    if method not in ("answer", "strict", "flexible"):
+        raise ValueError(f"GSM8K method must be 'answer', 'strict' or 'flexible', got {method!r}")
     reference = parse_gsm8k_ground_truth(ground_truth)
-    extracted = extract_gsm8k_answer(response, method)
-    if extracted is None:
-        score = 0.0
-    elif extracted == reference:
-        score = 1.0
-    else:
-        score = format_score
-    return RewardResult(score=score, extracted=extracted, info={"reference": reference})
+    marked = extract_gsm8k_answer(response, "strict")
+    correctness = judge_answer(reference, answer_text(response, marked), timeout_s=timeout_s, on_timeout=on_timeout)
+    formatted = marked is not None
+    terms = reward_terms(correctness, formatted)
+    info = {"reference": reference, **correctness.info}
+    if method == "answer":
+        score = combined_score(correctness.correct, formatted, formatted, format_score, format_weight)
+        return RewardResult(score, correctness.extracted, correctness.unscored, info, terms)
+    extracted = marked if method == "strict" else extract_gsm8k_answer(response, "flexible")
+    score = combined_score(extracted == reference, extracted is not None, formatted, format_score, format_weight)
+    return RewardResult(score, extracted, False, info, terms)

@@ -1,25 +1,29 @@
-"""Reward for MATH-style competition problems with ``\\boxed{}`` answers.
+"""Reward for MATH-style competition problems, graded by math-verify.
 
-Grading, in order, stopping at the first decision:
+Every response gets two terms (`roles.rewards.correctness`):
 
-1. The answer is the content of the response's last ``\\boxed{}``/``\\fbox{}``
-   (`extract_last_boxed`); none means score 0. The ground truth may be a full
-   reference solution (its last box is used) or the bare answer.
-2. Both answers are normalised (`normalize_math_answer`); equal strings score
-   1. Rational numbers are compared exactly here: ``0.5`` equals ``\\frac12``.
-3. If both answers are rational and differ, the score is 0; sympy is not asked.
-4. Otherwise, if ``symbolic`` is on and both answers translate to sympy syntax
-   (`latex_to_sympy_text`), a child process checks equivalence under a time
-   limit (`roles.rewards.symbolic`): ``\\frac{\\sqrt{2}}{2}`` equals
-   ``\\frac{1}{\\sqrt{2}}``. Answers it cannot translate score 0.
-5. When the symbolic check runs out of time or its worker dies, the result is
-   ``unscored=True`` (score 0) by default: the grader failed, not the model.
-   ``on_timeout="zero"`` grades it a plain 0 instead, for a pipeline that must
-   not drop samples (a model could otherwise dodge a penalty with an
-   expression that is slow to compare).
+- ``correctness``: math-verify finds the response's answer equal to the reference:
+  ``0.5`` equals ``\\frac12``, ``\\frac{\\sqrt{2}}{2}`` equals ``\\frac{1}{\\sqrt{2}}``,
+  ``(1,2]`` is an interval, ``\\{1,2\\}`` a set, matrices and text answers are compared
+  as such. When the response has a ``\\boxed{}``/``\\fbox{}`` its last one is the answer
+  (`extract_last_boxed`); otherwise math-verify reads the whole response ("the final
+  answer is $x$", the last formula or number).
+- ``format``: the response boxes its answer, the format MATH asks for.
 
-``info`` records the normalised answers and ``match``: ``"string"``,
-``"symbolic"`` or ``"none"``, plus ``symbolic_check`` when sympy was asked.
+``method`` picks what the score counts: ``answer`` (default) the correctness term;
+``boxed`` only a boxed answer (a right answer without a box scores 0), the convention of
+verl's and the original MATH graders. ``format_score`` (the score of a wrong boxed
+answer) and ``format_weight`` (added for a boxed answer, right or wrong) follow verl's
+and TRL's conventions (`roles.rewards.correctness.combined_score`).
+
+Each math-verify check runs in a child process under ``timeout_s``; one that runs out
+of time, or whose worker dies, makes the result ``unscored=True`` (score 0) by default:
+the grader failed, not the model. ``on_timeout="zero"`` grades it a plain 0 instead, for
+a pipeline that must not drop samples (a model could otherwise dodge a penalty with an
+answer that is slow to compare).
+
+``info`` records the reference and how the verdict was reached (``match``: ``"number"``,
+``"math_verify"`` or ``"none"``; ``check``: math-verify's verdict).
 """
 
 from __future__ import annotations
@@ -27,12 +31,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from roles.rewards.boxed import extract_last_boxed
-from roles.rewards.latex_normalize import normalize_math_answer, rational_value
-from roles.rewards.latex_to_sympy import latex_to_sympy_text
-from roles.rewards.symbolic import SymbolicVerdict, shared_symbolic_checker
+from roles.rewards.correctness import TimeoutPolicy, answer_text, combined_score, judge_answer, reward_terms
 from roles.rewards.types import RewardResult
 
-TimeoutPolicy = Literal["unscored", "zero"]
+MathMethod = Literal["answer", "boxed"]
 
 
 def parse_math_ground_truth(ground_truth: Any) -> str:
@@ -68,49 +70,45 @@ def score_math(
     response: str,
     ground_truth: Any,
     *,
+    method: MathMethod = "answer",
     symbolic: bool = True,
     timeout_s: float = 5.0,
     on_timeout: TimeoutPolicy = "unscored",
+    format_score: float = 0.0,
+    format_weight: float = 0.0,
     **extra: Any,
 ) -> RewardResult:
-    """Score a MATH-style response: 1.0 when its boxed answer equals the reference.
+    """Score a MATH-style response: 1.0 when its answer equals the reference.
 
     Args:
         prompt: the problem (not used for grading).
-        response: the model's solution, with the final answer in ``\\boxed{}``.
+        response: the model's solution.
         ground_truth: see `parse_math_ground_truth`.
-        symbolic: whether to ask sympy when the normalised strings differ.
-        timeout_s: the time limit of one symbolic check, in seconds.
+        method: ``"answer"`` or ``"boxed"`` (module docstring).
+        symbolic: False compares math-verify's parsed answers without simplification
+            (``2x+2`` then differs from ``2(x+1)``).
+        timeout_s: the time limit of one math-verify check, in seconds.
         on_timeout: ``"unscored"`` or ``"zero"``; see the module docstring.
+        format_score: the score of a wrong boxed answer.
+        format_weight: added when the response has a box.
         **extra: other row fields; ignored.
 
     Returns:
-        A `RewardResult` whose ``extracted`` is the boxed content as written.
+        A `RewardResult` whose ``extracted`` is the boxed content as written (or the answer
+        math-verify read from an unboxed response), with the terms ``correctness`` and ``format``.
     """
-    if on_timeout not in ("unscored", "zero"):
-        raise ValueError(f"on_timeout must be 'unscored' or 'zero', got {on_timeout!r}")
-    reference = normalize_math_answer(parse_math_ground_truth(ground_truth))
-    extracted = extract_last_boxed(response)
-    if extracted is None:
-        return RewardResult(score=0.0, info={"reference": reference, "match": "none"})
-    candidate = normalize_math_answer(extracted)
-    info: dict[str, Any] = {"reference": reference, "normalized": candidate, "match": "none"}
-    if candidate == reference:
-        return RewardResult(score=1.0, extracted=extracted, info={**info, "match": "string"})
-    if not symbolic or (rational_value(candidate) is not None and rational_value(reference) is not None):
-        return RewardResult(score=0.0, extracted=extracted, info=info)
-    candidate_sympy = latex_to_sympy_text(candidate)
-    reference_sympy = latex_to_sympy_text(reference)
-    if candidate_sympy is None or reference_sympy is None:
-        info["symbolic_check"] = "unsupported"
-        return RewardResult(score=0.0, extracted=extracted, info=info)
-    check = shared_symbolic_checker().check(candidate_sympy, reference_sympy, timeout_s)
-    info["symbolic_check"] = check.verdict.value
-    if check.detail:
-        info["symbolic_detail"] = check.detail
-    if check.verdict is SymbolicVerdict.EQUIVALENT:
-        return RewardResult(score=1.0, extracted=extracted, info={**info, "match": "symbolic"})
-    grader_failed = check.verdict in (SymbolicVerdict.TIMED_OUT, SymbolicVerdict.WORKER_DIED)
-    return RewardResult(
-        score=0.0, extracted=extracted, unscored=grader_failed and on_timeout == "unscored", info=info
+    if method not in ("answer", "boxed"):
+        raise ValueError(f"MATH method must be 'answer' or 'boxed', got {method!r}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    reference = parse_math_ground_truth(ground_truth)
+    boxed = extract_last_boxed(response)
+    formatted = boxed is not None
+    correctness = judge_answer(
+        reference, answer_text(response), timeout_s=timeout_s, on_timeout=on_timeout, symbolic=symbolic
     )
+    counted = correctness.correct and (formatted or method == "answer")
+    score = combined_score(counted, formatted, formatted, format_score, format_weight)
+    extracted = boxed if formatted else correctness.extracted
+    return RewardResult(score, extracted, correctness.unscored, {"reference": reference, **correctness.info},
+                        reward_terms(correctness, formatted))

@@ -62,13 +62,11 @@ def build_reward_fn(config: RewardFunctionConfig) -> RewardFn:
     if isinstance(config, ArithmeticRewardConfig):
         return score_arithmetic
     if isinstance(config, Gsm8kRewardConfig):
-        return functools.partial(score_gsm8k, method=config.method, format_score=config.format_score)
+        return functools.partial(score_gsm8k, **config.model_dump(exclude={"type"}))
     if isinstance(config, FinalNumberRewardConfig):
         return score_final_number
     if isinstance(config, MathRewardConfig):
-        return functools.partial(
-            score_math, symbolic=config.symbolic, timeout_s=config.timeout_s, on_timeout=config.on_timeout
-        )
+        return functools.partial(score_math, **config.model_dump(exclude={"type"}))
     if isinstance(config, CodeRewardConfig):
         # imported only when configured: the sandbox is a separate module. CodeReward
         # validates the options now (a typo is an error) and scores batches concurrently.

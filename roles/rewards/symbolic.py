@@ -1,24 +1,27 @@
-"""Symbolic equivalence checks under a time limit that works from any thread.
+"""math-verify answer checks under a time limit that works from any thread.
 
-Why a child process: sympy can run for minutes on a pathological answer, and a
-Python thread cannot be interrupted. ``signal.alarm`` only works in the main
-thread, while role processes call rewards from a worker thread. So each check is
-sent to a long-lived child process (`roles.rewards.symbolic_worker`); if no
-reply arrives within the time limit, the child is killed (SIGKILL) and the check
-reports `SymbolicVerdict.TIMED_OUT`. The next check starts a fresh child.
+Why a child process: math-verify parses with sympy, which can run for minutes on a
+pathological answer, and a Python thread cannot be interrupted. math-verify's own
+limit, ``signal.alarm``, only works in the main thread, while role processes call
+rewards from a worker thread. So each check is sent to a long-lived child process
+(`roles.rewards.symbolic_worker`, which turns math-verify's limit off); if no reply
+arrives within the time limit, the child is killed (SIGKILL) and the check reports
+`SymbolicVerdict.TIMED_OUT`. The next check starts a fresh child. Every check, from
+the reading of the answer to the verdict, runs there: a hostile response cannot
+hold the caller longer than its time limit.
 
 Why ``subprocess`` rather than ``multiprocessing``: a ``spawn``/``forkserver``
 child re-imports the parent's ``__main__`` module (a role's entry point, with
 torch), and ``fork`` is unsafe in a threaded process. The worker is a fresh
 ``python -c "from roles.rewards.symbolic_worker import main; main()"`` that
-imports only sympy and this package, and the protocol is one JSON line each way,
+imports only math-verify (with sympy) and this package, and the protocol is one JSON line each way,
 so nothing is unpickled. Waiting for a reply uses ``select`` on the pipe: POSIX
 only, like the rest of troupe.
 
 Checks on one `SymbolicEquivalenceChecker` are serialised by a lock (a reward
 role scores from one thread); a caller waits at most for the checks queued
 before it, each bounded by its own time limit. The start-up of a worker
-(importing sympy, about a second) is not counted against the time limit.
+(importing math-verify and sympy, about two seconds) is not counted against the time limit.
 
 Call `shutdown_symbolic_workers` (also registered with ``atexit``) to stop the
 shared worker; tests do so in a fixture.
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 STARTUP_TIMEOUT_S = 60.0
-"""How long a new worker may take to import sympy and report ready."""
+"""How long a new worker may take to import math-verify and report ready."""
 
 _STOP_GRACE_S = 2.0
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -50,20 +53,22 @@ class SymbolicVerdict(enum.Enum):
     """The outcome of one symbolic check."""
 
     EQUIVALENT = "equivalent"
-    DIFFERENT = "different"  # also: an expression sympy could not parse
+    DIFFERENT = "different"  # also: an answer math-verify could not read
     TIMED_OUT = "timed_out"
     WORKER_DIED = "worker_died"  # e.g. the worker hit its memory cap
 
 
 class SymbolicCheck(NamedTuple):
-    """A verdict and a short human-readable reason (empty when obvious)."""
+    """A verdict, the answer math-verify read (None: none, or no reply) and a short
+    human-readable reason (empty when obvious)."""
 
     verdict: SymbolicVerdict
+    extracted: str | None = None
     detail: str = ""
 
 
 class SymbolicEquivalenceChecker:
-    """Runs `symbolic_worker.expressions_equivalent` in a killable child process."""
+    """Runs `symbolic_worker.check_answer` in a killable child process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -78,13 +83,14 @@ class SymbolicEquivalenceChecker:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 
-    def check(self, expression_a: str, expression_b: str, timeout_s: float) -> SymbolicCheck:
-        """Compare two sympy-syntax expressions within ``timeout_s`` seconds.
+    def check(self, gold: str, answer: str, timeout_s: float, symbolic: bool = True) -> SymbolicCheck:
+        """Whether ``answer`` states ``gold`` (`symbolic_worker.check_answer`), within ``timeout_s`` seconds.
 
         Args:
-            expression_a, expression_b: texts accepted by
-                `symbolic_worker.is_safe_sympy_text` (see `latex_to_sympy_text`).
-            timeout_s: the most seconds the comparison itself may take.
+            gold: the reference answer, LaTeX or a number.
+            answer: the text holding the answer (a response, or the part a reward chose).
+            timeout_s: the most seconds the check itself (reading and comparing) may take.
+            symbolic: False compares the parsed answers without simplification.
 
         Raises:
             ValueError: ``timeout_s`` is not positive.
@@ -96,26 +102,25 @@ class SymbolicEquivalenceChecker:
             process = self._running_worker()
             self._next_request_id += 1
             request_id = self._next_request_id
-            request = {"id": request_id, "a": expression_a, "b": expression_b}
+            request = {"id": request_id, "gold": gold, "answer": answer, "symbolic": symbolic}
             try:
                 process.stdin.write(json.dumps(request).encode() + b"\n")
                 process.stdin.flush()
             except BrokenPipeError:  # the worker died between checks; report it, start afresh next time
                 self._stop_worker()
-                return SymbolicCheck(SymbolicVerdict.WORKER_DIED, "the worker exited before the check")
+                return SymbolicCheck(SymbolicVerdict.WORKER_DIED, detail="the worker exited before the check")
             line = self._read_line(process, time.monotonic() + timeout_s)
             if line is None:
                 self._stop_worker()
-                return SymbolicCheck(SymbolicVerdict.TIMED_OUT, f"no verdict within {timeout_s} s")
+                return SymbolicCheck(SymbolicVerdict.TIMED_OUT, detail=f"no verdict within {timeout_s} s")
             if line == b"":
                 self._stop_worker()
-                return SymbolicCheck(SymbolicVerdict.WORKER_DIED, f"the worker exited with code {process.returncode}")
+                return SymbolicCheck(SymbolicVerdict.WORKER_DIED, detail=f"the worker exited with code {process.returncode}")
             reply = json.loads(line)
             if reply.get("id") != request_id:
                 raise RuntimeError(f"symbolic worker answered request {reply.get('id')}, expected {request_id}")
-            if reply["equivalent"]:
-                return SymbolicCheck(SymbolicVerdict.EQUIVALENT)
-            return SymbolicCheck(SymbolicVerdict.DIFFERENT, reply["error"] or "")
+            verdict = SymbolicVerdict.EQUIVALENT if reply["equivalent"] else SymbolicVerdict.DIFFERENT
+            return SymbolicCheck(verdict, reply["extracted"], reply["error"] or "")
 
     def close(self) -> None:
         """Stop the worker process, if any. The checker stays usable."""
@@ -144,7 +149,7 @@ class SymbolicEquivalenceChecker:
             self._stop_worker()
             raise RuntimeError(
                 f"the symbolic worker ({sys.executable} -c {_WORKER_COMMAND!r}) did not "
-                f"start within {STARTUP_TIMEOUT_S} s (got {ready!r}); check that sympy is installed "
+                f"start within {STARTUP_TIMEOUT_S} s (got {ready!r}); check that math-verify is installed "
                 "in this environment (its error, if any, is on stderr)"
             )
         return process
@@ -190,7 +195,7 @@ _shared_checker_lock = threading.Lock()
 
 
 def shared_symbolic_checker() -> SymbolicEquivalenceChecker:
-    """The process-wide checker used by `score_math` (created on first use)."""
+    """The process-wide checker used by the math rewards (created on first use)."""
     global _shared_checker
     with _shared_checker_lock:
         if _shared_checker is None:

@@ -25,9 +25,14 @@ class RewardResult:
             of the grader itself). An unscored result is distinct from a wrong answer:
             callers may drop it rather than train on a score of 0.
         info: extra named values (for example per-test verdicts), all JSON-serialisable.
+        terms: the named reward terms behind the score, each in [0, 1], reported as
+            numbers of their own: ``correctness`` (the final answer is right, however
+            phrased; held-out accuracy counts it) and ``format`` (the response is in
+            the requested format). A term the reward could not decide is absent.
     """
 
     score: float
     extracted: str | None = None
     unscored: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    terms: dict[str, float] = field(default_factory=dict)

@@ -51,7 +51,27 @@ def test_a_response_without_a_number_has_no_answer(response):
 )
 def test_a_box_or_tag_without_a_number_is_the_answer_and_no_other_number_is_tried(response, answer):
     assert extract_final_number(response) == (answer, "boxed" if "boxed" in response else "tag")
-    assert score_final_number("", response, 7 if "seven" in response else 0.5).score == 0.0
+
+
+@pytest.mark.parametrize(
+    ("response", "ground_truth", "score"),
+    [
+        ("\\boxed{\\frac{1}{2}} so 0.5", 0.5, 1.0),  # a box holding a fraction is read as LaTeX by math-verify
+        ("\\boxed{\\frac{1}{3}} so 0.5", 0.5, 0.0),
+        ("<answer>seven</answer> or 7", 7, 0.0),  # a word is not a number to math-verify either
+        ("\\boxed{2^{3}}", 8, 1.0),
+    ],
+)
+def test_a_box_or_tag_without_one_number_is_compared_by_math_verify(response, ground_truth, score):
+    result = score_final_number("", response, ground_truth)
+    assert (result.score, result.terms, result.unscored) == (score, {"correctness": score}, False)
+    assert result.info["match"] == "math_verify"
+
+
+def test_two_numbers_are_compared_exactly_in_process():
+    result = score_final_number("", "The answer is 84.0", 84)
+    assert (result.score, result.info["match"]) == (1.0, "number")
+    assert score_final_number("", "The answer is 84.0000001", 84).score == 0.0
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The GSM8K reward reads '#### <number>' (strict) or the last number (flexible)."""
+"""The GSM8K reward: correctness however the answer is phrased, the '#### <number>' format as
+its own term, and verl's strict and flexible methods as config choices."""
 
 import pytest
 
@@ -87,9 +88,10 @@ def test_wrong_answer_scores_the_format_score():
     assert score_gsm8k("q", "#### 71", SOLUTION, format_score=0.1).score == 0.1
 
 
-def test_missing_answer_scores_zero_even_with_a_format_score():
-    result = score_gsm8k("q", "I think it is 72", SOLUTION, format_score=0.1)
+def test_strict_method_scores_a_missing_answer_zero_even_with_a_format_score():
+    result = score_gsm8k("q", "I think it is 72", SOLUTION, method="strict", format_score=0.1)
     assert (result.score, result.extracted) == (0.0, None)
+    assert result.terms == {"correctness": 1.0, "format": 0.0}  # right, but not in the format verl's strict reads
 
 
 def test_flexible_mode_grades_a_response_without_hashes():
@@ -99,3 +101,41 @@ def test_flexible_mode_grades_a_response_without_hashes():
 
 def test_thousands_separators_do_not_change_the_value():
     assert score_gsm8k("q", "#### 1,234", "1234").score == 1.0
+
+
+@pytest.mark.parametrize(
+    "response",
+    ["#### 72", "The final answer is 72.", "So the answer is $\\boxed{72}$.", "She earns $72.00 in total.",
+     "Answer: 72 clips", "#### 72\n\nQuestion: how many pears?\n#### 5"],
+)
+def test_the_default_method_counts_a_right_answer_however_it_is_phrased(response):
+    result = score_gsm8k("q", response, SOLUTION)
+    assert (result.score, result.terms["correctness"], result.unscored) == (1.0, 1.0, False)
+
+
+def test_format_is_its_own_term_and_does_not_change_the_default_score():
+    in_format, plain = score_gsm8k("q", "#### 72", "72"), score_gsm8k("q", "The answer is 72", "72")
+    assert (in_format.score, in_format.terms) == (1.0, {"correctness": 1.0, "format": 1.0})
+    assert (plain.score, plain.terms) == (1.0, {"correctness": 1.0, "format": 0.0})
+
+
+def test_format_weight_adds_the_format_term_as_trl_adds_a_format_reward():
+    assert score_gsm8k("q", "#### 72", "72", format_weight=0.2).score == 1.2
+    assert score_gsm8k("q", "#### 71", "72", format_weight=0.2).score == 0.2
+    assert score_gsm8k("q", "The answer is 72", "72", format_weight=0.2).score == 1.0
+    assert score_gsm8k("q", "The answer is 71", "72", format_weight=0.2).score == 0.0
+
+
+def test_format_score_pays_a_wrong_answer_only_in_the_format_as_verl_does():
+    assert score_gsm8k("q", "#### 71", "72", format_score=0.1).score == 0.1
+    assert score_gsm8k("q", "The answer is 71", "72", format_score=0.1).score == 0.0
+
+
+def test_a_response_without_any_answer_is_wrong_not_unscored():
+    result = score_gsm8k("q", "I do not know.", "72")
+    assert (result.score, result.extracted, result.unscored, result.terms) == (0.0, None, False, {"correctness": 0.0, "format": 0.0})
+
+
+def test_unknown_score_method_is_rejected():
+    with pytest.raises(ValueError, match="'answer', 'strict' or 'flexible'"):
+        score_gsm8k("q", "#### 1", "1", method="loose")

@@ -1,10 +1,10 @@
-"""Boxed-answer extraction, LaTeX normalisation and the LaTeX-to-sympy translation."""
+"""Boxed-answer extraction, the text math-verify reads, and the worker's check in this process."""
 
 import pytest
 
-from roles.rewards import extract_last_boxed, normalize_math_answer
-from roles.rewards.latex_to_sympy import latex_to_sympy_text
-from roles.rewards.symbolic_worker import expressions_equivalent, is_safe_sympy_text
+from roles.rewards import extract_last_boxed
+from roles.rewards.correctness import answer_text, combined_score
+from roles.rewards.symbolic_worker import check_answer
 
 
 @pytest.mark.parametrize(
@@ -34,112 +34,40 @@ def test_an_unclosed_last_box_falls_back_to_the_previous_complete_one():
 
 
 @pytest.mark.parametrize(
-    ("answer", "expected"),
+    ("response", "gsm8k_answer", "expected"),
     [
-        (r"\frac{1}{2}", "1/2"),
-        (r"\dfrac{1}{2}", "1/2"),
-        (r"\tfrac12", "1/2"),
-        (r"\frac 1 2", "1/2"),
-        ("0.5", "1/2"),
-        (".5", "1/2"),
-        ("1/2", "1/2"),
-        ("72.0", "72"),
-        (r"-\frac{3}{4}", "-3/4"),
-        (r"\frac{-3}{4}", "-3/4"),
-        (r"2\frac{1}{2}", "5/2"),
-        (r"1,\!000", "1000"),
-        ("1{,}000", "1000"),
-        (r"50\%", "50"),
-        (r"\$5.", "5"),
-        (r"30^\circ", "30"),
-        (r"30^{\circ}", "30"),
-        (r"5\text{ cm}^2", "5"),
-        (r"12\mbox{ inches}", "12"),
-        (r"x = 5", "5"),
-        (r"\text{(B)}", "(B)"),
-        (r"\textbf{Monday}", "Monday"),
-        (r"\left( 1, 2 \right)", "(1,2)"),
-        (r"\left\{ 3 \right.", r"\{3"),
-        (r"\sqrt3", r"\sqrt{3}"),
-        (r"\frac{\sqrt3}{2}", r"\frac{\sqrt{3}}{2}"),
-        (r"\sqrt[3]{x}", r"\sqrt[3]{x}"),
-        (r"\pi/2", r"\frac{\pi}{2}"),
-        (r"2 \! \cdot \, 3", r"2\cdot3"),
-        (r"x \cdot y", r"x\cdot y"),
-        ("\u22125", "-5"),
+        (r"so \boxed{1} and finally \boxed{2}.", None, r"\boxed{2}"),
+        ("The answer is 7.", None, "The answer is 7."),
+        (r"#### 7 and \boxed{8}", "7", "7"),
     ],
 )
-def test_normalisation_makes_equal_answers_equal_strings(answer, expected):
-    assert normalize_math_answer(answer) == expected
-
-
-def test_text_group_is_a_unit_only_when_it_ends_the_answer():
-    assert normalize_math_answer(r"\text{5 apples}") == "5apples"
-    assert normalize_math_answer(r"5 \text{ and } 6") == "5and6"
+def test_the_text_math_verify_reads_is_the_marked_answer_else_the_last_box_else_the_response(response, gsm8k_answer, expected):
+    assert answer_text(response, gsm8k_answer) == expected
 
 
 @pytest.mark.parametrize(
-    ("latex", "sympy_text"),
+    ("correct", "answered", "formatted", "format_score", "format_weight", "expected"),
     [
-        (r"\frac{1}{2}", "1/2"),
-        (r"\frac{x+1}{2}", "(x + 1)/2"),
-        (r"\frac{1}{2}x", "x/2"),
-        (r"\sqrt{2}", "sqrt(2)"),
-        (r"3\sqrt{2}", "3*sqrt(2)"),
-        (r"\sqrt[3]{8}", "2"),
-        (r"x^{2}y", "x**2*y"),
-        ("x^2", "x**2"),
-        (r"2^{10}", "1024"),
-        (r"e^{-x}", "e**(-x)"),
-        (r"2\pi", "2*pi"),
-        (r"\infty", "oo"),
-        (r"3\cdot4", "12"),
-        (r"3\times4", "12"),
-        (r"6\div4", "3/2"),
-        ("xy", "x*y"),
-        (r"\ln{x}", "log(x)"),
-        (r"\sin{x}", "sin(x)"),
-        ("(1,2)", "(1, 2)"),
+        (True, True, True, 0.0, 0.0, 1.0),
+        (False, True, True, 0.1, 0.0, 0.1),
+        (False, False, False, 0.1, 0.0, 0.0),
+        (True, True, True, 0.0, 0.25, 1.25),
+        (False, True, True, 0.0, 0.25, 0.25),
+        (True, False, False, 0.1, 0.25, 1.0),
     ],
 )
-def test_common_latex_forms_translate_to_the_same_value(latex, sympy_text):
-    translated = latex_to_sympy_text(latex)
-
-    assert translated is not None and is_safe_sympy_text(translated)
-    assert expressions_equivalent(translated, sympy_text)
+def test_the_score_is_verls_formula_plus_the_weighted_format_term(correct, answered, formatted, format_score, format_weight, expected):
+    assert combined_score(correct, answered, formatted, format_score, format_weight) == expected
 
 
 @pytest.mark.parametrize(
-    "latex",
-    ["", r"x_1", r"y=2x", r"x<3", r"[1,2)", r"\{1,2\}", r"|x|", r"5!", r"\alpha", r"\frac{1}{2", "é", r"\sqrt"],
-)
-def test_unsupported_forms_are_refused(latex):
-    assert latex_to_sympy_text(latex) is None
-
-
-@pytest.mark.parametrize(
-    "text", ["__import__('os')", "x.func", "eval(1)", "lambda: 1", "Symbol('x')", "a[0]", "x; y", "'a'"]
-)
-def test_text_outside_the_safe_grammar_is_never_parsed(text):
-    assert not is_safe_sympy_text(text)
-    with pytest.raises(ValueError, match="refusing to parse"):
-        expressions_equivalent(text, "1")
-
-
-@pytest.mark.parametrize(
-    ("text_a", "text_b", "expected"),
+    ("gold", "answer", "symbolic", "expected"),
     [
-        ("sqrt(2)/2", "1/sqrt(2)", True),
-        ("2 x + 2", "2 (x + 1)", True),
-        ("x (x + 1)", "x**2 + x", True),
-        ("sin(x)**2 + cos(x)**2", "1", True),
-        ("(1, 0.5)", "(1, 1/2)", True),
-        ("(1, 2)", "(2, 1)", False),
-        ("(1, 2)", "1", False),
-        ("sqrt(2)", "1.41421356", False),
-        ("x + 1", "x + 2", False),
-        ("oo", "oo", True),
+        (r"\frac{1}{2}", r"\boxed{0.5}", True, (True, r"\frac{1}{2}")),
+        ("2(x+1)", r"\boxed{2x+2}", True, (True, "2x+2")),
+        ("2(x+1)", r"\boxed{2x+2}", False, (False, "2x+2")),
+        ("3", "nothing to read", True, (False, None)),
     ],
 )
-def test_symbolic_equivalence_in_process(text_a, text_b, expected):
-    assert expressions_equivalent(text_a, text_b) is expected
+def test_the_worker_check_is_math_verifys_verdict_and_what_it_read(gold, answer, symbolic, expected):
+    assert check_answer(gold, answer, symbolic) == expected

@@ -29,7 +29,8 @@ def constant(score):
 
 def test_type_selects_the_config_class_with_its_defaults():
     assert FUNCTION_CONFIG.validate_python({"type": "arithmetic"}) == ArithmeticRewardConfig()
-    assert FUNCTION_CONFIG.validate_python({"type": "gsm8k"}) == Gsm8kRewardConfig(method="strict", format_score=0.0)
+    assert FUNCTION_CONFIG.validate_python({"type": "gsm8k"}) == Gsm8kRewardConfig(method="answer", format_score=0.0, format_weight=0.0)
+    assert FUNCTION_CONFIG.validate_python({"type": "math"}).method == "answer"
     assert FUNCTION_CONFIG.validate_python({"type": "math", "timeout_s": 2}).timeout_s == 2.0
     assert FUNCTION_CONFIG.validate_python({"type": "code", "options": {"a": 1}}) == CodeRewardConfig(options={"a": 1})
 
@@ -38,7 +39,8 @@ def test_type_selects_the_config_class_with_its_defaults():
     ("spec", "message"),
     [
         ({"type": "gsm8k", "mode": "strict"}, "Extra inputs are not permitted"),
-        ({"type": "gsm8k", "method": "loose"}, "'strict' or 'flexible'"),
+        ({"type": "gsm8k", "method": "loose"}, "'answer', 'strict' or 'flexible'"),
+        ({"type": "math", "method": "strict"}, "'answer' or 'boxed'"),
         ({"type": "math", "timeout_s": 0}, "greater than 0"),
         ({"type": "rouge"}, "does not match any of the expected tags"),
         ({"type": "reward_model"}, "path"),
@@ -52,11 +54,15 @@ def test_invalid_reward_config_names_the_problem(spec, message):
 
 def test_built_functions_carry_their_options():
     gsm8k = build_reward_fn(Gsm8kRewardConfig(method="flexible", format_score=0.2))
+    weighted = build_reward_fn(Gsm8kRewardConfig(format_weight=0.5))
     math = build_reward_fn(MathRewardConfig(symbolic=False))
+    boxed_only = build_reward_fn(MathRewardConfig(method="boxed"))
 
     assert gsm8k("q", "so 71 apples", "72").score == 0.2
     assert gsm8k("q", "so 72 apples", "72").score == 1.0
-    assert math("q", r"\boxed{2x+2}", "2(x+1)").score == 0.0  # symbolic off: string comparison only
+    assert weighted("q", "#### 72", "72").score == 1.5
+    assert math("q", r"\boxed{2x+2}", "2(x+1)").score == 0.0  # symbolic off: no simplification
+    assert boxed_only("q", "The final answer is $3$.", "3").score == 0.0
 
 
 def test_custom_config_builds_the_named_function_with_its_kwargs(tmp_path, monkeypatch):

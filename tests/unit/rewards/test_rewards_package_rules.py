@@ -51,8 +51,9 @@ def test_config_forbids_unknown_keys_and_documents_every_field(config_class):
         assert field.description, f"{config_class.__name__}.{name} has no docstring"
 
 
-def test_importing_the_package_loads_neither_torch_nor_sympy_nor_the_sandbox():
-    code = "import sys, roles.rewards; print(sorted(m for m in ('torch', 'sympy', 'roles.rewards.code') if m in sys.modules))"
+def test_importing_the_package_loads_neither_torch_nor_sympy_nor_math_verify_nor_the_sandbox():
+    code = ("import sys, roles.rewards; "
+            "print(sorted(m for m in ('torch', 'sympy', 'math_verify', 'roles.rewards.code') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
     assert output.strip() == "[]"
