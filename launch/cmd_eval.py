@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TABLE = ("accuracy", "reward", "pass@*", "maj@*", "mean@*", "distinct_2_words_within", "distinct_2_tokens_across",
+TABLE = ("accuracy", "correctness", "format", "reward", "pass@*", "maj@*", "mean@*", "distinct_2_words_within", "distinct_2_tokens_across",
          "ngram_entropy_2_words_across", "seq_rep_2_tokens", "self_bleu_words_within", "self_bleu_words_across",
          "compression_ratio_across")
 
@@ -29,11 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--step", type=int, help="a run's checkpoint step (default: the newest)")
-    parser.add_argument("--reward", help="reward for every row: arithmetic, gsm8k, gsm8k-flexible, math, code "
+    parser.add_argument("--reward", help="reward for every row: arithmetic, gsm8k, gsm8k-strict, gsm8k-flexible, math, code "
                                          "(default for a run: its reward role's settings)")
     parser.add_argument("--rewards", type=Path, help="a YAML roles.rewards config (by_data_source, default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--correct-at", type=float, default=1.0, help="a response is correct at this score or above (default 1)")
+    parser.add_argument("--correct-at", type=float, default=1.0, help="a response is correct at this score or above, for "
+                                                                       "rewards without a correctness term (default 1)")
     parser.add_argument("--out", type=Path, help="output folder (default: RUN/eval/cli_step_N, or eval-<model name>)")
 
 

@@ -30,7 +30,8 @@ from roles.rewards import RewardRouter, RewardsConfig
 
 REWARD_SHORTCUTS: dict[str, dict[str, Any]] = {
     "arithmetic": {"type": "arithmetic"},
-    "gsm8k": {"type": "gsm8k", "method": "strict"},
+    "gsm8k": {"type": "gsm8k"},
+    "gsm8k-strict": {"type": "gsm8k", "method": "strict"},
     "gsm8k-flexible": {"type": "gsm8k", "method": "flexible"},
     "math": {"type": "math"},
     "code": {"type": "code"},
@@ -114,7 +115,8 @@ def evaluate_offline(policy: Policy, data: Path, sampling: SamplingParams, rewar
         batch = rollout_batch(piece, output, sampling.n, policy.version)
         results = router.score_batch(batch.columns["prompt"], batch.columns["response"], batch.columns["ground_truth"],
                                      batch.columns["data_source"])
-        samples += scored_samples(batch, Scores([float(r.score) for r in results], [r.extracted for r in results]))
+        samples += scored_samples(batch, Scores([float(r.score) for r in results], [r.extracted for r in results],
+                                                [r.terms for r in results]))
         if progress is not None:
             progress(min(start + chunk, prompts.size), prompts.size)
     return evaluation_numbers(samples, config), samples

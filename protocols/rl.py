@@ -15,6 +15,7 @@ Rollout batches travel as `Batch`es. Their columns, by the role that adds them:
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import Annotated, Any, Literal
 
 import torch
@@ -82,9 +83,12 @@ class Score:  # controller / evaluator -> reward
 
 
 @message("rl.score.result")
-class Scores:  # reward -> controller
+class Scores:  # reward -> controller / evaluator
     scores: list[float]
     extracted: list[str | None]
+    terms: list[dict[str, float]] = field(default_factory=list)
+    """Per row, the named reward terms behind its score (``correctness``, ``format``:
+    `roles.rewards.RewardResult.terms`); empty: the sender reported none."""
 
 
 @message("rl.train")

@@ -113,7 +113,8 @@ class HeldoutConfig(BaseModel):
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=1, temperature=1.0))
     """How held-out responses are sampled (n per prompt: pass@k needs n >= k)."""
     correct_at: float = 1.0
-    """A response counts as correct when its score is at least this."""
+    """A response counts as correct when its score is at least this (for rewards without a
+    ``correctness`` term; the math rewards' correctness decides for their rows)."""
     ks: list[int] | None = None
     """The k of pass@k, maj@k and mean@k (default 1, 2, 4, ... up to n, and n)."""
     self_bleu_sample: int | None = Field(128, ge=1)
@@ -137,9 +138,10 @@ def scored_samples(batch: Batch, scores: Scores) -> list[EvalSample]:
     ids = response_id_lists(batch)
     versions = batch.tensors["version"].tolist()
     columns = batch.columns
+    terms = scores.terms if len(scores.terms) == batch.size else [{}] * batch.size
     return [
         EvalSample(columns["prompt"][i], columns["response"][i], ids[i], scores.scores[i], scores.extracted[i],
-                   columns["ground_truth"][i], versions[i], columns["prompt_index"][i])
+                   columns["ground_truth"][i], versions[i], columns["prompt_index"][i], terms[i])
         for i in range(batch.size)
     ]
 

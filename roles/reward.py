@@ -22,6 +22,9 @@ class RewardConfig(BaseModel):
 
 
 class Reward(Actor):
+    """Scores batches of responses; each reply carries the scores, the extracted answers
+    and each row's reward terms (correctness, format), which evaluation reports apart."""
+
     role = "reward"
     Config: ClassVar[type[BaseModel]] = RewardConfig
 
@@ -34,4 +37,5 @@ class Reward(Actor):
         results = await self.compute.run(
             self.router.score_batch, request.prompts, request.responses, request.ground_truths, request.data_sources,
         )
-        return Scores([float(result.score) for result in results], [result.extracted for result in results])
+        return Scores([float(result.score) for result in results], [result.extracted for result in results],
+                      [result.terms for result in results])

@@ -44,7 +44,8 @@ async def score_on(actor: Actor, batch: Batch, timeout: float) -> Scores:
                                        p.columns["data_source"]), timeout)
         for p in pieces
     ))
-    return Scores([s for r in replies for s in r.scores], [e for r in replies for e in r.extracted])
+    return Scores([s for r in replies for s in r.scores], [e for r in replies for e in r.extracted],
+                  [t for r in replies for t in r.terms])
 
 
 def concat_rollouts(batches: Sequence[Batch], pad_token_id: int) -> Batch:

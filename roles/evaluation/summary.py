@@ -8,9 +8,12 @@ reward functions (which also extract the answer), and hands the samples here.
 reward          ``reward`` (mean over samples), ``reward_std``, ``reward_min``,
                 ``reward_max``, ``reward_ci_low`` / ``reward_ci_high`` (bootstrap over
                 prompts of the per-prompt mean reward)
-accuracy        ``accuracy``: mean over prompts of the share of correct samples
-                (score >= correct_at), with ``_ci_low`` / ``_ci_high``;
+accuracy        ``accuracy``: mean over prompts of the share of correct samples (the
+                reward's ``correctness`` term where it reports one, else score >=
+                correct_at), with ``_ci_low`` / ``_ci_high``;
                 ``pass@k``, ``maj@k``, ``mean@k`` for each k, each with a CI
+terms           per reward term the samples report (``correctness``, ``format``):
+                ``<term>``, its mean over the samples that report it
 diversity       per unit (``tokens``: token ids, ``words``: whitespace words) and
                 n = 1..4: ``distinct_{n}_{unit}_within`` / ``_across``,
                 ``ngram_entropy_{n}_{unit}_within`` / ``_across`` (nats),
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,11 +64,20 @@ class EvalSample:
     weights_version: int = -1
     group: Hashable | None = None
     """Which prompt's samples this belongs to (None: the prompt text)."""
+    terms: dict[str, float] = field(default_factory=dict)
+    """The reward terms behind the score (``correctness``, ``format``; empty: none reported)."""
+
+    def is_correct(self, correct_at: float) -> bool:
+        """The reward's ``correctness`` term when it reports one, else score >= ``correct_at``."""
+        if "correctness" in self.terms:
+            return self.terms["correctness"] >= 1.0
+        return self.score >= correct_at
 
     def as_record(self) -> dict[str, Any]:
         """The sample as a line of ``eval/step_N.jsonl``."""
         return {"prompt": self.prompt, "response": self.response, "extracted": self.extracted,
-                "ground_truth": self.ground_truth, "score": self.score, "weights_version": self.weights_version}
+                "ground_truth": self.ground_truth, "score": self.score, "terms": self.terms,
+                "weights_version": self.weights_version}
 
 
 def group_samples(samples: Sequence[EvalSample]) -> list[list[EvalSample]]:
@@ -113,6 +125,7 @@ def summarize_samples(
         "samples": float(len(samples)), "prompts": float(len(groups)), "samples_per_prompt": float(smallest),
     }
     numbers.update(_reward_numbers(samples, groups, resamples, seed))
+    numbers.update(term_numbers(samples))
     numbers.update(_accuracy_numbers(groups, correct_at, ks, resamples, seed))
     numbers.update(diversity_numbers(groups, self_bleu_sample, seed))
     return numbers
@@ -135,7 +148,7 @@ def _reward_numbers(samples: Sequence[EvalSample], groups: list[list[EvalSample]
 
 def _accuracy_numbers(groups: list[list[EvalSample]], correct_at: float, ks: Sequence[int], resamples: int,
                       seed: int) -> dict[str, float]:
-    correct = [[1.0 if sample.score >= correct_at else 0.0 for sample in group] for group in groups]
+    correct = [[1.0 if sample.is_correct(correct_at) else 0.0 for sample in group] for group in groups]
     numbers = _with_ci("accuracy", [sum(row) / len(row) for row in correct], resamples, seed)
     for k in ks:
         numbers.update(_with_ci(f"pass@{k}", [pass_at_k(len(row), int(sum(row)), k) for row in correct], resamples, seed))
@@ -148,8 +161,17 @@ def _accuracy_numbers(groups: list[list[EvalSample]], correct_at: float, ks: Seq
 def _judge(group: list[EvalSample], correct_at: float) -> Any:
     """An extracted answer is correct when a sample that gave it was scored correct (the
     reward function is the judge of equivalence, so votes use the same judgement)."""
-    right = {sample.extracted for sample in group if sample.extracted is not None and sample.score >= correct_at}
+    right = {sample.extracted for sample in group if sample.extracted is not None and sample.is_correct(correct_at)}
     return right.__contains__
+
+
+def term_numbers(samples: Sequence[EvalSample]) -> dict[str, float]:
+    """The mean of each reward term over the samples that report it (``correctness``, ``format``)."""
+    values: dict[str, list[float]] = {}
+    for sample in samples:
+        for name, value in sample.terms.items():
+            values.setdefault(name, []).append(value)
+    return {name: float(np.mean(found)) for name, found in values.items()}
 
 
 def diversity_numbers(groups: Sequence[Sequence[EvalSample]], self_bleu_sample: int | None = 128, seed: int = 0) -> dict[str, float]:

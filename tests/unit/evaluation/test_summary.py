@@ -96,4 +96,4 @@ def test_edge_cases() -> None:
 
 def test_as_record_is_a_dump_line() -> None:
     assert sample("a", "7", 1.0).as_record() == {"prompt": "a", "response": "7", "extracted": "7", "ground_truth": "?",
-                                                 "score": 1.0, "weights_version": 3}
+                                                 "score": 1.0, "terms": {}, "weights_version": 3}
