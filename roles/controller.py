@@ -84,6 +84,7 @@ from roles.checkpoints import (
     write_marker,
 )
 from roles.data import DataConfig, PromptDataset, PromptSampler
+from roles.evaluation.summary import mean_terms
 from roles.evaluator import HeldoutConfig, run_heldout
 from roles.generation import SamplingParams
 from roles.metrics import MetricsLog, read_metrics, rewind_metrics, run_hyperparameters, scheduled_evaluation_steps
@@ -361,6 +362,8 @@ class Controller(Actor):
             "train/response_length_max": float(lengths.max()),
             "train/kl_coef": self.kl_controller.kl_coef,
             "perf/tokens_generated": float(mask.sum()),
+            # the reward's named terms, when it reports them (train/correctness, train/format)
+            **{f"train/{name}": value for name, value in mean_terms(scores.terms).items()},
         })
         return batch, numbers
 

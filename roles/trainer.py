@@ -46,9 +46,11 @@ from protocols.rl import (
     UpdateSettings,
 )
 from roles.algorithms import (
+    aggregate_loss,
     compute_kl,
     compute_kl_loss,
     optimizer_steps_per_update,
+    micro_batch_weight,
     ppo_policy_loss,
     select_old_logprobs,
     truncated_importance_weights,
@@ -275,13 +277,17 @@ class Trainer(PublishesWeights):
     def _optimizer_step(self, mini: Batch, request: Train) -> dict[str, float]:
         config = self.config
         mask_total = mini.tensors["response_mask"].sum().clamp(min=1.0)
-        sums = {"train/loss": 0.0, "train/entropy": 0.0, "train/pg_clipfrac": 0.0, "train/ppo_kl": 0.0, "train/kl_loss": 0.0}
+        losses = config.policy_loss
+        sums = {"train/loss": 0.0, "train/entropy": 0.0, "train/pg_clipfrac": 0.0, "train/ppo_kl": 0.0,
+                "train/approx_kl": 0.0, "train/kl_loss": 0.0}
         if request.importance_cap is not None:
             sums["train/importance_ratio"] = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for micro in mini.split_by_size(config.update.micro_batch_size):
             mask = micro.tensors["response_mask"]
-            weight = float(mask.sum() / mask_total)  # token-weighted accumulation over micro-batches
+            weight = float(mask.sum() / mask_total)  # token means (the logged numbers) over micro-batches
+            # the micro-batch's share of the mini-batch's loss in the configured aggregation
+            loss_weight = micro_batch_weight(losses.loss_agg_mode, mask, mini.tensors["response_mask"])
             with autocast_for(config.device, config.autocast):
                 logprobs, entropy = batch_logprobs(self.model, micro, request.temperature, with_entropy=True)
             assert entropy is not None
@@ -298,17 +304,20 @@ class Trainer(PublishesWeights):
                 importance_weights=importance_weights, **config.policy_loss.model_dump(),
             )
             entropy_mean = (entropy * mask).sum() / mask.sum().clamp(min=1.0)
-            loss = policy.loss - config.entropy_coef * entropy_mean
+            # the entropy bonus is aggregated as the policy loss is (verl's convention)
+            entropy_term = aggregate_loss(entropy, mask, losses.loss_agg_mode, losses.loss_scale_factor) if config.entropy_coef else 0.0
+            loss = policy.loss - config.entropy_coef * entropy_term
             if request.kl_estimator is not None:
                 kl = compute_kl(logprobs, micro.tensors["ref_logprobs"], request.kl_estimator)  # type: ignore[arg-type]
-                kl_term = compute_kl_loss(kl, mask, request.kl_coef, config.policy_loss.loss_agg_mode)
+                kl_term = compute_kl_loss(kl, mask, request.kl_coef, losses.loss_agg_mode, losses.loss_scale_factor)
                 loss = loss + kl_term.loss
                 sums["train/kl_loss"] += weight * float(kl_term.kl_mean)
-            (loss * weight).backward()
-            sums["train/loss"] += weight * float(policy.loss.detach())
+            (loss * loss_weight).backward()
+            sums["train/loss"] += loss_weight * float(policy.loss.detach())
             sums["train/entropy"] += weight * float(entropy_mean.detach())
             sums["train/pg_clipfrac"] += weight * float(policy.clip_fraction)
-            sums["train/ppo_kl"] += weight * float(policy.approx_kl)
+            sums["train/ppo_kl"] += weight * float(policy.ppo_kl)  # verl's: mean of old - new (k1)
+            sums["train/approx_kl"] += weight * float(policy.approx_kl)  # k3 of the same
         grad_norm = clip_gradients(self.model, config.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()

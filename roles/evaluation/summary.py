@@ -29,7 +29,7 @@ metric on every sample pooled. docs/evaluation.md defines each one.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,9 +167,14 @@ def _judge(group: list[EvalSample], correct_at: float) -> Any:
 
 def term_numbers(samples: Sequence[EvalSample]) -> dict[str, float]:
     """The mean of each reward term over the samples that report it (``correctness``, ``format``)."""
+    return mean_terms([sample.terms for sample in samples])
+
+
+def mean_terms(terms: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The mean of each named reward term over the rows that report it."""
     values: dict[str, list[float]] = {}
-    for sample in samples:
-        for name, value in sample.terms.items():
+    for row in terms:
+        for name, value in row.items():
             values.setdefault(name, []).append(value)
     return {name: float(np.mean(found)) for name, found in values.items()}
 

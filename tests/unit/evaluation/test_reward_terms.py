@@ -7,7 +7,7 @@ import torch
 
 from protocols.batch import Batch
 from protocols.rl import Scores
-from roles.evaluation.summary import EvalSample, summarize_samples
+from roles.evaluation.summary import EvalSample, mean_terms, summarize_samples
 from roles.evaluator import scored_samples
 from roles.rewards import score_gsm8k
 
@@ -54,3 +54,10 @@ def test_scored_samples_carry_the_terms_of_the_reward_reply() -> None:
 
     assert [s.terms for s in samples] == terms
     assert [s.terms for s in scored_samples(batch, Scores([1.0, 1.0], ["72", "72"]))] == [{}, {}]
+
+
+def test_each_term_is_averaged_over_the_rows_that_report_it() -> None:
+    # the controller logs these as train/<term>: a row without a term does not count as 0
+    terms = [{"correctness": 1.0, "format": 0.0}, {"correctness": 0.0}, {}, {"correctness": 1.0, "format": 1.0}]
+    assert mean_terms(terms) == {"correctness": pytest.approx(2 / 3), "format": 0.5}
+    assert mean_terms([{}, {}]) == {}
