@@ -76,7 +76,7 @@ def test_the_evaluator_role_evaluates_in_its_own_process_with_every_number(lr_ru
         # training goes on while the evaluator works: its later calls may meet newer weights
         assert record["eval/greedy/weights_version"] >= record["eval/weights_version_max"]
         dump = [json.loads(line) for line in (run_dir / "eval" / f"step_{record['step']}.jsonl").read_text().splitlines()]
-        assert set(dump[0]) == {"prompt", "response", "extracted", "ground_truth", "score", "weights_version"}
+        assert set(dump[0]) == {"prompt", "response", "extracted", "ground_truth", "score", "terms", "weights_version"}
         assert {d["weights_version"] for d in dump} <= {record["eval/weights_version_min"], record["eval/weights_version_max"]}
     assert evaluations[-1]["eval/weights_version_min"] >= 3  # the last evaluation saw trained weights
 
