@@ -77,10 +77,12 @@ def role_peak_rss(launcher_pid: int, seen: dict[str, int]) -> dict[str, int]:
 def real_model_topology(path: Path, model: Path, data: Path, prompts: int, samples: int, max_new_tokens: int,
                         reference: bool = True) -> Path:
     """Writes a GRPO topology for a local chat model on chat-format JSONL prompts whose
-    answer is the last number of the response (reward ``gsm8k``, flexible), every role
-    its own process on the CPU; returns its path.
+    answer is one number, graded however the response phrases it (reward
+    ``final_number``, for every data source), every role its own process on the CPU;
+    returns its path.
 
-    The rows need ``messages``, ``ground_truth`` and ``data_source: openai/gsm8k``. One
+    The rows need ``messages`` and ``ground_truth`` (examples/smollm2/build.py's
+    arithmetic rows are such). One
     on-policy update per batch (one epoch, one mini-batch), as TRL's GRPOTrainer does by
     default; with `reference`, a k3 KL loss at 0.001 against the initial model.
     """
@@ -102,8 +104,7 @@ def real_model_topology(path: Path, model: Path, data: Path, prompts: int, sampl
             "model": str(model), "optim": {"lr": 1.0e-5, "grad_clip": 1.0},
             "update": {"ppo_epochs": 1, "mini_batch_size": rows, "micro_batch_size": min(rows, 16)},
         }},
-        "reward": {"entry": "reward", "config": {"rewards": {"by_data_source": {
-            "openai/gsm8k": {"type": "gsm8k", "method": "flexible", "format_score": 0.0}}}}},
+        "reward": {"entry": "reward", "config": {"rewards": {"default": {"type": "final_number"}}}},
     }
     if reference:
         roles["reference"] = {"entry": "reference", "config": {"model": str(model)}}

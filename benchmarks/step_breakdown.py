@@ -20,7 +20,8 @@ reward, one on-policy update per batch). It reports:
 Target: messaging share < 5%. Prints tables and, last, one JSON line.
 
     python benchmarks/step_breakdown.py [--steps 40]
-    python benchmarks/step_breakdown.py --model /tmp/real/smollm2-hf --data prompts.jsonl --steps 4 \\
+    python benchmarks/step_breakdown.py --model examples/smollm2/data/model \\
+        --data examples/smollm2/data/arithmetic/train.jsonl --steps 6 \\
         [--prompts 8 --samples 4 --max-new-tokens 32] [--no-reference] [--set PATH=VALUE ...]
 """
 
@@ -45,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--model", type=Path, help="a local Hugging Face chat model directory (default: the arithmetic example)")
-    parser.add_argument("--data", type=Path, help="with --model: chat-format JSONL rows (messages, ground_truth, data_source openai/gsm8k)")
+    parser.add_argument("--data", type=Path, help="with --model: chat-format JSONL rows (messages, ground_truth: one number)")
     parser.add_argument("--prompts", type=int, default=8, help="with --model: prompts per step")
     parser.add_argument("--samples", type=int, default=4, help="with --model: responses per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="with --model: tokens per response, at most")

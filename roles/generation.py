@@ -224,10 +224,40 @@ def response_logprobs(
 def batch_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, with_entropy: bool = False,
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`response_logprobs` of a rollout batch's columns (``prompt_ids``, ``prompt_mask``,
-    ``response_ids``, ``response_mask``), for the trainer, the reference and the evaluator."""
+    ``response_ids``, ``response_mask``), for the trainer, the reference and the evaluator.
+
+    Padding columns that no row of `batch` uses (prompts are left-padded, responses
+    right-padded, to the widest row of the whole rollout batch) stay out of the forward,
+    so a micro-batch of short rows costs what its own longest row needs; the results
+    are padded back with zeros to the batch's response width."""
     t = batch.tensors
-    return response_logprobs(model, t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"],
-                             temperature, with_entropy)
+    prompt_mask, response_mask = t["prompt_mask"], t["response_mask"]
+    first = int(used_columns(prompt_mask)[0]) if prompt_mask.any() else 0
+    used = used_columns(response_mask)
+    end = int(used[-1]) + 1 if len(used) else 1
+    logprobs, entropy = response_logprobs(model, t["prompt_ids"][:, first:], prompt_mask[:, first:],
+                                          t["response_ids"][:, :end], response_mask[:, :end], temperature, with_entropy)
+    width = response_mask.shape[1]
+    return pad_columns(logprobs, width), pad_columns(entropy, width) if entropy is not None else None
+
+
+def used_columns(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the columns of a [N, T] mask where some row is valid, in order."""
+    return (mask > 0).any(dim=0).nonzero().flatten()
+
+
+def pad_columns(values: torch.Tensor, width: int) -> torch.Tensor:
+    """[N, T] values padded on the right with zeros to [N, width] (differentiable)."""
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
+
+
+def by_length(batch: Batch) -> torch.Tensor:
+    """Row order of `batch` from its shortest row (prompt and response tokens) to its
+    longest: consecutive micro-batches then hold rows of similar length, and
+    `batch_logprobs` leaves more padding out of each forward."""
+    t = batch.tensors
+    lengths = (t["prompt_mask"] > 0).sum(dim=1) + (t["response_mask"] > 0).sum(dim=1)
+    return torch.argsort(lengths, stable=True)
 
 
 LOGIT_POST_PROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")

@@ -57,7 +57,7 @@ from roles.algorithms import (
 )
 from roles.algorithms.policy_loss import PolicyLossConfig
 from roles.checkpoints import confine_checkpoint_path
-from roles.generation import CpuThreads, autocast_for, batch_logprobs, limit_cpu_threads, load_causal_lm
+from roles.generation import CpuThreads, autocast_for, batch_logprobs, by_length, limit_cpu_threads, load_causal_lm
 from roles.rollout import without_rows_weight
 from runtime.actor import handler
 from runtime.errors import ActorError
@@ -283,7 +283,9 @@ class Trainer(PublishesWeights):
         if request.importance_cap is not None:
             sums["train/importance_ratio"] = 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        for micro in mini.split_by_size(config.update.micro_batch_size):
+        # the mini-batch's gradient is a sum over its micro-batches whatever their order:
+        # rows of similar length together keep padding out of each forward (batch_logprobs)
+        for micro in mini.select(by_length(mini)).split_by_size(config.update.micro_batch_size):
             mask = micro.tensors["response_mask"]
             weight = float(mask.sum() / mask_total)  # token means (the logged numbers) over micro-batches
             # the micro-batch's share of the mini-batch's loss in the configured aggregation

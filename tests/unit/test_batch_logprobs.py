@@ -1,0 +1,63 @@
+"""`batch_logprobs` leaves the padding columns no row uses out of the forward, and the
+trainer orders a mini-batch by length before cutting micro-batches: the numbers are
+those of the full-width forward, for less work."""
+
+from __future__ import annotations
+
+import torch
+
+from protocols.batch import Batch
+from roles.generation import batch_logprobs, by_length, response_logprobs
+from tests.unit.test_generation import tiny_model
+
+
+def rollout_batch(prompt_lengths: list[int], response_lengths: list[int], prompt_width: int, response_width: int,
+                  vocab: int) -> Batch:
+    """Rows left-padded to `prompt_width` and right-padded to `response_width` (wider
+    than any row: the widths of a larger rollout batch)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = len(prompt_lengths)
+    prompt_ids = torch.zeros(rows, prompt_width, dtype=torch.long)
+    prompt_mask = torch.zeros(rows, prompt_width, dtype=torch.long)
+    response_ids = torch.zeros(rows, response_width, dtype=torch.long)
+    response_mask = torch.zeros(rows, response_width, dtype=torch.float32)
+    for row, (p, r) in enumerate(zip(prompt_lengths, response_lengths)):
+        prompt_ids[row, prompt_width - p:] = torch.randint(3, vocab, (p,), generator=generator)
+        prompt_mask[row, prompt_width - p:] = 1
+        response_ids[row, :r] = torch.randint(3, vocab, (r,), generator=generator)
+        response_mask[row, :r] = 1
+    return Batch(tensors={"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+                          "response_ids": response_ids, "response_mask": response_mask})
+
+
+def test_unused_padding_is_left_out_of_the_forward_and_the_results_are_those_of_the_full_width():
+    model = tiny_model().eval()
+    batch = rollout_batch([3, 5], [2, 4], prompt_width=9, response_width=10, vocab=model.config.vocab_size)
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                           with_kwargs=True)
+    try:
+        logprobs, entropy = batch_logprobs(model, batch, temperature=0.7, with_entropy=True)
+    finally:
+        hook.remove()
+    assert widths == [5 + 4]  # the widest prompt and the longest response, not 9 + 10
+    t = batch.tensors
+    full, full_entropy = response_logprobs(model, t["prompt_ids"], t["prompt_mask"], t["response_ids"],
+                                           t["response_mask"], 0.7, with_entropy=True)
+    assert logprobs.shape == full.shape == (2, 10) and entropy is not None and full_entropy is not None
+    torch.testing.assert_close(logprobs, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, full_entropy, atol=1e-5, rtol=1e-5)
+    assert (logprobs[0, 2:] == 0).all() and (logprobs[1, 4:] == 0).all()
+
+
+def test_gradients_flow_through_the_padded_back_results():
+    model = tiny_model().train()
+    batch = rollout_batch([4, 2], [3, 1], prompt_width=6, response_width=8, vocab=model.config.vocab_size)
+    logprobs, _ = batch_logprobs(model, batch, temperature=1.0)
+    logprobs.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_rows_are_ordered_from_the_shortest_to_the_longest_prompt_and_response_together():
+    batch = rollout_batch([5, 1, 3, 2], [1, 1, 4, 6], prompt_width=5, response_width=6, vocab=50)
+    assert by_length(batch).tolist() == [1, 0, 2, 3]  # totals 6, 2, 7, 8
