@@ -91,8 +91,10 @@ class GRPOSettings:
     dtype: str = "float32"
     """Weights, gradients and optimizer state on both sides, and sampling."""
     autocast: str | None = None
-    """Mixed precision of the training forward and backward: None, or "bfloat16" (TRL's
-    bf16=True, troupe's trainer ``autocast``); sampling stays in `dtype` on both sides."""
+    """Mixed precision: None, or "bfloat16": TRL's bf16=True, which runs its training and
+    its sampling under autocast (accelerate wraps the model's forward, and TRL's generation
+    keeps that wrapper), and troupe's trainer and generator ``autocast``; the weights stay
+    in `dtype` on both sides."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -196,6 +198,7 @@ def troupe_topology(settings: GRPOSettings, mode: str, threads: str = "fill") ->
                 "model": model, "dtype": settings.dtype,
                 "micro_batch": settings.rows_per_step,  # TRL generates the step's batch in one call
                 **compute,
+                **({"autocast": settings.autocast} if settings.autocast else {}),
             }},
             "trainer": {"entry": "trainer", "restart": {"policy": "never"}, "config": {
                 "model": model, "dtype": settings.dtype, "ranks": 1, "seed": settings.seed, **compute,

@@ -23,6 +23,7 @@ from protocols.batch import Batch
 from protocols.rl import Generate, Rollouts
 from roles.generation import (
     CpuThreads,
+    autocast_for,
     GenerationBackend,
     GenerationOutput,
     HFBackend,
@@ -59,6 +60,12 @@ class GeneratorConfig(BaseModel):
     to itself while it samples), or None (torch's default). In async mode it samples
     while the trainer trains: on a small machine give each part of the cores
     (roles.generation.limit_cpu_threads)."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """The transformers backend samples under torch.autocast in this dtype (the weights
+    stay in `dtype`; the log-probs it returns are those of the autocast forward). What
+    TRL's GRPOTrainer does with ``bf16=True``. Its log-probs then differ slightly from a
+    float32 trainer's: keep the trainer's old log-probs its own (``recompute_logprobs``
+    auto or always) rather than the generator's."""
     channel: WeightChannelConfig = Field(default_factory=WeightChannelConfig)
     """The weight channel (must match the trainer's)."""
     join_channel: bool = True
@@ -101,7 +108,8 @@ class Generator(ReceivesWeights):
         """On the compute thread: the version read here is the one generating."""
         assert self.backend is not None
         version = self.weights.version if self.weights.version is not None else INITIAL_VERSION
-        return self.backend.generate(prompts.columns["prompt_ids"], params), version
+        with autocast_for(self.config.device, self.config.autocast if self.config.backend == "hf" else None):
+            return self.backend.generate(prompts.columns["prompt_ids"], params), version
 
 
 def _build_backend(config: GeneratorConfig) -> tuple[GenerationBackend, Any, dict[str, tuple[int, ...]] | None]:

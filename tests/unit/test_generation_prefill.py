@@ -67,3 +67,21 @@ def test_shared_prefill_rows_sample_what_a_prompt_alone_samples(backend: HFBacke
         for row in range(3 * index, 3 * index + 3):
             assert together.response_ids[row, :length].tolist() == alone.response_ids[0, :length].tolist()
             torch.testing.assert_close(together.logprobs[row, :length], alone.logprobs[0, :length], atol=1e-5, rtol=0)
+
+
+def test_under_the_generators_autocast_the_sampling_forward_computes_in_bfloat16(backend: HFBackend) -> None:
+    # GeneratorConfig.autocast: the generator's compute thread samples inside autocast_for
+    from roles.generation import autocast_for
+
+    dtypes: list[torch.dtype] = []
+    hook = backend.model.get_output_embeddings().register_forward_hook(lambda _, args, out: dtypes.append(out.dtype))
+    prompts = prompt_ids(backend, ["hello"])
+    try:
+        with autocast_for("cpu", "bfloat16"):
+            sampled = backend.generate(prompts, SamplingParams(n=2, max_new_tokens=3, seed=0, ignore_eos=True))
+        backend.generate(prompts, SamplingParams(n=2, max_new_tokens=3, seed=0, ignore_eos=True))
+    finally:
+        hook.remove()
+    steps = len(dtypes) // 2
+    assert set(dtypes[:steps]) == {torch.bfloat16} and set(dtypes[steps:]) == {torch.float32}
+    assert sampled.logprobs.dtype == torch.float32 and bool((sampled.logprobs <= 0).all())
