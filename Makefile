@@ -41,6 +41,9 @@ bench: setup
 	$(PY) benchmarks/step_breakdown.py
 	$(PY) benchmarks/async_vs_sync.py
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/rewards.py
+	$(PY) examples/smollm2/build.py --out examples/smollm2/data
+	$(PY) benchmarks/vs_trl.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
