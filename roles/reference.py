@@ -1,5 +1,5 @@
 """The reference role: log-probs of rollouts under the frozen initial policy (for the
-KL to the reference), a chunk of tokens at a time (roles.generation.response_logprobs)."""
+KL to the reference), a chunk of tokens at a time (roles.logprobs.response_logprobs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.batch import Batch
 from protocols.rl import ComputeLogProbs, LogProbs
-from roles.generation import CpuThreads, autocast_for, batch_logprobs, limit_cpu_threads, load_causal_lm
+from roles.generation import CpuThreads, autocast_for, limit_cpu_threads, load_causal_lm
+from roles.logprobs import batch_logprobs
 from runtime.actor import Actor, handler
 
 

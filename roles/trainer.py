@@ -14,7 +14,7 @@ cosine learning rate. The ratio's "old" log-probs are the ones the controller ch
 (roles.algorithms.old_logprobs: recomputed before the update, the update's own when it
 is a single optimizer step, or the generator's); in async mode the loss is weighted by
 the truncated importance ratio of those to the generator's. Log-probs come from
-`roles.generation.response_logprobs`, a chunk of tokens at a time, optionally under
+`roles.logprobs.response_logprobs`, a chunk of tokens at a time, optionally under
 bfloat16 autocast (`autocast`). Checkpoints use torch.distributed.checkpoint, read back through
 an allow-listed index reader (runtime.checkpoint_reader), and only in a step folder of
 the run's checkpoints/ (roles.checkpoints.confine_checkpoint_path).
@@ -57,10 +57,12 @@ from roles.algorithms import (
 )
 from roles.algorithms.policy_loss import PolicyLossConfig
 from roles.checkpoints import confine_checkpoint_path
-from roles.generation import CpuThreads, autocast_for, batch_logprobs, by_length, limit_cpu_threads, load_causal_lm
+from roles.generation import CpuThreads, autocast_for, limit_cpu_threads, load_causal_lm
+from roles.logprobs import batch_logprobs, by_length
 from roles.rollout import without_rows_weight
 from runtime.actor import handler
 from runtime.errors import ActorError
+from runtime.run_info import read_run_info
 from runtime.files import write_atomically
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.group import start_store
@@ -197,8 +199,6 @@ class Trainer(PublishesWeights):
             return self.config.init_method
         if self.run_dir is None:
             raise ActorError("trainer ranks > 1 need init_method (or a run directory for a file store)")
-        from launch.rundir import read_run_info
-
         launch = read_run_info(self.run_dir).started_at  # a new launch (a resume) gets a new store
         path = self.run_dir / ".rendezvous" / f"trainers-{launch:.0f}"
         path.parent.mkdir(parents=True, exist_ok=True)

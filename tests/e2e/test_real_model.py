@@ -40,7 +40,8 @@ from examples.smollm2.build import (
     write_jsonl,
     write_shrunken_copy,
 )
-from roles.generation import positions_from_mask, response_logprobs
+from roles.generation import positions_from_mask
+from roles.logprobs import response_logprobs
 from tests.e2e.cli import troupe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from protocols.batch import Batch
-from roles.generation import batch_logprobs, by_length, response_logprobs
+from roles.logprobs import batch_logprobs, by_length, response_logprobs
 from tests.unit.test_generation import tiny_model
 
 

@@ -27,10 +27,10 @@ from roles.generation import (
     VllmBackend,
     load_causal_lm,
     outputs_from_vllm,
-    response_logprobs,
     truncate_logits,
     vllm_sampling_arguments,
 )
+from roles.logprobs import response_logprobs
 
 PAD, EOS = 0, 1
 CHARACTERS = string.ascii_lowercase + string.digits + " .,!?+-=*/" + string.ascii_uppercase[:15]

@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from roles.algorithms import entropy_from_logits, logprobs_from_logits
-from roles.generation import logits_are_output_layer, response_logprobs
+from roles.logprobs import logits_are_output_layer, response_logprobs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ PEAK_SCRIPT = """
 import json, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, {repo!r})
-from roles.generation import response_logprobs
+from roles.logprobs import response_logprobs
 
 def megabytes(field):
     for line in open("/proc/self/status"):

@@ -7,15 +7,7 @@ import pytest
 import torch
 
 from roles.generation import GenerationRequest, HFBackend, SamplingParams
-from tests.unit.test_generation import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.test_generation import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (one_thread: autouse)
 
 
 @pytest.fixture(scope="module")
