@@ -41,7 +41,9 @@ from protocols.messages import message  # noqa: E402
 from runtime import transport  # noqa: E402
 from runtime.actor import Actor, handler  # noqa: E402
 from runtime.host import run_event_loop  # noqa: E402
+from runtime.run_dir import RunDir  # noqa: E402
 from runtime.settings import RuntimeSettings  # noqa: E402
+from runtime.statistics import percentile  # noqa: E402
 from runtime.spawn import spawn_actor  # noqa: E402
 
 MB = 1 << 20
@@ -269,11 +271,6 @@ def actor_round_trips(count: int, settings: RuntimeSettings, run_dir: str | None
     return run_event_loop(lambda: with_sink(settings, run_dir, body), settings)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def authentication_costs(repeats: int, round_trips: int) -> dict[str, float]:
     """Ask p50 and 16 MB throughput with each authentication mechanism, interleaved."""
     from runtime.security import generate_keys, generate_secret
@@ -292,7 +289,7 @@ def authentication_costs(repeats: int, round_trips: int) -> dict[str, float]:
         for repeat in range(repeats):
             # rotate the order each repetition, so drift and warm-up hit every mechanism alike
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                p50[name].append(percentile(actor_round_trips(round_trips, mechanisms[name], None), 0.5))
+                p50[name].append(percentile(actor_round_trips(round_trips, mechanisms[name], None), 50))
                 rate[name].append(actor_throughput(16 * MB, 60, mechanisms[name]))
     print(f"\n{'authentication':>24} {'ask p50 us':>11} {'16MB GB/s':>10}")
     for name in mechanisms:
@@ -347,13 +344,13 @@ def main() -> None:
         runs["actor ask, log off"].append(actor_round_trips(round_trips, quiet, None))
         with tempfile.TemporaryDirectory() as run_dir:
             runs["actor ask, log on"].append(actor_round_trips(round_trips, logged, run_dir))
-            lines = sum(1 for path in Path(run_dir, "logs").glob("*.jsonl") for _ in open(path))
+            lines = sum(1 for path in RunDir(run_dir).logs.glob("*.jsonl") for _ in open(path))
 
     def median_of(label: str, statistic) -> float:  # type: ignore[no-untyped-def]
         return statistics.median(statistic(values) for values in runs[label])
 
-    p50 = {label: median_of(label, lambda v: percentile(v, 0.5)) for label in runs}
-    p99 = {label: median_of(label, lambda v: percentile(v, 0.99)) for label in runs}
+    p50 = {label: median_of(label, lambda v: percentile(v, 50)) for label in runs}
+    p99 = {label: median_of(label, lambda v: percentile(v, 99)) for label in runs}
     mean = {label: median_of(label, statistics.fmean) for label in runs}
     print(f"\n{'round trip (small msg)':>24} {'p50 us':>8} {'p99 us':>8} {'mean us':>8}")
     for label in runs:

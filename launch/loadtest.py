@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+from runtime.statistics import percentile
 
 HEADROOM = 0.2
 """Share of the capacity kept free for traffic peaks in the planning figure."""
@@ -101,16 +102,6 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"{text!r} is not a positive duration")
     return seconds
-
-
-def percentile(values: Sequence[float], percent: float) -> float:
-    """Nearest-rank percentile: the smallest value that at least ``percent``% of
-    `values` do not exceed. `values` must not be empty."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(percent / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def windows(samples: Sequence[RequestSample], length_s: float, percent: float, step_s: float = 1.0) -> list[Window]:

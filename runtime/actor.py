@@ -20,6 +20,10 @@ Error routing (the rules pykka made familiar):
 * messages still queued when an actor stops, and asks arriving while it stops,
   get an `ActorDeadError` at once; asks pending on an actor whose process died
   fail with `ActorDeadError` as soon as the connection drops.
+
+This module is the actor's lifecycle: start, serve, stop, crash. What a class
+declares (`handler`, the members a subclass may not redefine) is checked in
+runtime.handlers; running a handler for each message is runtime.dispatch's.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import asyncio
 import os
 import socket
 import time
-import traceback
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -36,66 +39,37 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from protocols.control import Failure, Ok, Pong
+from protocols.control import Pong
 from protocols.membership import ActorRecord, MembershipEvent
-from protocols.messages import kind_of, message_type
 from runtime import transport
 from runtime.compute import ComputeWorker
-from runtime.dedup import UNSET, Deduplicator
+from runtime.dedup import Deduplicator
+from runtime.dispatch import Dispatcher
 from runtime.errors import ActorDeadError, ActorError
-from runtime.inbox import Delivery, Inbox
+from runtime.handlers import (
+    Handler,
+    collect_handlers,
+    handler,
+    refuse_runtime_overrides,
+    runtime_members,
+    urgent_kinds,
+)
+from runtime.inbox import Inbox
 from runtime.membership import Membership
 from runtime.msglog import MessageLog
 from runtime.outbox import ActorRef, Outbox, Target
 from runtime.routing import RoleRouter
+from runtime.run_dir import RunDir
 from runtime.security import load_keys
 from runtime.settings import RuntimeSettings
-from runtime.tracing import Handling, current_handling, current_trace_id
+from runtime.tasks import TaskSet
+from runtime.tracing import current_handling, current_trace_id
 
-Handler = Callable[[Any, Any], typing.Awaitable[Any]]
+__all__ = ["Actor", "ActorCrashed", "Handler", "handler", "start_actor"]
 
 
 class ActorCrashed(ActorError):
     """A tell handler raised: the actor stopped. The handler's exception is the cause."""
-
-
-def handler(fn: Handler | None = None, *, urgent: bool = False) -> Any:
-    """Mark an async method as the handler of the message type its parameter is annotated with.
-
-    ``@handler(urgent=True)`` handles that message type as soon as it arrives, in its
-    own task, beside whatever handler is running: for short protocol steps that a
-    long-running handler waits on (the weight channel's ``WeightsReady``). Urgent
-    handlers must not touch state the other handlers assume is theirs alone.
-    """
-
-    def mark(fn: Handler) -> Handler:
-        if not asyncio.iscoroutinefunction(fn):
-            raise TypeError(f"handler {fn.__qualname__} must be an async def")
-        fn.__troupe_handler__ = True  # type: ignore[attr-defined]
-        fn.__troupe_urgent__ = urgent  # type: ignore[attr-defined]
-        return fn
-
-    return mark if fn is None else mark(fn)
-
-
-def _collect_handlers(cls: type) -> dict[str, Handler]:
-    handlers: dict[str, Handler] = {}
-    for klass in reversed(cls.__mro__):
-        for attribute in vars(klass).values():
-            if not getattr(attribute, "__troupe_handler__", False):
-                continue
-            hints = typing.get_type_hints(attribute)
-            parameters = [name for name in attribute.__code__.co_varnames[1 : attribute.__code__.co_argcount]]
-            if len(parameters) != 1 or parameters[0] not in hints:
-                raise TypeError(
-                    f"handler {attribute.__qualname__} must take exactly one parameter annotated with a message type"
-                )
-            message_class = hints[parameters[0]]
-            kind = getattr(message_class, "KIND", None)
-            if kind is None or message_type(kind) is not message_class:
-                raise TypeError(f"handler {attribute.__qualname__}: {message_class!r} is not a registered message type")
-            handlers[kind] = attribute
-    return handlers
 
 
 class Actor:
@@ -120,15 +94,15 @@ class Actor:
     OVERRIDABLE: ClassVar[frozenset[str]] = frozenset({"role", "Config", "on_start", "on_stop", "on_membership"})
     """The only members of `Actor` a subclass may redefine: the hooks and the class
     attributes meant for it. Everything else is the runtime's own; a subclass that
-    defines one of those names by accident (a helper called `_fail`, a handler called
-    `lookup`) would change how the runtime handles every message, so it is refused
+    defines one of those names by accident (a helper called `_crash_with`, a handler
+    called `lookup`) would change how the runtime runs the actor, so it is refused
     when the class is created."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _refuse_runtime_overrides(cls)
-        cls._handlers = _collect_handlers(cls)
-        cls._urgent = frozenset(kind for kind, fn in cls._handlers.items() if fn.__troupe_urgent__)  # type: ignore[attr-defined]
+        refuse_runtime_overrides(cls, Actor, _RUNTIME_MEMBERS, Actor.OVERRIDABLE)
+        cls._handlers = collect_handlers(cls)
+        cls._urgent = urgent_kinds(cls._handlers)
 
     def __init__(
         self,
@@ -146,7 +120,7 @@ class Actor:
         self.settings = settings or RuntimeSettings()
         self.run_name = run
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        log_path = self.run_dir / "logs" / f"{name}.jsonl" if self.run_dir is not None else None
+        log_path = RunDir(self.run_dir).message_log(name) if self.run_dir is not None else None
         self.log = MessageLog(log_path, run, name, self.role, enabled=self.settings.log_messages)
         self.compute = ComputeWorker(name)
         self._dedup = Deduplicator(self.settings.dedup_capacity)
@@ -155,13 +129,10 @@ class Actor:
         self.membership: Membership | None = None
         self._inbox: Inbox | None = None
         self._outbox: Outbox | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._urgent_tasks: set[asyncio.Task[Any]] = set()
+        self._dispatcher: Dispatcher | None = None
+        self._tasks = TaskSet(on_error=self._crash_with)
         self._running = False
         self._stop_requested = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._busy = 0
         self._crash: BaseException | None = None
 
     # ------------------------------------------------------------ hooks
@@ -182,7 +153,9 @@ class Actor:
     async def ask_role(self, role: str, msg: Any, timeout: float | None = None) -> Any:
         """Ask a live instance of `role`, re-delivering to another if it dies (see runtime.routing)."""
         if self._router is None:
-            self._router = RoleRouter(self)
+            if self.membership is None:
+                raise ActorDeadError(f"{self.name} has no registry: it cannot route work to role {role!r}")
+            self._router = RoleRouter(self.ask, self.membership, self.log, self.settings.ask_timeout_s)
         return await self._router.ask(role, msg, timeout)
 
     async def tell(self, target: Target, msg: Any, timeout: float | None = None) -> None:
@@ -208,18 +181,11 @@ class Actor:
         if not self._running:
             coroutine.close()
             raise ActorError(f"{self.name} is not running: start background work from on_start or a handler")
-        task = asyncio.get_running_loop().create_task(_detached(coroutine), name=f"{self.name}-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_finished)
+        task = self._tasks.start(_detached(coroutine), name=f"{self.name}-{name}")
         # a task cancelled before it first ran never started `coroutine`: close it (no
         # "never awaited" warning); for one that ran, close() does nothing
         task.add_done_callback(lambda _: coroutine.close())
         return task
-
-    def _task_finished(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._crash_with(task.exception())  # type: ignore[arg-type]
 
     @property
     def outbox(self) -> Outbox:
@@ -259,22 +225,27 @@ class Actor:
         try:
             keys = load_keys(self.settings)
             self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with, keys)
-            self._inbox.urgent = (self._urgent, self._handle_urgent)
             self.endpoint = self._inbox.endpoint
+            handlers = {kind: method.__get__(self) for kind, method in self._handlers.items()}
+            dispatcher = self._dispatcher = Dispatcher(
+                self.name, handlers, self._inbox, self._dedup, self.log, self._crash_with, self.start_background,
+                self._stop_requested,
+            )
+            self._inbox.urgent = (self._urgent, dispatcher.handle_urgent)
             if registry is not None:
-                self.membership = Membership(self, ActorRef("registry", registry))
+                self.membership = Membership(
+                    self.ask, ActorRef("registry", registry), self.record(state="starting"), self.log,
+                    self.settings.heartbeat_interval_s,
+                )
             self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, self.membership, keys)
             self.start_background(self.log.flush_periodically(self.settings.log_flush_interval_s), "log")
-            consumers = [self.start_background(self._consume(), f"handler-{i}") for i in range(self.settings.concurrency)]
+            consumers = [self.start_background(dispatcher.consume(), f"handler-{i}") for i in range(self.settings.concurrency)]
             await self._start(on_ready)
             await self._stop_requested.wait()
             await self._shut_down(consumers)
         finally:
             self._running = False
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._tasks.close()
             self._close_sockets()
             self.compute.shutdown(wait=False)
             self.log.lifecycle("actor.stopped", crashed=self._crash is not None)
@@ -286,7 +257,7 @@ class Actor:
         """Register, run on_start, report ready. A failure here is a crash (an orderly one)."""
         try:
             if self.membership is not None:
-                await self.membership.register(self.record(state="starting"))
+                await self.membership.register()
                 self.start_background(self.membership.heartbeat_loop(), "heartbeat")
             await self.on_start()
             if self.membership is not None:
@@ -307,16 +278,16 @@ class Actor:
         )
 
     async def _shut_down(self, consumers: list[asyncio.Task[Any]]) -> None:
-        assert self._inbox is not None
+        assert self._inbox is not None and self._dispatcher is not None
         reason = f"{self.name} stopped" + (" after a crash" if self._crash is not None else "")
         self._inbox.accepting = False
         self._inbox.refuse_queued(reason)
         if self._crash is None:
             try:
-                await asyncio.wait_for(self._idle.wait(), self.settings.stop_grace_s)
+                await asyncio.wait_for(self._dispatcher.idle.wait(), self.settings.stop_grace_s)
             except asyncio.TimeoutError:
                 pass  # handlers still running are cancelled below; their askers get ActorDead
-        urgent = list(self._urgent_tasks)
+        urgent = list(self._dispatcher.urgent_tasks)
         for task in [*consumers, *urgent]:
             task.cancel()
         await asyncio.gather(*consumers, *urgent, return_exceptions=True)
@@ -348,165 +319,19 @@ class Actor:
         if self._outbox is not None:
             self._outbox.close()
 
-    # ----------------------------------------------------------- handling
-    async def _consume(self) -> None:
-        assert self._inbox is not None
-        while not self._stop_requested.is_set():
-            delivery = await self._inbox.mailbox.get()
-            self._busy += 1
-            self._idle.clear()
-            try:
-                await self._handle(delivery)
-            finally:
-                self._busy -= 1
-                if self._busy == 0:
-                    self._idle.set()
-
-    def _handle_urgent(self, delivery: Delivery) -> None:
-        self._busy += 1
-        self._idle.clear()
-        started: list[bool] = []
-
-        async def handle() -> None:
-            started.append(True)
-            await self._handle(delivery)
-
-        task = self.start_background(handle(), f"urgent-{delivery.envelope.kind}")
-        self._urgent_tasks.add(task)
-        task.add_done_callback(lambda task: self._urgent_done(task, delivery, bool(started)))
-
-    def _urgent_done(self, task: asyncio.Task[Any], delivery: Delivery, started: bool) -> None:
-        self._urgent_tasks.discard(task)
-        if not started and self._inbox is not None:  # cancelled at shutdown before it began: still answer
-            self._inbox.refuse_in_progress(delivery, f"{self.name} stopped")
-        self._busy -= 1
-        if self._busy == 0:
-            self._idle.set()
-
-    async def _handle(self, delivery: Delivery) -> None:
-        inbox = self._inbox
-        assert inbox is not None
-        envelope = delivery.envelope
-        started = time.monotonic()
-        queue_s = started - delivery.received_at
-        if envelope.deadline is not None and time.time() > envelope.deadline:
-            self._fail(delivery, "DeadlineExceeded", "the deadline passed while the message was queued", queue_s, 0.0)
-            return
-        method = self._handlers.get(envelope.kind)
-        if method is None:
-            known = ", ".join(sorted(self._handlers)) or "none"
-            self._fail(delivery, "UnknownKind", f"{self.name} has no handler for {envelope.kind} (it handles: {known})", queue_s, 0.0)
-            return
-        if await self._answered_before(delivery, queue_s):
-            return
-        self._dedup.start(envelope.message_id)
-        tokens = (
-            current_trace_id.set(envelope.trace_id),
-            current_handling.set(Handling(envelope.message_id, envelope.trace_id)),
-        )
-        try:
-            result = await method(self, delivery.message)
-        except asyncio.CancelledError:
-            self._dedup.fail(envelope.message_id, ActorDeadError(f"{self.name} stopped while handling it"))
-            inbox.refuse_in_progress(delivery, f"{self.name} stopped while handling the message")
-            raise
-        except Exception as error:  # routed to the asker, or crashes the actor for a tell
-            self._dedup.fail(envelope.message_id, error)
-            handle_s = time.monotonic() - started
-            self._log_done(delivery, "failed", queue_s, handle_s, f"{type(error).__name__}: {error}")
-            if envelope.expects_reply:
-                inbox.reply(delivery, Failure(type(error).__name__, str(error), traceback.format_exc()))
-            else:
-                inbox.finish(delivery)
-                self._crash_with(error)
-            return
-        finally:
-            current_handling.reset(tokens[1])
-            current_trace_id.reset(tokens[0])
-        handle_s = time.monotonic() - started
-        if not envelope.expects_reply:
-            self._dedup.succeed(envelope.message_id, None)
-            self._log_done(delivery, "handled", queue_s, handle_s)
-            inbox.finish(delivery)
-            return
-        reply = Ok() if result is None else result
-        try:
-            kind_of(reply)
-        except Exception as error:  # a handler bug, reported to the asker rather than sent as garbage
-            self._dedup.fail(envelope.message_id, error)
-            self._fail(delivery, "ProtocolError", f"handler returned {type(result).__name__}, not a message: {error}", queue_s, handle_s)
-            return
-        self._dedup.succeed(envelope.message_id, reply)
-        self._log_done(delivery, "handled", queue_s, handle_s)
-        inbox.reply(delivery, reply)
-
-    async def _answered_before(self, delivery: Delivery, queue_s: float) -> bool:
-        """Answer a message this actor has handled (or is handling) already, without handling it again."""
-        assert self._inbox is not None
-        message_id = delivery.envelope.message_id
-        reply = self._dedup.handled_reply(message_id)
-        if reply is UNSET:
-            running = self._dedup.running(message_id)
-            if running is None:
-                return False
-            try:
-                reply = await asyncio.shield(running)
-            except Exception as error:  # the first attempt failed: this copy fails the same way
-                self._fail(delivery, type(error).__name__, str(error), queue_s, 0.0)
-                return True
-        self._dedup.duplicates += 1
-        self._log_done(delivery, "duplicate", queue_s, 0.0)
-        if delivery.envelope.expects_reply:
-            self._inbox.reply(delivery, reply if reply is not None else Ok())
-        else:
-            self._inbox.finish(delivery)
-        return True
-
-    def _fail(self, delivery: Delivery, reason: str, text: str, queue_s: float, handle_s: float) -> None:
-        """A message that could not be handled: the asker gets a Failure; a tell is logged and dropped."""
-        assert self._inbox is not None
-        self._log_done(delivery, "failed", queue_s, handle_s, f"{reason}: {text}")
-        if delivery.envelope.expects_reply:
-            self._inbox.reply(delivery, Failure(reason, text))
-        else:
-            self._inbox.finish(delivery)
-
-    def _log_done(self, delivery: Delivery, event: str, queue_s: float, handle_s: float, error: str | None = None) -> None:
-        envelope = delivery.envelope
-        self.log.message_event(
-            event, envelope.sender, envelope.kind, envelope.message_id, envelope.correlation_id,
-            envelope.trace_id, envelope.nbytes, queue_s, handle_s, error,
-        )
-
     # ----------------------------------------------------- built-in handlers
     @handler
     async def _membership_changed(self, event: MembershipEvent) -> None:
         if self.membership is not None:
             self.membership.apply(event)
+            if event.event == "left":  # asks pending on it fail at once with ActorDeadError
+                self.outbox.peer_gone(event.record.endpoint, f"left the registry ({event.reason})")
         await self.on_membership(event)
 
 
-Actor._handlers = _collect_handlers(Actor)
-_RUNTIME_MEMBERS = frozenset(
-    name for name in vars(Actor)
-    if not (name.startswith("__") and name.endswith("__"))
-    and name not in Actor.OVERRIDABLE
-    and name not in ("_handlers", "_urgent")  # set on every subclass by __init_subclass__
-)
-
-
-def _refuse_runtime_overrides(cls: type) -> None:
-    """TypeError if `cls` (or a mixin before Actor in its MRO) redefines a runtime member of Actor."""
-    clashes = []
-    for name in sorted(_RUNTIME_MEMBERS):
-        owner = next(klass for klass in cls.__mro__ if name in vars(klass))
-        if owner is not Actor:
-            clashes.append(f"{name} (defined in {owner.__qualname__})")
-    if clashes:
-        raise TypeError(
-            f"actor class {cls.__qualname__} redefines members the runtime relies on: {', '.join(clashes)}. "
-            f"Rename them; a subclass may override only {sorted(Actor.OVERRIDABLE)}"
-        )
+Actor._handlers = collect_handlers(Actor)
+_PER_CLASS = ("_handlers", "_urgent")  # set on every subclass by __init_subclass__
+_RUNTIME_MEMBERS = runtime_members(Actor, Actor.OVERRIDABLE, _PER_CLASS)
 
 
 async def _detached(coroutine: typing.Coroutine[Any, Any, Any]) -> Any:
@@ -525,15 +350,21 @@ async def start_actor(actor: Actor, timeout: float = 60.0, **run_kwargs: Any) ->
     ``await task``.
     """
     ready = asyncio.Event()
+    # The task is the caller's from the moment this returns; until then it is ours:
+    # if this call is cancelled, the actor is stopped and awaited here.
     task = asyncio.get_running_loop().create_task(actor.run(on_ready=lambda _: ready.set(), **run_kwargs))
-    waiter = asyncio.get_running_loop().create_task(ready.wait())
-    done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        async with TaskSet() as waiting:
+            waiter = waiting.start(ready.wait())
+            done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        actor.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
     if task in done:
-        waiter.cancel()
         task.result()  # raises the reason it ended
         raise ActorError(f"{actor.name} stopped before it was ready")
     if waiter not in done:
-        waiter.cancel()
         actor.stop()
         await asyncio.gather(task, return_exceptions=True)
         raise TimeoutError(f"{actor.name} was not ready within {timeout:g} s")

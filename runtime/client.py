@@ -9,8 +9,6 @@ A client has no mailbox: it cannot be asked, only ask. Its message events go to
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,10 @@ from runtime.errors import ActorError
 from runtime.membership import Directory
 from runtime.msglog import MessageLog
 from runtime.outbox import ActorRef, Outbox, Target
+from runtime.run_dir import RunDir
 from runtime.security import load_keys
 from runtime.settings import RuntimeSettings
+from runtime.tasks import TaskSet
 
 
 class Client:
@@ -37,23 +37,21 @@ class Client:
         self.name = name
         self.settings = settings or RuntimeSettings()
         self.registry = ActorRef("registry", registry) if registry is not None else None
-        log_path = Path(run_dir) / "logs" / f"{name}.jsonl" if run_dir is not None else None
+        log_path = RunDir(run_dir).message_log(name) if run_dir is not None else None
         self.log = MessageLog(log_path, run, name, "client", enabled=self.settings.log_messages)
         self._outbox: Outbox | None = None
         self._fault: BaseException | None = None
-        self._flushing: asyncio.Task[None] | None = None
+        self._tasks = TaskSet()
+        """The client's own tasks (its log flushing), cancelled and awaited when it closes."""
 
     async def __aenter__(self) -> Client:
         names = Directory(self.ask, self.registry) if self.registry is not None else None
         self._outbox = Outbox(self.name, self.settings, self.log, self._broken, names, load_keys(self.settings))
-        self._flushing = asyncio.create_task(self.log.flush_periodically(self.settings.log_flush_interval_s))
+        self._tasks.start(self.log.flush_periodically(self.settings.log_flush_interval_s), f"{self.name}-log")
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._flushing is not None:
-            self._flushing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flushing
+        await self._tasks.close()
         if self._outbox is not None:
             self._outbox.close()
         self.log.close()

@@ -19,31 +19,38 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocols.membership import ActorRecord
 from runtime.errors import ActorDeadError, DeadlineExceeded
+from runtime.membership import Ask, Membership
+from runtime.msglog import MessageLog
 from runtime.outbox import ActorRef
 from runtime.tracing import message_id_for_send
 
-if TYPE_CHECKING:
-    from runtime.actor import Actor
-
 
 class RoleRouter:
-    """Routes asks to the live instances of a role, for one actor."""
+    """Routes asks to the live instances of a role, for one actor.
 
-    def __init__(self, actor: Actor) -> None:
-        self.actor = actor
+    Args:
+        ask: an ``ask(target, message, timeout=None, message_id=None)`` coroutine function (the actor's).
+        membership: the actor's membership, which says who is registered and ready.
+        log: where ``work.redelivered`` events go.
+        default_timeout_s: the deadline of an ask that gives none.
+    """
+
+    def __init__(self, ask: Ask, membership: Membership, log: MessageLog, default_timeout_s: float) -> None:
+        self._ask = ask
+        self.membership = membership
+        self.log = log
+        self.default_timeout_s = default_timeout_s
         self.in_flight: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
         self.redeliveries = 0
 
     def ready_instances(self, role: str) -> list[ActorRecord]:
-        membership = self.actor.membership
-        assert membership is not None
         return sorted(
-            (record for record in membership.members(role=role) if record.state == "ready"),
+            (record for record in self.membership.members(role=role) if record.state == "ready"),
             key=lambda record: record.name,
         )
 
@@ -55,11 +62,8 @@ class RoleRouter:
                 or all too slow).
             RemoteError: the handler raised (not retried: the failure is the answer).
         """
-        membership = self.actor.membership
-        if membership is None:
-            raise ActorDeadError(f"{self.actor.name} has no registry: it cannot route work to role {role!r}")
-        await membership.ensure_watching()
-        timeout = self.actor.settings.ask_timeout_s if timeout is None else timeout
+        await self.membership.ensure_watching()
+        timeout = self.default_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         message_id = message_id_for_send()
         dead: set[str] = set()
@@ -67,7 +71,7 @@ class RoleRouter:
             remaining = deadline - time.monotonic()
             candidates = [r for r in self.ready_instances(role) if r.endpoint not in dead]
             if not candidates:
-                if remaining <= 0 or not await membership.wait_for_change(remaining):
+                if remaining <= 0 or not await self.membership.wait_for_change(remaining):
                     raise DeadlineExceeded(f"no live instance of role {role!r} answered within {timeout:g} s")
                 continue
             target = min(
@@ -76,13 +80,13 @@ class RoleRouter:
             self.in_flight[target.endpoint] += 1
             self.sent[target.endpoint] += 1
             try:
-                return await self.actor.ask(
+                return await self._ask(
                     ActorRef(target.name, target.endpoint), message, timeout=remaining, message_id=message_id
                 )
             except ActorDeadError as error:
                 dead.add(target.endpoint)
                 self.redeliveries += 1
-                self.actor.log.lifecycle(
+                self.log.lifecycle(
                     "work.redelivered", role=role, message_id=message_id, dead=target.name, error=str(error)
                 )
             finally:

@@ -165,9 +165,7 @@ class WeightReceiver:
                     ) from error
                 await asyncio.sleep(0.5)
         if self.actor.membership is not None:
-            await self.actor.membership.ensure_watching()
-            record = self.actor.membership.directory.records.get(self.config.publisher)
-            self._publisher_endpoint = record.endpoint if record is not None else None
+            self._publisher_endpoint = await self.actor.membership.endpoint_of(self.config.publisher)
         self._current = reply.current
         if reply.version is not None or self._current == 0 or (self.version or 0) >= self._current:
             return
@@ -206,8 +204,7 @@ class WeightReceiver:
             return
         try:
             await membership.set_state(state)
-        except ActorError as error:  # the heartbeat loop reports it later
-            membership.state = state
+        except ActorError as error:  # the heartbeat loop reports the new state later
             self.actor.log.lifecycle("registry.unreachable", error=str(error))
 
     def membership_changed(self, event: MembershipEvent) -> None:
@@ -274,10 +271,9 @@ class WeightReceiver:
             self._incoming = None
         membership = self.actor.membership
         if membership is not None:
-            membership.weights_version = incoming.version
             try:
-                await membership.heartbeat()  # the registry knows the new version now
-            except ActorError as error:
+                await membership.set_weights_version(incoming.version)  # the registry knows the new version now
+            except ActorError as error:  # the heartbeat loop reports it later
                 self.actor.log.lifecycle("registry.unreachable", error=str(error))
         if self.version is not None and self.version >= self._current:
             self._caught_up.set()

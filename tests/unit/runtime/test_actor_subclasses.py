@@ -46,10 +46,18 @@ def test_every_actor_class_in_the_codebase_overrides_only_the_hooks():
 
 
 def test_a_subclass_that_redefines_a_runtime_method_is_refused_when_defined():
-    with pytest.raises(TypeError, match=r"redefines members the runtime relies on: _fail \(defined in .*Clumsy\)"):
+    with pytest.raises(TypeError, match=r"redefines members the runtime relies on: _crash_with \(defined in .*Clumsy\)"):
         class Clumsy(Actor):
-            def _fail(self, instance: object, text: str) -> None:
+            def _crash_with(self, error: BaseException) -> None:
                 pass
+
+
+def test_a_helper_named_like_a_dispatch_step_is_allowed_since_dispatch_lives_outside_the_actor():
+    class Helpful(Actor):
+        def _fail(self, instance: object, text: str) -> None:
+            pass
+
+    assert "_fail" not in vars(Actor)
 
 
 def test_a_mixin_that_brings_a_runtime_name_is_refused_too():
