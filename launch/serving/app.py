@@ -35,12 +35,12 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from launch.serving.batcher import Batcher, Completion, GenerationFailed, Ticket
-from launch.serving.metrics import ServingMetrics
+from launch.serving.metrics import CONTENT_TYPE, ServingMetrics
 from launch.serving.openai import OpenAIReply, error_body, event_stream
 from launch.serving.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest, GenerateResponse
 from launch.serving.service import ModelService, ServeConfig, ServingError, load_model
@@ -139,8 +139,8 @@ def create_app(config: ServeConfig, stop_server: Callable[[], None]) -> FastAPI:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -315,8 +315,8 @@ class RequestMetrics:
             self._record(endpoint, CLIENT_CLOSED_REQUEST, time.monotonic() - received_at)
 
     def _record(self, endpoint: str, status: int, seconds: float) -> None:
-        self.metrics.requests.inc(endpoint=endpoint, status=str(status))
+        self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
         if status >= 400:
-            self.metrics.errors.inc(endpoint=endpoint, status=str(status))
+            self.metrics.errors.labels(endpoint=endpoint, status=str(status)).inc()
         elif endpoint in GENERATION_ROUTES:
-            self.metrics.request_latency.observe(seconds, endpoint=endpoint)
+            self.metrics.request_latency.labels(endpoint=endpoint).observe(seconds)

@@ -344,7 +344,7 @@ class Batcher:
         for ticket in token_tickets:
             if ticket.first_token_at is None:
                 ticket.first_token_at = now
-                self.metrics.time_to_first_token.observe(now - ticket.received_at, endpoint=ticket.endpoint)
+                self.metrics.time_to_first_token.labels(endpoint=ticket.endpoint).observe(now - ticket.received_at)
         for ticket, event in events:
             if not ticket.abandoned:
                 ticket.events.put_nowait(event)

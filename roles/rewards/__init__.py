@@ -39,8 +39,8 @@ from roles.rewards.router import (
     UnknownDataSourceError,
     build_reward_fn,
 )
-from roles.rewards.symbolic import shutdown_symbolic_workers
 from roles.rewards.types import RewardResult
+from roles.sandbox.symbolic import shutdown_symbolic_workers
 
 _LAZY_ATTRIBUTES = {
     "RewardModel": "roles.rewards.reward_model",

@@ -11,7 +11,7 @@ Ground truth, in any of these shapes (a JSON string of one is decoded first):
   ``check(candidate)``, is one test), or a list of such snippets, one test each.
   The program runs first (``__name__ != "__main__"``); the tests run in a separate,
   trusted judge process that calls the program's functions and gets back plain values
-  (`roles.rewards.sandbox.run_with_tests`): an answer cannot pass by returning an
+  (`roles.sandbox.runner.run_with_tests`): an answer cannot pass by returning an
   object that equals everything, patching ``assert`` or forging a verdict. Helper
   code the tests rely on (a HumanEval prompt's ``poly``) belongs in the tests, where
   the program cannot replace it.
@@ -32,14 +32,14 @@ from __future__ import annotations
 import ast
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from roles.rewards.sandbox import SandboxConfig, SandboxRun, run_in_sandbox, run_with_tests
 from roles.rewards.types import RewardResult
+from roles.sandbox.config import SandboxConfig, SandboxRun
+from roles.sandbox.runner import map_concurrently, run_in_sandbox, run_with_tests
 
 FENCED_BLOCK = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
 PYTHON_TAGS = {"python", "py", "python3"}
@@ -228,11 +228,8 @@ def score_code_batch(
             f"score_code_batch needs one entry per row, got prompts={len(prompts)} "
             f"responses={len(responses)} ground_truths={len(ground_truths)}"
         )
-    with ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="code-reward") as pool:
-        scored = pool.map(
-            lambda row: score_code(*row, config=config), zip(prompts, responses, ground_truths, strict=True)
-        )
-        return list(scored)
+    rows = zip(prompts, responses, ground_truths, strict=True)
+    return map_concurrently(lambda row: score_code(*row, config=config), rows, config.max_concurrent, "code-reward")
 
 
 class CodeReward:

@@ -3,7 +3,7 @@
 *Correctness* asks whether the response's final answer is right, however it is phrased
 (``#### 72``, "the answer is 72", ``\\boxed{72}``, ``$72.00``, ``1,000``). It is graded by
 math-verify (the checker TRL, open-r1 and many papers grade with) in a child process under
-a time limit (`roles.rewards.symbolic`), with three rules of our own, each deliberate:
+a time limit (`roles.sandbox.symbolic`), with three rules of our own, each deliberate:
 
 1. The text math-verify reads is chosen first (`answer_text`): the answer after GSM8K's
    ``####`` marker when the reward asks for it (the first one: text a model appends after
@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 from roles.rewards.boxed import extract_last_boxed
 from roles.rewards.numbers import normalize_number
-from roles.rewards.symbolic import SymbolicVerdict, shared_symbolic_checker
+from roles.sandbox.symbolic import SymbolicVerdict, shared_symbolic_checker
 
 TimeoutPolicy = Literal["unscored", "zero"]
 

@@ -26,7 +26,7 @@ from examples.smollm2.build import (
 )
 from roles.rewards import score_final_number
 from roles.rewards.code import CodeExecutionConfig, CodeReward
-from roles.rewards.sandbox import SandboxConfig
+from roles.sandbox.config import SandboxConfig
 
 
 @pytest.fixture(scope="module")

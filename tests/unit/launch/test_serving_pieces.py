@@ -4,12 +4,15 @@ the Prometheus text the metrics render."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pydantic
 import pytest
 
 from launch.serving.app import describe_validation_errors, is_json_media_type
 from launch.serving.batcher import streamable_text
-from launch.serving.metrics import Counter, Histogram, ServingMetrics
+from launch.serving.metrics import CONTENT_TYPE, ServingMetrics
 from launch.serving.schemas import (
     GREEDY_BELOW_TEMPERATURE, MAX_STOP_CHARACTERS, ChatCompletionRequest, CompletionRequest, GenerateRequest,
 )
@@ -116,32 +119,34 @@ def test_a_top_k_at_or_above_the_vocabulary_size_turns_top_k_off(top_k: int, app
     assert params.top_k == applied
 
 
-def test_histograms_render_cumulative_buckets_with_sum_and_count() -> None:
-    histogram = Histogram("latency_seconds", "Latency.", ("endpoint",), buckets=(0.1, 1.0))
-    for value in (0.05, 0.1, 0.5, 3.0):
-        histogram.observe(value, endpoint="/generate")
-    assert histogram.render() == [
-        "# HELP latency_seconds Latency.",
-        "# TYPE latency_seconds histogram",
-        'latency_seconds_bucket{endpoint="/generate",le="0.1"} 2',
-        'latency_seconds_bucket{endpoint="/generate",le="1"} 3',
-        'latency_seconds_bucket{endpoint="/generate",le="+Inf"} 4',
-        'latency_seconds_sum{endpoint="/generate"} 3.65',
-        'latency_seconds_count{endpoint="/generate"} 4',
-    ]
-    with pytest.raises(ValueError, match="takes labels"):
-        histogram.observe(1.0)
+def documented_metric_families() -> dict[str, str]:
+    """name -> type, from the metrics table of docs/serving.md."""
+    table = (Path(__file__).resolve().parents[3] / "docs" / "serving.md").read_text().split("### Metrics", 1)[1]
+    families = {}
+    for row in table.splitlines():
+        if row.startswith("| `troupe_"):
+            names, kind = row.split("|")[1:3]
+            families.update((name, kind.strip()) for name in re.findall(r"`(troupe_\w+)", names))
+    return families
 
 
-def test_counters_escape_label_values_and_show_zero_before_the_first_count() -> None:
-    errors = Counter("errors_total", "Errors.", ("reason",))
-    errors.inc(reason='say "no"\n')
-    assert errors.render()[-1] == 'errors_total{reason="say \\"no\\"\\n"} 1'
-    assert Counter("tokens_total", "Tokens.").render()[-1] == "tokens_total 0"
-
-
-def test_every_family_has_help_and_type_lines() -> None:
-    text = ServingMetrics().render()
+def test_the_metrics_render_exactly_the_documented_families_each_with_help_and_type() -> None:
+    text = ServingMetrics().render().decode()
     helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
-    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
-    assert helps == types and len(helps) == 11 and all(name.startswith("troupe_") for name in helps)
+    types = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")}
+    documented = documented_metric_families()
+    assert len(documented) == 11 and types == documented and sorted(helps) == sorted(documented)
+    assert CONTENT_TYPE.startswith("text/plain; version=")
+
+
+def test_observations_show_up_under_their_labels_in_cumulative_buckets() -> None:
+    metrics = ServingMetrics()
+    for seconds in (0.004, 0.3, 100.0):
+        metrics.request_latency.labels(endpoint="/generate").observe(seconds)
+    metrics.requests.labels(endpoint="/generate", status="200").inc()
+    text = metrics.render().decode()
+    assert 'troupe_request_latency_seconds_bucket{endpoint="/generate",le="0.005"} 1.0' in text
+    assert 'troupe_request_latency_seconds_bucket{endpoint="/generate",le="+Inf"} 3.0' in text
+    assert metrics.value("troupe_request_latency_seconds_count", endpoint="/generate") == 3
+    assert metrics.value("troupe_requests_total", endpoint="/generate", status="200") == 1
+    assert metrics.value("troupe_requests_total", endpoint="/generate", status="500") == 0

@@ -66,12 +66,13 @@ ATTACKS = {
         builtins.exec = lambda *args, **kwargs: None
         def is_even_sum(a, b): return WRONG
     """,
-    "patching the harness module's functions": """
+    "patching the harness modules' functions": """
         import sys
-        harness = sys.modules["__main__"]
-        for name, value in list(vars(harness).items()):
-            if callable(value) and not isinstance(value, type):
-                setattr(harness, name, lambda *args, **kwargs: {"value": True})
+        for module_name, harness in list(sys.modules.items()):
+            if module_name == "__main__" or module_name.startswith("roles.sandbox"):
+                for name, value in list(vars(harness).items()):
+                    if callable(value) and not isinstance(value, type):
+                        setattr(harness, name, lambda *args, **kwargs: {"value": True})
         def is_even_sum(a, b): return WRONG
     """,
     "SystemExit(0) before the tests": """

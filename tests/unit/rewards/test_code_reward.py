@@ -15,7 +15,7 @@ from roles.rewards.code import (
     score_code,
     split_assert_code,
 )
-from roles.rewards.sandbox import SandboxConfig
+from roles.sandbox.config import SandboxConfig
 
 
 @pytest.fixture

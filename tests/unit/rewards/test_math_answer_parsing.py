@@ -4,7 +4,7 @@ import pytest
 
 from roles.rewards import extract_last_boxed
 from roles.rewards.correctness import answer_text, combined_score
-from roles.rewards.symbolic_worker import check_answer
+from roles.sandbox.symbolic_worker import check_answer
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from roles.rewards import score_math, shutdown_symbolic_workers
-from roles.rewards.symbolic import SymbolicEquivalenceChecker, SymbolicVerdict, shared_symbolic_checker
+from roles.sandbox.symbolic import SymbolicEquivalenceChecker, SymbolicVerdict, shared_symbolic_checker
 
 # math-verify's simplify((x+1)**2000 - (x+2)**2000) runs for minutes in little memory
 SLOW_RESPONSE = r"The answer is \boxed{(x+1)^{2000}}"

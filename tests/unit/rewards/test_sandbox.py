@@ -26,10 +26,11 @@ import psutil
 import pytest
 
 import roles.rewards.code as code_reward
-import roles.rewards.sandbox as sandbox_module
+import roles.sandbox.reaping as reaping
 from roles.rewards.code import CodeExecutionConfig, score_code, score_code_batch
-from roles.rewards.sandbox import SandboxConfig, run_in_sandbox
-from roles.rewards.sandbox_harness import SESSION_SYSCALLS
+from roles.sandbox.config import SandboxConfig
+from roles.sandbox.harness.isolation import SESSION_SYSCALLS
+from roles.sandbox.runner import run_in_sandbox
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MARKER = f"troupe-sandbox-test-{uuid.uuid4().hex}"
@@ -264,10 +265,11 @@ def test_wrappers_that_swallow_assertion_errors_do_not_hide_failures(short_optio
                 pass
         builtins.exec = forgiving_exec
         builtins.compile = lambda *args, **kwargs: real_compile("pass", "<swallowed>", "exec")
-        harness = sys.modules["__main__"]
-        for name, value in list(vars(harness).items()):
-            if callable(value) and not isinstance(value, type):
-                setattr(harness, name, lambda *args, **kwargs: None)
+        for module_name, harness in list(sys.modules.items()):
+            if module_name == "__main__" or module_name.startswith("roles.sandbox"):
+                for name, value in list(vars(harness).items()):
+                    if callable(value) and not isinstance(value, type):
+                        setattr(harness, name, lambda *args, **kwargs: None)
         sys.settrace = sys.setprofile = lambda *args: None
         sys.excepthook = lambda *args: None
         def add(a, b):
@@ -407,7 +409,7 @@ def test_uid_sweep_kills_a_process_whose_leader_thread_has_exited(uid_range):
             time.sleep(0.01)
         assert psutil.Process(process.pid).num_threads() == 2  # the zombie leader and the sleeping thread
 
-        sandbox_module._kill_processes_of(uid)
+        reaping.kill_processes_of(uid)
 
         assert process.wait(timeout=5) == -signal.SIGKILL
     finally:

@@ -4,7 +4,7 @@ Why a child process: math-verify parses with sympy, which can run for minutes on
 pathological answer, and a Python thread cannot be interrupted. math-verify's own
 limit, ``signal.alarm``, only works in the main thread, while role processes call
 rewards from a worker thread. So each check is sent to a long-lived child process
-(`roles.rewards.symbolic_worker`, which turns math-verify's limit off); if no reply
+(`roles.sandbox.symbolic_worker`, which turns math-verify's limit off); if no reply
 arrives within the time limit, the child is killed (SIGKILL) and the check reports
 `SymbolicVerdict.TIMED_OUT`. The next check starts a fresh child. Every check, from
 the reading of the answer to the verdict, runs there: a hostile response cannot
@@ -13,9 +13,9 @@ hold the caller longer than its time limit.
 Why ``subprocess`` rather than ``multiprocessing``: a ``spawn``/``forkserver``
 child re-imports the parent's ``__main__`` module (a role's entry point, with
 torch), and ``fork`` is unsafe in a threaded process. The worker is a fresh
-``python -c "from roles.rewards.symbolic_worker import main; main()"`` that
-imports only math-verify (with sympy) and this package, and the protocol is one JSON line each way,
-so nothing is unpickled. Waiting for a reply uses ``select`` on the pipe: POSIX
+``python -c "from roles.sandbox.symbolic_worker import main; main()"`` that
+imports only math-verify (with sympy) and its own module, and the protocol is one
+JSON line each way, so nothing is unpickled. Waiting for a reply uses ``select`` on the pipe: POSIX
 only, like the rest of troupe.
 
 Checks on one `SymbolicEquivalenceChecker` are serialised by a lock (a reward
@@ -46,7 +46,7 @@ STARTUP_TIMEOUT_S = 60.0
 
 _STOP_GRACE_S = 2.0
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-_WORKER_COMMAND = "from roles.rewards.symbolic_worker import main; main()"
+_WORKER_COMMAND = "from roles.sandbox.symbolic_worker import main; main()"
 
 
 class SymbolicVerdict(enum.Enum):

@@ -1,6 +1,6 @@
 """The child process that checks one answer against its reference with math-verify.
 
-`roles.rewards.symbolic` starts a Python process that runs `main` and talks to it over
+`roles.sandbox.symbolic` starts a Python process that runs `main` and talks to it over
 its stdin/stdout, one JSON object per line:
 
     parent -> worker: {"id": 7, "gold": "\\\\frac{1}{2}", "answer": "so \\\\boxed{0.5}", "symbolic": true}
