@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logs_dir = args.run_dir / "logs"
+    from runtime.run_dir import RunDir
+
+    logs_dir = RunDir(args.run_dir).logs
     if not args.run_dir.is_dir():
         return _fail(f"{args.run_dir} is not a directory: give the run directory (runs/<run>)", 2)
     if not logs_dir.is_dir():

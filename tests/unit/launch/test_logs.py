@@ -11,7 +11,7 @@ import pytest
 
 from launch.logs import (
     EdgeStats, EventFilter, LogReader, Names, TraceLookupError, clock, edge_stats, event_cells, human_bytes,
-    kind_matches, parse_line, parse_since, percentile, perfetto_trace, read_logs, resolve_trace, select,
+    kind_matches, parse_line, parse_since, perfetto_trace, read_logs, resolve_trace, select,
     trace_timeline,
 )
 
@@ -235,18 +235,6 @@ def test_a_trace_timeline_gives_offsets_and_gaps_in_ms_in_time_order():
 
 
 # -------------------------------------------------------------------- stats
-def test_percentiles_are_nearest_rank():
-    values = [40.0, 15.0, 50.0, 35.0, 20.0]  # sorted: 15 20 35 40 50
-    assert percentile(values, 50) == 35.0  # rank ceil(2.5) = 3
-    assert percentile(values, 99) == 50.0  # rank ceil(4.95) = 5
-    assert percentile(values, 25) == 20.0  # rank ceil(1.25) = 2
-    assert percentile(values, 20) == 15.0  # rank ceil(1.0) = 1
-    hundred = [float(v) for v in range(1, 101)]
-    assert percentile(hundred, 50) == 50.0 and percentile(hundred, 99) == 99.0
-    assert percentile([7.0], 99) == 7.0
-    assert percentile([], 50) is None
-
-
 def test_stats_count_sends_per_edge_and_join_receives_for_delivery_latency():
     events = [
         lifecycle("actor.started", "gen-0", "generator", 0.0, endpoint="tcp://h:1"),
