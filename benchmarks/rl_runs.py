@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runtime.run_dir import RunDir
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "examples" / "arith" / "data"
 
@@ -115,12 +117,12 @@ def real_model_topology(path: Path, model: Path, data: Path, prompts: int, sampl
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
 
 
 def log_events(run_dir: Path) -> list[dict[str, Any]]:
     events = []
-    for path in sorted((run_dir / "logs").glob("*.jsonl")):
+    for path in sorted(RunDir(run_dir).logs.glob("*.jsonl")):
         events += [json.loads(line) for line in path.read_text().splitlines()]
     return events
 

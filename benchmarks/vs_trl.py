@@ -201,7 +201,7 @@ def troupe_topology(settings: GRPOSettings, mode: str, threads: str = "fill") ->
                 **({"autocast": settings.autocast} if settings.autocast else {}),
             }},
             "trainer": {"entry": "trainer", "restart": {"policy": "never"}, "config": {
-                "model": model, "dtype": settings.dtype, "ranks": 1, "seed": settings.seed, **compute,
+                "model": model, "dtype": settings.dtype, "seed": settings.seed, **compute,
                 **({"autocast": settings.autocast} if settings.autocast else {}),
                 "optim": {"lr": settings.learning_rate, "betas": list(settings.adam_betas),
                           "weight_decay": settings.weight_decay, "grad_clip": settings.grad_clip,

@@ -34,6 +34,7 @@ from protocols.membership import MembershipEvent  # noqa: E402
 from runtime.actor import Actor  # noqa: E402
 from runtime.errors import ActorDeadError  # noqa: E402
 from runtime.host import run_event_loop  # noqa: E402
+from runtime.run_dir import RunDir  # noqa: E402
 from runtime.settings import RuntimeSettings  # noqa: E402
 from runtime.spawn import ActorProcess, spawn_actor  # noqa: E402
 
@@ -120,7 +121,7 @@ def message_stats(run_dir: Path) -> Table:
     handled: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     sizes: dict[tuple[str, str, str], int] = defaultdict(int)
     lines = []
-    for path in sorted((run_dir / "logs").glob("*.jsonl")):
+    for path in sorted(RunDir(run_dir).logs.glob("*.jsonl")):
         for raw in path.read_text().splitlines():
             line = json.loads(raw)
             roles[line["actor"]] = line["role"]
@@ -140,7 +141,7 @@ def message_stats(run_dir: Path) -> Table:
 
 def trace_timeline(run_dir: Path, trace_id: str) -> Table:
     events = []
-    for path in (run_dir / "logs").glob("*.jsonl"):
+    for path in RunDir(run_dir).logs.glob("*.jsonl"):
         events += [json.loads(raw) for raw in path.read_text().splitlines() if trace_id in raw]
     events = sorted((e for e in events if e.get("trace_id") == trace_id), key=lambda e: e["ts"])
     table = Table(title=f"one batch's trace ({trace_id})")
@@ -205,8 +206,8 @@ async def showcase(run_dir: Path, batch_count: int) -> None:
 
     console.print()
     console.print(message_stats(run_dir))
-    first = json.loads((run_dir / "logs" / "driver-0.jsonl").read_text().splitlines()[0])
-    sends = [json.loads(raw) for raw in (run_dir / "logs" / "driver-0.jsonl").read_text().splitlines()]
+    sends = [json.loads(raw) for raw in RunDir(run_dir).message_log("driver-0").read_text().splitlines()]
+    first = sends[0]
     work = next(line for line in sends if line["event"] == "send" and line["kind"] == "showcase.work")
     console.print(trace_timeline(run_dir, work["trace_id"]))
     console.print(f"\nlogs: {run_dir / 'logs'} ({first['run']!r} run); read them with any JSON tool.")

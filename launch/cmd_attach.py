@@ -61,7 +61,7 @@ async def attach_here(args: argparse.Namespace) -> int:
     from runtime.actor import start_actor
     from runtime.client import Client
 
-    topology, configs, problems = validate(read_topology(args.run_dir))
+    topology, configs, problems = validate(read_topology(args.run_dir), resolved_copy=True)
     if topology is None:
         print("\n".join(map(str, problems)), file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runtime.run_dir import RunDir
+
 TABLE = ("accuracy", "correctness", "format", "reward", "pass@*", "maj@*", "mean@*", "distinct_2_words_within", "distinct_2_tokens_across",
          "ngram_entropy_2_words_across", "seq_rep_2_tokens", "self_bleu_words_within", "self_bleu_words_across",
          "compression_ratio_across")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     except (EvalSetupError, ValidationError, ValueError) as error:
         console.print(f"troupe eval: {error}")
         return 2
-    out = args.out or (policy.run_dir / "eval" / f"cli_step_{policy.step}" if policy.run_dir else Path(f"eval-{policy.name}"))
+    out = args.out or (RunDir(policy.run_dir).evaluations / f"cli_step_{policy.step}" if policy.run_dir else Path(f"eval-{policy.name}"))
     summary, dump = write_results(out, policy, args.data, sampling, numbers, samples)
     table = Table(title=f"{policy.name} on {args.data.name}: {int(numbers['eval/prompts'])} prompts x {args.n}")
     for column in ("metric", "value", "95% CI"):
@@ -112,7 +114,7 @@ def evaluate_live(run_dir: Path, console: object) -> int:
     from protocols.rl import Evaluate
     from roles.metrics import read_metrics
 
-    info_path = run_dir / "registry.json"
+    info_path = RunDir(run_dir).registry_file
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     if info.get("state") != "running":
         print(f"troupe eval --now: {run_dir} is not a running run (state: {info.get('state', 'no registry.json')})")
@@ -122,5 +124,5 @@ def evaluate_live(run_dir: Path, console: object) -> int:
     reply = asyncio.run(ask_ready_role(run_dir, "evaluator", Evaluate(step), timeout=1800))
     for name in table_names(reply.values):
         print(f"{name}: {reply.values[name]:.4f}")
-    print(f"step {reply.step}: every number in {run_dir}/metrics.jsonl, every sample in {run_dir}/eval/step_{reply.step}.jsonl")
+    print(f"step {reply.step}: every number in {RunDir(run_dir).metrics}, every sample in {RunDir(run_dir).eval_samples(reply.step)}")
     return 0

@@ -21,14 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not (args.run_dir / "topology.yaml").is_file():
+    from runtime.run_dir import RunDir
+
+    files = RunDir(args.run_dir)
+    if not files.is_run_dir():
         return _fail(f"{args.run_dir} is not a run directory (no topology.yaml): give runs/<run>")
     if args.out_dir.exists() and any(args.out_dir.iterdir()) and not args.overwrite:
         return _fail(f"{args.out_dir} is not empty: choose another OUT_DIR or pass --overwrite")
     steps = _complete_steps(args.run_dir)
     if (args.step is None and not steps) or (args.step is not None and args.step not in steps):
         missing = "no complete checkpoint" if args.step is None else f"no complete checkpoint of step {args.step}"
-        listed = ", ".join(f"step_{step}" for step in steps) or "none"
+        listed = ", ".join(files.checkpoint(step).name for step in steps) or "none"
         return _fail(f"{args.run_dir} has {missing} (complete checkpoints: {listed})")
 
     from transformers.utils import logging as transformers_logging
@@ -47,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _complete_steps(run_dir: Path) -> list[int]:
     """Steps whose checkpoint is complete and intact (roles.checkpoints' rule, as resume's)."""
-    from roles.checkpoints import checkpoint_step, intact_checkpoints
+    from roles.checkpoints import intact_checkpoints
+    from runtime.run_dir import step_of
 
-    return [step for step in map(checkpoint_step, intact_checkpoints(run_dir)) if step is not None]
+    return [step for step in map(step_of, intact_checkpoints(run_dir)) if step is not None]
 
 
 def _checkpoint_name(out: Path) -> str:

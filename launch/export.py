@@ -16,10 +16,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from roles.checkpoints import checkpoint_folder, checkpoint_problem, newest_intact_checkpoint
+from roles.checkpoints import checkpoint_problem, newest_intact_checkpoint
 from runtime.checkpoint_reader import load_distributed_checkpoint
+from runtime.run_dir import RunDir
 
 
 class ExportError(RuntimeError):
@@ -37,7 +36,7 @@ def checkpoint_path(run_dir: Path, step: int | None = None) -> Path:
             found = "; ".join(map(str, skipped)) or "none (checkpoints/step_N with controller.json)"
             raise ExportError(f"{run_dir} has no complete checkpoint: {found}")
         return checkpoint
-    checkpoint = checkpoint_folder(run_dir, step)
+    checkpoint = RunDir(run_dir).checkpoint(step)
     problem = checkpoint_problem(checkpoint) if checkpoint.is_dir() else "there is no such folder"
     if problem is not None:
         raise ExportError(f"{checkpoint} is not a complete checkpoint: {problem}")
@@ -75,8 +74,7 @@ def export_checkpoint(run_dir: Path | str, out_dir: Path | str, step: int | None
 
 
 def _trainer_config(run_dir: Path) -> dict:
-    resolved = yaml.safe_load((run_dir / "topology.yaml").read_text())
-    for role in resolved["roles"].values():
-        if role["entry"] in ("trainer", "roles.trainer:Trainer"):
-            return role["config"]
-    raise ExportError(f"{run_dir}/topology.yaml has no trainer role")
+    config = RunDir(run_dir).role_config("trainer", "roles.trainer:Trainer")
+    if config is not None:
+        return config
+    raise ExportError(f"{RunDir(run_dir).topology} has no trainer role")

@@ -8,7 +8,7 @@ restarted. It then stops every role in order, so no process outlives it. A
 second Ctrl-C kills what is left at once.
 
 ``python -m launch.launcher RUN_DIR`` runs an already prepared run directory in
-the background (`troupe launch --detach`).
+the background (`start_detached`: `troupe launch --detach` and the Python `Run`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from launch.topology import Topology, resolved, validate
 from runtime.actor import start_actor
 from runtime.host import run_event_loop
 from runtime.registry import Registry
+from runtime.run_dir import RunDir
 from runtime.security import generate_keys, generate_secret
 
 
@@ -39,7 +41,7 @@ def prepare_run_dir(topology: Topology, configs: dict[str, Any], run_dir: Path) 
 
     Returns the topology with its runtime settings pointing at the credentials.
     """
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    RunDir(run_dir).logs.mkdir(parents=True, exist_ok=True)
     settings = runtime_settings_for(topology, run_dir)
     assert settings.secret_file is not None
     generate_secret(settings.secret_file)
@@ -130,9 +132,17 @@ def _handle_signals(supervisor: Supervisor) -> asyncio.Event:
     return interrupted
 
 
+def start_detached(run_dir: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m launch.launcher RUN_DIR`` in a session of its own (a Ctrl-C
+    meant for the caller does not reach it), writing to the run's launcher.log."""
+    with open(RunDir(run_dir).launcher_log, "ab") as output:
+        return subprocess.Popen([sys.executable, "-m", "launch.launcher", str(run_dir)], stdin=subprocess.DEVNULL,
+                                stdout=output, stderr=output, start_new_session=True)
+
+
 def run_prepared(run_dir: Path, live: bool | None = None) -> int:
     """Launch the topology already written to `run_dir` (the detached launcher's entry)."""
-    topology, configs, problems = validate(read_topology(run_dir))
+    topology, configs, problems = validate(read_topology(run_dir), resolved_copy=True)
     if topology is None:
         print("\n".join(str(problem) for problem in problems), file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from roles.evaluator import (
 )
 from roles.generation import SamplingParams
 from roles.rewards import RewardRouter, RewardsConfig
+from runtime.run_dir import RunDir, step_of
 
 REWARD_SHORTCUTS: dict[str, dict[str, Any]] = {
     "arithmetic": {"type": "arithmetic"},
@@ -56,15 +57,14 @@ class Policy:
 
 def load_policy(path: Path, step: int | None = None) -> Policy:
     """A run directory's checkpoint (newest, or `step`'s) or a Hugging Face model directory."""
-    if (path / "topology.yaml").exists() and (path / "checkpoints").is_dir():
+    if RunDir(path).is_run_dir() and RunDir(path).checkpoints.is_dir():
         from launch.export import ExportError, load_checkpoint_policy
-        from roles.checkpoints import checkpoint_step
 
         try:
             model, tokenizer, checkpoint, version = load_checkpoint_policy(path, step)
         except ExportError as error:
             raise EvalSetupError(str(error)) from error
-        return Policy(model, tokenizer, f"{path.name}/{checkpoint.name}", version, path, checkpoint_step(checkpoint))
+        return Policy(model, tokenizer, f"{path.name}/{checkpoint.name}", version, path, step_of(checkpoint))
     if not (path / "config.json").exists():
         raise EvalSetupError(f"{path} is neither a Hugging Face model directory (config.json) nor a run with checkpoints")
     if step is not None:
@@ -86,10 +86,9 @@ def rewards_config(run_dir: Path | None, reward: str | None, rewards_file: Path 
     if rewards_file is not None:
         return RewardsConfig.model_validate(yaml.safe_load(rewards_file.read_text()))
     if run_dir is not None:
-        resolved = yaml.safe_load((run_dir / "topology.yaml").read_text())
-        for role in resolved["roles"].values():
-            if role["entry"] in ("reward", "roles.reward:Reward"):
-                return RewardsConfig.model_validate(role["config"].get("rewards", {}))
+        config = RunDir(run_dir).role_config("reward", "roles.reward:Reward")
+        if config is not None:
+            return RewardsConfig.model_validate(config.get("rewards", {}))
     raise EvalSetupError("say how to score the responses: --reward "
                          f"{'|'.join(REWARD_SHORTCUTS)}, or --rewards FILE (a roles.rewards config: by_data_source, default)")
 

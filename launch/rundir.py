@@ -1,12 +1,6 @@
-"""The run directory and `registry.json`, which `troupe ps/stop/attach/logs` read.
-
-    runs/<run>/
-      topology.yaml      the resolved topology (every default filled in)
-      registry.json      where the registry and supervisor listen, the launcher's pid
-      keys/              CURVE keys, when the topology enables them
-      logs/<instance>.jsonl     structured message log of each actor
-      logs/<instance>.stderr    what each instance's process printed
-"""
+"""What the command line does with a run directory: find its live processes, read and
+write its resolved topology, name a new one. Its layout (every path in it) is
+`runtime.run_dir.RunDir`'s; `registry.json` is `runtime.run_info`'s."""
 
 from __future__ import annotations
 
@@ -20,10 +14,8 @@ import psutil
 import yaml
 
 # registry.json itself is the runtime's (runtime.run_info); launch's modules import it from here
+from runtime.run_dir import RunDir
 from runtime.run_info import REGISTRY_FILE, RunDirError, RunInfo, read_run_info, write_run_info  # noqa: F401
-
-TOPOLOGY_FILE = "topology.yaml"
-
 
 def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -69,15 +61,11 @@ def role_processes(run_dir: Path | str) -> dict[str, psutil.Process]:
 
 def read_topology(run_dir: Path | str) -> dict[str, Any]:
     """The resolved topology a run was launched with."""
-    path = Path(run_dir) / TOPOLOGY_FILE
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{path} does not exist: this is not a run directory") from None
+    return RunDir(run_dir).read_topology()
 
 
 def write_topology(run_dir: Path, resolved: dict[str, Any]) -> None:
-    (run_dir / TOPOLOGY_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    RunDir(run_dir).topology.write_text(yaml.safe_dump(resolved, sort_keys=False))
 
 
 def tail(path: Path, lines: int = 15) -> str:

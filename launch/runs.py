@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from roles.evaluation.trends import Series, series_from_records
 from roles.metrics import read_metrics, run_hyperparameters
+from runtime.run_dir import RunDir
 
 Source = Literal["auto", "jsonl", "tb"]
 
@@ -51,7 +52,7 @@ class RunData:
         return values[-1] if values else None
 
     def eval_samples(self, step: int) -> list[dict[str, Any]]:
-        path = self.path / "eval" / f"step_{step}.jsonl"
+        path = RunDir(self.path).eval_samples(step)
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def correct_at(self) -> float:
@@ -64,21 +65,20 @@ class RunData:
 
 def load_run(path: Path | str, source: Source = "auto") -> RunData:
     """Read a run directory (metrics.jsonl first under ``auto``)."""
-    run_dir = Path(path)
+    run_dir, files = Path(path), RunDir(path)
     if not run_dir.is_dir():
         raise RunDataError(f"{run_dir} is not a directory")
-    has_jsonl, has_tb = (run_dir / "metrics.jsonl").exists(), (run_dir / "tb").is_dir()
+    has_jsonl, has_tb = files.metrics.exists(), files.tensorboard.is_dir()
     if source == "jsonl" or (source == "auto" and has_jsonl):
         if not has_jsonl:
             raise RunDataError(f"{run_dir} has no metrics.jsonl")
         series, wall_s, used = series_from_records(read_metrics(run_dir)), _jsonl_wall_s(run_dir), "metrics.jsonl"
     elif has_tb:
-        series, wall_s = read_tensorboard(run_dir / "tb")
+        series, wall_s = read_tensorboard(files.tensorboard)
         used = "tb"
     else:
         raise RunDataError(f"{run_dir} has neither metrics.jsonl nor TensorBoard files in tb/: is it a run directory?")
-    eval_steps = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "eval").glob("step_*.jsonl")) if (run_dir / "eval").is_dir() else []
-    return RunData(run_dir, series, run_hyperparameters(run_dir), wall_s, used, eval_steps)
+    return RunData(run_dir, series, run_hyperparameters(run_dir), wall_s, used, files.evaluated_steps())
 
 
 def read_tensorboard(tb_dir: Path) -> tuple[dict[str, Series], float | None]:
@@ -101,8 +101,8 @@ def read_tensorboard(tb_dir: Path) -> tuple[dict[str, Series], float | None]:
 
 
 def _jsonl_wall_s(run_dir: Path) -> float | None:
-    info = run_dir / "registry.json"
-    if not info.exists():
+    files = RunDir(run_dir)
+    if not files.registry_file.exists():
         return None
-    started = json.loads(info.read_text()).get("started_at")
-    return (run_dir / "metrics.jsonl").stat().st_mtime - started if started else None
+    started = json.loads(files.registry_file.read_text()).get("started_at")
+    return files.metrics.stat().st_mtime - started if started else None

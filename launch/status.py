@@ -15,6 +15,7 @@ from rich.table import Table
 
 from roles.evaluation.health import Alert, HealthThresholds, check_health
 from roles.evaluation.trends import series_from_records
+from runtime.run_dir import RunDir
 
 if TYPE_CHECKING:
     from launch.supervisor import Supervisor
@@ -80,7 +81,7 @@ class HealthWatch:
     that goes on is reported once)."""
 
     def __init__(self, run_dir: Path, interval_s: float = 5.0, thresholds: HealthThresholds | None = None) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.interval_s = interval_s
         self.thresholds = thresholds or HealthThresholds()
         self.records: list[dict[str, Any]] = []

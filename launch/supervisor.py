@@ -33,6 +33,7 @@ from protocols.supervision import (
 from launch.rundir import tail
 from launch.topology import RoleSpec, Topology, apply_overrides
 from runtime.actor import Actor, handler
+from runtime.run_dir import RunDir
 from runtime.settings import RuntimeSettings
 from runtime.spawn import ActorProcess, SpawnError, spawn_actor
 
@@ -134,7 +135,7 @@ class Supervisor(Actor):
 
     def _stderr_path(self, instance: Instance) -> Path:
         assert self.run_dir is not None
-        return self.run_dir / "logs" / f"{instance.name}.stderr"
+        return RunDir(self.run_dir).stderr_log(instance.name)
 
     async def _spawn(self, instance: Instance) -> None:
         instance.state = "starting"
@@ -288,6 +289,6 @@ class Supervisor(Actor):
 def runtime_settings_for(topology: Topology, run_dir: Path) -> RuntimeSettings:
     """The topology's runtime settings, pointing at the run's credentials: its secret
     always, its CURVE keys when the topology enables them (runtime.security)."""
-    keys_dir = (Path(run_dir) / "keys").resolve()
-    update = {"secret_file": str(keys_dir / "secret"), "curve_keys_dir": str(keys_dir) if topology.network.curve else None}
+    files = RunDir(Path(run_dir).resolve())
+    update = {"secret_file": str(files.secret), "curve_keys_dir": str(files.keys) if topology.network.curve else None}
     return topology.runtime.model_copy(update=update)

@@ -1,16 +1,8 @@
 """Messages of the RL dataflow: one type per interaction between the controller and
 the generator, reference, critic, reward, trainer and evaluator roles.
 
-Rollout batches travel as `Batch`es. Their columns, by the role that adds them:
-
-* controller: ``prompt`` (text), ``ground_truth``, ``data_source``, ``uid`` (the
-  prompt's id: its samples form one group), ``prompt_index`` (row of the dataset)
-* generator: tensors ``prompt_ids`` / ``prompt_mask`` [N, P] (left-padded),
-  ``response_ids`` / ``response_mask`` [N, R] (right-padded), ``behavior_logprobs``
-  [N, R] (log-probs under the sampling weights), ``version`` [N] (the weights
-  version that sampled each row, -1 for the initial weights); column ``response``
-* controller, before training: ``advantages``, ``returns`` [N, R], and as
-  available ``old_logprobs``, ``ref_logprobs``, ``values`` [N, R]
+Rollout batches travel as `Batch`es; `Column` names every column a role puts in one or
+reads from one, with its shape and dtype (N rows, P prompt tokens, R response tokens).
 """
 
 from __future__ import annotations
@@ -25,6 +17,57 @@ from protocols.messages import message
 from protocols.specs import FLOATING, PROMPTS_BATCH, ROLLOUTS_BATCH, SEQUENCES_BATCH, TRAIN_BATCH, TensorSpec
 
 
+class Column:
+    """The column names of a rollout `Batch`, in the order the roles add them.
+
+    Written by the controller before generation (tensor-free, one value per prompt,
+    copied onto each of its samples), then by the generator, then by the controller
+    again before training. Spell a column as ``Column.RESPONSE_MASK``, never as a string.
+    """
+
+    PROMPT = "prompt"
+    """str per row: the prompt text (what the reward reads)."""
+    GROUND_TRUTH = "ground_truth"
+    """Any per row: the data set's reference answer, for the reward."""
+    DATA_SOURCE = "data_source"
+    """str per row: which data set the prompt came from (picks the reward function)."""
+    PROMPT_INDEX = "prompt_index"
+    """int per row: the prompt's row in its data set."""
+    UID = "uid"
+    """str per row: the prompt's id; the samples of one prompt form one group (GRPO, RLOO)."""
+    PROMPT_IDS = "prompt_ids"
+    """Before generation: list[int] per row, unpadded. After: int64 tensor [N, P], left-padded."""
+    PROMPT_MASK = "prompt_mask"
+    """[N, P] int64 (1: a prompt token, 0: left padding)."""
+    RESPONSE_IDS = "response_ids"
+    """[N, R] int64 sampled token ids, right-padded."""
+    RESPONSE_MASK = "response_mask"
+    """[N, R] float32 (1: a token the policy sampled and is trained on, 0: padding)."""
+    BEHAVIOR_LOGPROBS = "behavior_logprobs"
+    """[N, R] float32 log-probs of the sampled tokens under the weights that sampled them."""
+    VERSION = "version"
+    """[N] int64 the weights version that sampled each row (-1: the initial weights)."""
+    RESPONSE = "response"
+    """str per row: the decoded response."""
+    FINISH_REASON = "finish_reason"
+    """str per row: why sampling stopped (``stop``, ``length``)."""
+    SCORE = "score"
+    """[N] float32 the reward role's score of each response (controller, after scoring)."""
+    EXTRACTED = "extracted"
+    """str | None per row: the answer the reward extracted from the response."""
+    REF_LOGPROBS = "ref_logprobs"
+    """[N, R] float32 log-probs of the sampled tokens under the frozen reference."""
+    OLD_LOGPROBS = "old_logprobs"
+    """[N, R] float32 the policy's log-probs before the update (a trainer forward pass);
+    present only when the update takes its old log-probs from it (`OldLogProbs`)."""
+    VALUES = "values"
+    """[N, R] float32 the critic's value of each response token."""
+    ADVANTAGES = "advantages"
+    """[N, R] float32 policy-gradient weights (0 where the response mask is 0)."""
+    RETURNS = "returns"
+    """[N, R] float32 value targets for the critic (0 where the response mask is 0)."""
+
+
 OldLogProbs = Literal["recomputed", "current", "behavior"]
 """Where an update's "old" log-probs come from (roles.algorithms.old_logprobs): the
 batch's ``old_logprobs`` column (a trainer forward before the update), the update's own
@@ -32,13 +75,37 @@ log-probs detached (one optimizer step: the ratio is exactly 1), or the batch's
 ``behavior_logprobs`` (the generator's)."""
 
 
+@message("rl.sampling")
+class Sampling:  # part of Generate: controller / evaluator -> generator
+    """How a generator samples: the fields of `roles.sampling.SamplingParams`, the
+    validated user-facing settings, which the sender converts (roles.rollout.
+    sampling_message) and the generator checks again (roles.rollout.sampling_params)."""
+
+    n: int
+    """Samples per prompt."""
+    temperature: float
+    """Divides the logits before the softmax (log-probs are of softmax(logits / temperature))."""
+    top_p: float
+    """Nucleus sampling: the smallest set of most likely tokens with this much probability (1: off)."""
+    top_k: int
+    """Only the ``top_k`` most likely tokens (0: off)."""
+    max_new_tokens: int
+    """Most tokens generated per response."""
+    stop: tuple[str, ...]
+    """Stop strings: a response ends with the token that completes one."""
+    seed: int | None
+    """Seeds the sampling (None: torch's global generator)."""
+    ignore_eos: bool
+    """Keep generating past eos tokens, up to ``max_new_tokens``."""
+
+
 @message("rl.generate")
 class Generate:  # controller / evaluator -> generator
     batch: Annotated[Batch, PROMPTS_BATCH]
     """Prompts: tensor-free columns ``prompt_ids`` (token id lists) and any others,
     which are copied onto every sample of their prompt."""
-    sampling: dict[str, Any]
-    """`roles.generation.SamplingParams` fields (n, temperature, top_p, ...)."""
+    sampling: Sampling
+    """How to sample them."""
 
 
 @message("rl.rollouts")
@@ -100,10 +167,10 @@ class Train:  # controller -> every trainer rank / the critic
     """The KL loss coefficient for this update."""
     kl_estimator: str | None = None
     """Add a KL-to-reference loss with this estimator (the batch then has
-    ``ref_logprobs``); None: no KL loss."""
+    ``ref_logprobs``); None: no KL loss. This and the next two fields are the step's
+    `roles.algorithms.step.UpdatePlan`: the trainer follows them, it does not re-decide."""
     old_logprobs: OldLogProbs = "recomputed"
-    """Which log-probs the PPO ratio divides by (decided by the controller,
-    roles.algorithms.old_logprob_source)."""
+    """Which log-probs the PPO ratio divides by (`UpdatePlan.old_logprobs`)."""
     importance_cap: float | None = None
     """Async mode: weight the policy loss per token by min(exp(old - behavior), this);
     None: no importance weights."""

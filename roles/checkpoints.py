@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime.files import write_atomically
+from runtime.run_dir import STEP_PREFIX, RunDir, step_of
 
 MARKER = "controller.json"
 CONTROLLER_KEYS = ("step", "sampler", "kl_controller", "version", "prompt_counter")
@@ -64,21 +65,6 @@ class SkippedCheckpoint:
 
     def __str__(self) -> str:
         return f"{self.folder}: {self.problem}"
-
-
-# ---------------------------------------------------------------------- layout
-def checkpoints_root(run_dir: Path | str) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def checkpoint_folder(run_dir: Path | str, step: int) -> Path:
-    return checkpoints_root(run_dir) / f"step_{step}"
-
-
-def checkpoint_step(folder: Path | str) -> int | None:
-    """N of a folder named ``step_N``; None for any other name."""
-    digits = Path(folder).name.removeprefix("step_")
-    return int(digits) if Path(folder).name.startswith("step_") and digits.isdigit() else None
 
 
 def listed_files(folder: Path) -> dict[str, int]:
@@ -137,8 +123,8 @@ def _inspect(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     missing = [key for key in CONTROLLER_KEYS if key not in marker]
     if missing:
         return None, f"{MARKER} lacks {', '.join(missing)}"
-    if marker["step"] != checkpoint_step(folder):
-        return None, f"{MARKER} is of step {marker['step']}, not of its folder's step {checkpoint_step(folder)}"
+    if marker["step"] != step_of(folder):
+        return None, f"{MARKER} is of step {marker['step']}, not of its folder's step {step_of(folder)}"
     files = marker.get("files")
     if files is None:
         return marker, _required_problem(folder)
@@ -169,9 +155,9 @@ def _required_problem(folder: Path) -> str | None:
 # ---------------------------------------------------------------------- choosing one
 def _step_folders(run_dir: Path | str) -> list[Path]:
     """Every ``step_N`` folder of the run, newest (highest N) first."""
-    root = checkpoints_root(run_dir)
-    folders = [path for path in root.glob("step_*") if path.is_dir() and checkpoint_step(path) is not None] if root.is_dir() else []
-    return sorted(folders, key=lambda path: checkpoint_step(path) or 0, reverse=True)
+    root = RunDir(run_dir).checkpoints
+    folders = [path for path in root.glob(f"{STEP_PREFIX}*") if path.is_dir() and step_of(path) is not None] if root.is_dir() else []
+    return sorted(folders, key=lambda path: step_of(path) or 0, reverse=True)
 
 
 def newest_intact_checkpoint(run_dir: Path | str) -> tuple[Path | None, list[SkippedCheckpoint]]:
@@ -208,9 +194,9 @@ def confine_checkpoint_path(run_dir: Path | None, requested: str | Path) -> Path
             f"checkpoint path {requested} refused: this role has no run directory, and checkpoints are only "
             "read and written in <run_dir>/checkpoints/step_N (start it with a run directory)"
         )
-    root = Path(os.path.realpath(checkpoints_root(run_dir)))
+    root = Path(os.path.realpath(RunDir(run_dir).checkpoints))
     resolved = Path(os.path.realpath(requested))
-    if resolved.parent != root or checkpoint_step(resolved) is None:
+    if resolved.parent != root or step_of(resolved) is None:
         raise CheckpointPathError(
             f"checkpoint path {requested} refused: checkpoint messages may only name a folder checkpoints/step_N "
             f"of the run directory {run_dir} (the path resolves to {resolved}; symlinks and '..' are followed first)"

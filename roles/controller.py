@@ -1,184 +1,110 @@
-"""The controller role: drives the RL dataflow, one step at a time.
+"""The controller role: drives the RL dataflow, one step at a time. It only wires:
+it asks the roles, hands their answers to the step's pure math, sends the result on.
 
-A synchronous step reads as the algorithm does (`Controller.sync_step`):
+A synchronous step (`Controller.sync_step`), and where each part lives:
 
-    prompts  = next batch of the shuffled dataset
-    rollouts = generators sample n responses per prompt
-    in parallel: reference log-probs, critic values, reward scores, and the policy's own
-                 log-probs when the update needs them recomputed (roles.algorithms.
-                 old_logprobs: not when it is one on-policy optimizer step)
-    advantages (roles.algorithms), with the KL in the reward or as a loss
-    train the critic and the trainer ranks
-    publish the new weights to the generators
-    metrics -> metrics.jsonl and TensorBoard
+    prompts  = the next batch of the shuffled dataset          roles/data.py
+    rollouts = n responses per prompt from the generators      roles/generator.py
+    plan     = which log-probs are "old", importance weights,  roles/algorithms/step.py
+               KL loss                                         (plan_update)
+    in parallel: reward scores, reference log-probs, critic values, and the trainer's
+                 log-probs when the plan recomputes them
+    batch    = KL, rewards, advantages, the step's numbers     roles/algorithms/step.py
+                                                               (prepare_training_batch)
+    Train (with the plan) to the trainer ranks and the critic  roles/trainer.py
+    publish the new weights to the generators                  runtime/weights
+    metrics -> metrics.jsonl, TensorBoard, subscribed clients  roles/metrics.py
 
-In asynchronous mode (`Controller.async_steps`) generation runs ahead: while the
-trainer trains on one batch, generators already sample the next with the weights
-they hold. Every row carries the version that produced it; rows more than
-`max_staleness` versions behind are dropped, and the trainer corrects the rest with a
-truncated importance ratio between the policy's log-probs and the sampler's.
+In asynchronous mode (`Controller.async_steps`) generation runs one batch ahead: while
+the trainer trains on one batch, generators already sample the next with the weights
+they hold. Every row carries the version that produced it; groups with a row more
+than `max_staleness` versions behind are dropped, and the plan weights the loss of the
+rest by a truncated importance ratio (roles.algorithms.step).
 
-Every role is reached by messages (protocols.rl); the controller keeps only the
-dataset position, the KL controller and the step counter, all checkpointed.
-
-Resuming from the checkpoint of step K (roles.checkpoints: the newest intact one, with
-a warning for each newer one skipped) continues the run as if it had not stopped: the
-rows and TensorBoard events written after K are dropped (roles.metrics.rewind_metrics),
-and the restored weights go to the generators again under their own version K.
+The controller keeps only the dataset position, the KL controller and the step
+counter; its settings are `roles.controller_config.ControllerConfig`. Checkpoints are
+saved and resumed by roles.controller_checkpoints: resuming from step K continues the
+run as if it had not stopped (the rows and TensorBoard events written after K are
+dropped, roles.metrics.rewind_metrics, and the restored weights go to the generators
+again under their own version K).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import aclosing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel
 
 from protocols.batch import Batch
 from protocols.envelope import new_id
 from protocols.rl import (
-    CheckpointDone,
+    Column,
     ComputeLogProbs,
     ComputeValues,
     Evaluate,
     DescribeUpdate,
-    LoadCheckpoint,
-    OldLogProbs,
-    SaveCheckpoint,
     Scores,
     Train,
     TrainStats,
     UpdateSettings,
 )
+from protocols.run_events import Release, Subscribe, Subscribed
 from protocols.weights import PublishReport, PublishWeights
 from roles.algorithms import (
-    AdvantageConfig,
-    AdvantageInputs,
-    GRPOConfig,
-    KLConfig,
-    RecomputeLogprobs,
-    apply_kl_penalty,
+    UpdatePlan,
     build_kl_controller,
-    compute_advantages,
-    compute_kl,
-    kl_metrics,
-    old_logprob_source,
+    drop_stale_groups,
     optimizer_steps_per_update,
-    place_scores_on_last_token,
-    policy_logprobs_before_update,
-    zero_variance_share,
+    plan_update,
+    prepare_training_batch,
+    staleness,
 )
-from roles.algorithms.aggregation import aggregate_loss
-from roles.checkpoints import (
-    CheckpointError,
-    checkpoint_folder,
-    newest_intact_checkpoint,
-    read_marker,
-    remove_marker,
-    write_marker,
-)
-from roles.data import DataConfig, PromptDataset, PromptSampler
+from roles.controller_checkpoints import restore_newest, save_checkpoint
+from roles.controller_config import ControllerConfig, EvalConfig, needed_roles
+from roles.data import PromptDataset, PromptSampler, prompt_batch
 from roles.evaluation.summary import mean_terms
-from roles.evaluator import HeldoutConfig, run_heldout
-from roles.generation import SamplingParams
-from roles.metrics import MetricsLog, read_metrics, rewind_metrics, run_hyperparameters, scheduled_evaluation_steps
-from roles.rollout import generate_on, response_lengths, score_on
-from runtime.actor import Actor
+from roles.evaluator import run_heldout
+from roles.metrics import (
+    MetricsLog,
+    final_metrics,
+    read_metrics,
+    rewind_metrics,
+    run_hyperparameters,
+    scheduled_evaluation_steps,
+    timed,
+    timed_call,
+)
+from roles.rollout import generate_on, response_lengths, score_on, wait_for_roles
+from roles.sampling import SamplingParams
+from roles.subscribers import Subscribers
+from runtime.actor import Actor, handler
 from runtime.errors import ActorError
+from runtime.tasks import TaskSet
 from runtime.tracing import current_trace_id
 
 INITIAL_VERSION = -1
-
-
-class EvalConfig(HeldoutConfig):
-    """When to evaluate, and where: here, or in the evaluator role (its own process)."""
-
-    every_steps: int = Field(0, ge=0)
-    """Evaluate every N steps (0: only before the first and after the last step)."""
-    evaluator: bool = False
-    """Send each evaluation to the evaluator role, so training goes on while it runs (the
-    held-out settings are then the evaluator's config); False: evaluate here, between
-    two steps, with the settings below."""
-
-    @model_validator(mode="after")
-    def _settings_in_one_place(self) -> EvalConfig:
-        if self.evaluator and self.data is not None:
-            raise ValueError("eval.evaluator is set: give the held-out data in the evaluator role's config, not here")
-        return self
-
-
-class ControllerConfig(BaseModel):
-    """The algorithm, the data and the schedule of a run."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    tokenizer: str
-    """A local Hugging Face tokenizer (usually the policy's model directory)."""
-    data: DataConfig
-    """Training prompts."""
-    steps: int = Field(ge=1)
-    """Training steps in the run."""
-    prompts_per_step: int = Field(8, ge=1)
-    """Prompts per step; each gets `sampling.n` responses."""
-    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=8))
-    """How rollouts are sampled (n responses per prompt)."""
-    advantage: AdvantageConfig = Field(default_factory=GRPOConfig)
-    """The estimator: gae (PPO, needs a critic), grpo, drgrpo, rloo, reinforce_plus_plus, ..."""
-    kl: KLConfig = Field(default_factory=KLConfig)
-    """KL to the reference: in the reward, as a loss, or none; fixed or adaptive coefficient."""
-    mode: Literal["sync", "async"] = "sync"
-    """``sync``: on-policy steps; ``async``: generation runs one batch ahead of training."""
-    max_staleness: int = Field(1, ge=0)
-    """Async: rows sampled more than this many versions behind the policy are dropped."""
-    importance_cap: float = Field(2.0, gt=0)
-    """Async: the importance ratio policy/sampler is truncated at this."""
-    recompute_logprobs: RecomputeLogprobs = "auto"
-    """Where the PPO ratio's "old" log-probs come from (roles.algorithms.old_logprobs):
-    ``auto``: the trainer's own log-probs in the update, detached, when the update is one
-    optimizer step (one PPO epoch, one mini-batch: the ratio is exactly 1, so no extra
-    forward pass), else a trainer forward pass before the update; ``always``: that
-    forward pass every step; ``never``: the generator's (in async mode the PPO ratio is
-    then taken against the sampling weights directly, so the clipped ratio itself is the
-    off-policy correction). ``true`` and ``false`` mean ``always`` and ``never``."""
-    trainer_ranks: int = Field(1, ge=1)
-    """Trainer processes (the trainer role's count)."""
-    use_critic: bool | None = None
-    """Ask a critic for values (default: when the estimator is gae)."""
-    use_reference: bool = True
-    """Ask the reference role for log-probs (the KL is logged even at coefficient 0)."""
-    checkpoint_every: int = Field(0, ge=0)
-    """Save a checkpoint every N steps (0: only after the last step)."""
-    resume: bool = True
-    """Continue from the newest intact checkpoint in the run directory, if there is one
-    (roles.checkpoints); what a stopped session wrote after its step is dropped from
-    metrics.jsonl and tb/ (False: start at step 0, and drop everything after it)."""
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    tensorboard: bool = True
-    release_file: str | None = None
-    """After the last step, wait until this file (relative to the run directory) exists
-    before ending the run: the Python `Run` keeps the roles up until its evaluators are
-    done with them."""
-    release_timeout_s: float = Field(3600.0, gt=0)
-    startup_timeout_s: float = Field(600.0, gt=0)
-    """How long to wait for every role to be ready."""
-    call_timeout_s: float = Field(1800.0, gt=0)
-    """Deadline of one generate, score, forward or train call."""
-
-
-    @field_validator("recompute_logprobs", mode="before")
-    @classmethod
-    def _booleans_of_earlier_versions(cls, value: Any) -> Any:
-        return {True: "always", False: "never"}.get(value, value) if isinstance(value, bool) else value
+STEP_LOG_METRICS = ("step", "train/reward", "train/kl_div", "train/loss")
+"""What the controller's log says of each step (``controller.step``)."""
 
 
 class Controller(Actor):
-    """Drives the RL dataflow of one run, step after step (see the module docstring)."""
+    """Drives the RL dataflow of one run, step after step (see the module docstring).
+
+    One instance per run. It starts its loop (`_run`) when it starts: it loads the
+    tokenizer and the prompts, waits for every role it needs (`needed_roles`), resumes
+    from the newest intact checkpoint, then runs `config.steps` steps, saving
+    checkpoints and evaluating on schedule, and stops the actor when the last
+    evaluation is done and every holding client has released the run. It owns the tasks
+    it starts: evaluations in the evaluator role (`evaluations`) and, in async mode, the
+    generation running ahead; both are cancelled and awaited if it stops early.
+    Handlers: `Subscribe` / `Release` from clients of the Python API (roles.subscribers).
+    """
 
     role = "controller"
     Config: ClassVar[type[BaseModel]] = ControllerConfig
@@ -195,18 +121,34 @@ class Controller(Actor):
         """The sampler's position after the last batch trained (async mode draws ahead)."""
         self.prompt_counter = 0
         """Batches of prompts drawn; names each prompt's group (``uid``)."""
-        self.evaluations: list[asyncio.Future[Any]] = []
-        """Evaluations sent to the evaluator role (awaited before the run ends)."""
+        self.evaluations = TaskSet(on_error=lambda error: self.log.lifecycle("controller.evaluation_failed", error=repr(error)))
+        """Evaluations sent to the evaluator role: awaited before the run ends, cancelled if
+        the controller stops first; a failed one is logged, and training goes on."""
         self.kept_evaluations: set[int] = set()
         """The step resumed from, when the stopped session had already evaluated it (the
         same weights): that evaluation is kept, not repeated."""
         self.update_settings: UpdateSettings | None = None
         """How the trainer turns a batch into optimizer steps (asked once, for
         ``recompute_logprobs: auto``)."""
+        self.subscribers = Subscribers(self.ask, self.lookup, self.log.lifecycle, config.steps)
+        """Clients that receive every metrics record (the Python `Run`)."""
 
     # ------------------------------------------------------------------ the run
     async def on_start(self) -> None:
         self.start_background(self._run(), "run")
+
+    async def on_stop(self) -> None:
+        await self.evaluations.close()  # still running when the run stopped early
+
+    @handler
+    async def subscribe_client(self, request: Subscribe) -> Subscribed:
+        """A client's subscription to the run's metrics (roles.subscribers)."""
+        return self.subscribers.subscribe(request)
+
+    @handler
+    async def release_client(self, request: Release) -> None:
+        """A holding client is done with the run's roles (roles.subscribers)."""
+        self.subscribers.release(request)
 
     async def _run(self) -> None:
         config = self.config
@@ -217,7 +159,7 @@ class Controller(Actor):
         self.dataset = await self.compute.run(PromptDataset.load, config.data, self.tokenizer)
         self.sampler = PromptSampler(len(self.dataset), config.prompts_per_step, config.data.shuffle, config.data.seed)
         self.heldout = await self.compute.run(PromptDataset.load, config.eval.data, self.tokenizer) if config.eval.data else None
-        await self._wait_for_roles()
+        await wait_for_roles(self, needed_roles(config), config.startup_timeout_s)  # every trainer rank among them
         if config.recompute_logprobs == "auto":
             self.update_settings = await self._ask_update_settings()
         if config.resume:
@@ -229,18 +171,18 @@ class Controller(Actor):
         if self.step == 0 or self.evaluation_due():
             await self.evaluate()
         steps = self.sync_steps() if config.mode == "sync" else self.async_steps()
-        async for record in steps:
-            self.log.lifecycle("controller.step", **{k: v for k, v in record.items() if k in ("step", "train/reward", "train/kl_div", "train/loss")})
-            if self.step == config.steps or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
-                await self.save_checkpoint(run_dir)
-            if self.evaluation_due():
-                await self.evaluate()
+        async with aclosing(steps):  # closed, and its generation ahead cancelled, if a step fails
+            async for record in steps:
+                self.log.lifecycle("controller.step", **{k: v for k, v in record.items() if k in STEP_LOG_METRICS})
+                if self.step == config.steps or (config.checkpoint_every and self.step % config.checkpoint_every == 0):
+                    await self.save_checkpoint(run_dir)
+                if self.evaluation_due():
+                    await self.evaluate()
         await self.evaluate(last=True)
         self.metrics.hparams(run_hyperparameters(run_dir), final_metrics(read_metrics(run_dir)), self.step)
         self.metrics.close()
         self.log.lifecycle("controller.steps_done", steps=self.step)
-        if config.release_file is not None:
-            await wait_for_file(run_dir / config.release_file, config.release_timeout_s)
+        await self.subscribers.finish(self.step, config.hold_timeout_s)
         self.log.lifecycle("controller.finished", steps=self.step)
         self.stop()
 
@@ -255,33 +197,33 @@ class Controller(Actor):
         started = time.monotonic()
         async with timed(timings, "generate"):
             batch = await self.generate(self.next_prompts(), self.config.sampling)
-        batch, numbers = await self.prepare(batch, timings)
-        return await self.train_and_publish(batch, numbers, timings, started)
+        batch, plan, numbers = await self.prepare(batch, timings)
+        return await self.train_and_publish(batch, plan, numbers, timings, started)
 
     # ------------------------------------------------------------------ async
     async def async_steps(self) -> AsyncIterator[dict[str, Any]]:
         """Generation runs one batch ahead of training."""
-        ahead: asyncio.Future[tuple[Batch, float, dict[str, int], str]] | None = None
-        while self.step < self.config.steps:
-            started = time.monotonic()
-            if ahead is None:
-                ahead = asyncio.ensure_future(self._generate_ahead())
-            batch, generate_s, sampler_state, trace = await ahead
-            current_trace_id.set(trace)  # the batch's trace, begun when its generation began
-            waited = time.monotonic() - started
-            ahead = asyncio.ensure_future(self._generate_ahead()) if self.step + 1 < self.config.steps else None
-            timings = {"generate": generate_s, "generate_wait": waited}
-            batch, dropped = self.drop_stale(batch)
-            if batch.size == 0:
-                self.log.lifecycle("controller.all_stale", step=self.step + 1, dropped=dropped)
-                continue
-            batch, numbers = await self.prepare(batch, timings)
-            numbers["train/staleness"] = float(self.staleness(batch).float().mean())
-            numbers["train/stale_dropped"] = float(dropped)
-            self.sampler_state = sampler_state
-            yield await self.train_and_publish(batch, numbers, timings, started)
-        if ahead is not None:
-            ahead.cancel()
+        ahead: asyncio.Task[tuple[Batch, float, dict[str, int], str]] | None = None
+        async with TaskSet() as generating:  # a generation still ahead when the loop ends is cancelled
+            while self.step < self.config.steps:
+                started = time.monotonic()
+                if ahead is None:
+                    ahead = generating.start(self._generate_ahead(), "generate-ahead")
+                batch, generate_s, sampler_state, trace = await ahead
+                current_trace_id.set(trace)  # the batch's trace, begun when its generation began
+                waited = time.monotonic() - started
+                more = self.step + 1 < self.config.steps
+                ahead = generating.start(self._generate_ahead(), "generate-ahead") if more else None
+                timings = {"generate": generate_s, "generate_wait": waited}
+                batch, dropped = drop_stale_groups(batch, self.version, self.config.max_staleness)
+                if batch.size == 0:
+                    self.log.lifecycle("controller.all_stale", step=self.step + 1, dropped=dropped)
+                    continue
+                batch, plan, numbers = await self.prepare(batch, timings)
+                numbers["train/staleness"] = float(staleness(batch.tensors[Column.VERSION], self.version).float().mean())
+                numbers["train/stale_dropped"] = float(dropped)
+                self.sampler_state = sampler_state
+                yield await self.train_and_publish(batch, plan, numbers, timings, started)
 
     async def _generate_ahead(self) -> tuple[Batch, float, dict[str, int], str]:
         trace = new_id()
@@ -292,116 +234,62 @@ class Controller(Actor):
         batch = await self.generate(prompts, self.config.sampling)
         return batch, time.monotonic() - started, state, trace
 
-    def staleness(self, batch: Batch) -> torch.Tensor:
-        """[N] versions each row is behind the policy (the initial weights count as 0)."""
-        return max(self.version, 0) - batch.tensors["version"].clamp(min=0)
-
-    def drop_stale(self, batch: Batch) -> tuple[Batch, int]:
-        keep = self.staleness(batch) <= self.config.max_staleness
-        # whole groups only: a group-based estimator needs every sample of a prompt
-        uids = batch.columns["uid"]
-        stale_groups = {uid for uid, kept in zip(uids, keep.tolist()) if not kept}
-        rows = [i for i, uid in enumerate(uids) if uid not in stale_groups]
-        return batch.select(rows), batch.size - len(rows)
-
     # ------------------------------------------------------------------ the phases
     def next_prompts(self) -> Batch:
-        indices = self.sampler.next_batch()
-        rows = [self.dataset[i] for i in indices]
+        rows = [self.dataset[i] for i in self.sampler.next_batch()]
         self.prompt_counter += 1
-        return Batch(columns={
-            "prompt_ids": [row.prompt_ids for row in rows],
-            "prompt": [row.prompt for row in rows],
-            "ground_truth": [row.ground_truth for row in rows],
-            "data_source": [row.data_source for row in rows],
-            "prompt_index": [row.index for row in rows],
-            "uid": [f"{self.prompt_counter}-{i}" for i in range(len(rows))],
-        })
+        return prompt_batch(rows, group=str(self.prompt_counter))
 
     async def generate(self, prompts: Batch, sampling: SamplingParams) -> Batch:
         return await generate_on(self, prompts, sampling, self.tokenizer.pad_token_id, self.config.call_timeout_s)
 
-    def old_logprobs_for(self, batch: Batch) -> OldLogProbs:
-        """Where the update of `batch` takes its old log-probs from (roles.algorithms.old_logprobs)."""
-        settings = self.update_settings
+    def plan_for(self, batch: Batch) -> UpdatePlan:
+        """How the trainer updates on `batch` (roles.algorithms.step.plan_update)."""
+        config, settings = self.config, self.update_settings
         steps = (optimizer_steps_per_update(batch.size, settings.ranks, settings.ppo_epochs, settings.mini_batch_size)
-                 if settings is not None else 0)  # only auto reads it, and auto has the settings
-        return old_logprob_source(self.config.recompute_logprobs, steps)
+                 if settings is not None else None)  # asked only for recompute_logprobs: auto, the one that reads it
+        return plan_update(config.kl, config.recompute_logprobs, steps, config.mode == "async", config.importance_cap)
 
-    async def prepare(self, batch: Batch, timings: dict[str, float]) -> tuple[Batch, dict[str, float]]:
-        """Reference, critic, reward and, when the update needs them, old log-probs in
-        parallel, then advantages."""
+    async def prepare(self, batch: Batch, timings: dict[str, float]) -> tuple[Batch, UpdatePlan, dict[str, float]]:
+        """Reference, critic, reward and, when the plan needs them, old log-probs in
+        parallel, then the step's math (roles.algorithms.step.prepare_training_batch)."""
         config = self.config
         temperature = config.sampling.temperature
-        calls: dict[str, Awaitable[Any]] = {"reward": self.score(batch)}
+        plan = self.plan_for(batch)
+        calls: dict[str, Awaitable[Any]] = {"reward": score_on(self, batch, config.call_timeout_s)}
         if self.use_reference:
             calls["reference"] = self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
         if self.use_critic:
             calls["values"] = self.ask_role("critic", ComputeValues(batch), config.call_timeout_s)
-        if self.old_logprobs_for(batch) == "recomputed":
+        if plan.old_logprobs == "recomputed":
             calls["old_logprobs"] = self.ask_trainers(ComputeLogProbs(batch, temperature))
         results = await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))
         result = dict(zip(calls, results))
         scores: Scores = result["reward"]
-        mask = batch.tensors["response_mask"]
-        columns: dict[str, Any] = {"score": torch.tensor(scores.scores, dtype=torch.float32), "extracted": scores.extracted}
+        columns: dict[str, Any] = {Column.SCORE: torch.tensor(scores.scores, dtype=torch.float32),
+                                   Column.EXTRACTED: scores.extracted}
         if "reference" in result:
-            columns["ref_logprobs"] = result["reference"].logprobs
+            columns[Column.REF_LOGPROBS] = result["reference"].logprobs
         if "values" in result:
-            columns["values"] = result["values"].values
+            columns[Column.VALUES] = result["values"].values
         if "old_logprobs" in result:
-            columns["old_logprobs"] = result["old_logprobs"][0].logprobs
-        batch = batch.with_columns(**columns)
+            columns[Column.OLD_LOGPROBS] = result["old_logprobs"][0].logprobs
         async with timed(timings, "advantages"):
-            batch, numbers = self.advantages(batch)
-        lengths = response_lengths(batch)
+            batch, numbers = prepare_training_batch(batch.with_columns(**columns), plan, config.advantage, config.kl,
+                                                    self.kl_controller.kl_coef)
         numbers.update({
-            "train/reward": float(batch.tensors["score"].mean()),
-            "train/reward_std": float(batch.tensors["score"].std()) if batch.size > 1 else 0.0,
-            "train/response_length": float(lengths.mean()),
-            "train/response_length_max": float(lengths.max()),
-            "train/kl_coef": self.kl_controller.kl_coef,
-            "perf/tokens_generated": float(mask.sum()),
+            "perf/tokens_generated": float(batch.tensors[Column.RESPONSE_MASK].sum()),
             # the reward's named terms, when it reports them (train/correctness, train/format)
             **{f"train/{name}": value for name, value in mean_terms(scores.terms).items()},
         })
-        return batch, numbers
+        return batch, plan, numbers
 
-    def advantages(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
-        """Token rewards (score on the last token, minus the KL when it goes in the reward),
-        then the configured estimator."""
-        config, t = self.config, batch.tensors
-        mask, scores = t["response_mask"], t["score"]
-        numbers: dict[str, float] = {}
-        policy = policy_logprobs_before_update(self.old_logprobs_for(batch), t)
-        if "ref_logprobs" in t:
-            kl = compute_kl(policy, t["ref_logprobs"], "k1" if config.kl.usage == "reward" else config.kl.estimator.rstrip("+"))  # type: ignore[arg-type]
-            numbers["train/kl_div"] = float(aggregate_loss(kl, mask, "seq-mean-token-mean"))
-            numbers.update(kl_metrics(policy, t["ref_logprobs"], mask))
-        numbers["train/zero_variance_groups"] = zero_variance_share(scores, batch.columns["uid"])
-        if config.kl.usage == "reward":
-            rewards = apply_kl_penalty(scores, kl, mask, self.kl_controller.kl_coef).token_level_rewards
-        else:
-            rewards = place_scores_on_last_token(scores, mask)
-        output = compute_advantages(config.advantage, AdvantageInputs(rewards, mask, t.get("values"), batch.columns["uid"]))
-        columns: dict[str, Any] = {"advantages": output.advantages.float(), "returns": output.returns.float()}
-        valid = mask > 0
-        numbers["train/advantages_mean"] = float(output.advantages[valid].mean()) if valid.any() else 0.0
-        return batch.with_columns(**columns), numbers
-
-    async def score(self, batch: Batch) -> Scores:
-        return await score_on(self, batch, self.config.call_timeout_s)
-
-    async def train_and_publish(self, batch: Batch, numbers: dict[str, float], timings: dict[str, float], started: float) -> dict[str, Any]:
+    async def train_and_publish(self, batch: Batch, plan: UpdatePlan, numbers: dict[str, float],
+                                timings: dict[str, float], started: float) -> dict[str, Any]:
         config = self.config
         self.step += 1
-        kl_loss = config.kl.usage == "loss" and "ref_logprobs" in batch
-        old_logprobs = self.old_logprobs_for(batch)
-        # async: the trainer weights the loss by the truncated ratio of the old policy to the
-        # sampling weights, unless the old log-probs are the sampler's own
-        importance_cap = config.importance_cap if config.mode == "async" and old_logprobs != "behavior" else None
         train = Train(batch, self.step, config.sampling.temperature, self.kl_controller.kl_coef,
-                      config.kl.estimator if kl_loss else None, old_logprobs, importance_cap)
+                      plan.kl_loss_estimator, plan.old_logprobs, plan.importance_cap)
         calls: dict[str, Awaitable[Any]] = {"train": self.ask_trainers(train)}
         if self.use_critic:
             calls["train_critic"] = self.ask_role("critic", train, config.call_timeout_s)
@@ -422,16 +310,16 @@ class Controller(Actor):
             "weights/generators": float(len(report.committed)),
             "perf/tokens_per_s": numbers.pop("perf/tokens_generated") / max(timings["generate"], 1e-9),
             "perf/samples_per_s": batch.size / step_s,
-            "perf/rollout_version_min": float(batch.tensors["version"].min()),
+            "perf/rollout_version_min": float(batch.tensors[Column.VERSION].min()),
             **{f"timing/{name}_s": seconds for name, seconds in timings.items()},
             "timing/step_s": step_s,
         })
         if self.sampler_state == {} or config.mode == "sync":
             self.sampler_state = self.sampler.state_dict()
-        valid = batch.tensors["response_mask"] > 0
-        self.metrics.histograms(self.step, {"reward": batch.tensors["score"], "response_length": response_lengths(batch),
-                                            "advantages": batch.tensors["advantages"][valid]})
-        return self.metrics.write(self.step, numbers)
+        valid = batch.tensors[Column.RESPONSE_MASK] > 0
+        self.metrics.histograms(self.step, {"reward": batch.tensors[Column.SCORE], "response_length": response_lengths(batch),
+                                            "advantages": batch.tensors[Column.ADVANTAGES][valid]})
+        return await self.subscribers.publish(self.metrics.write(self.step, numbers))
 
     async def ask_trainers(self, request: Any) -> list[Any]:
         """The same message to every trainer rank, in the same order (their collectives
@@ -455,13 +343,11 @@ class Controller(Actor):
         if self.step in self.kept_evaluations:  # written before the stop, of these same weights
             self.log.lifecycle("controller.evaluation_kept", step=self.step)
         elif config.evaluator:
-            self.evaluations.append(asyncio.ensure_future(self.ask_role("evaluator", Evaluate(self.step), self.config.call_timeout_s)))
+            self.evaluations.start(self.ask_role("evaluator", Evaluate(self.step), self.config.call_timeout_s), f"evaluate-{self.step}")
         elif self.heldout is not None:
             await self._evaluate_here(config)
-        if last:
-            for outcome in await asyncio.gather(*self.evaluations, return_exceptions=True):
-                if isinstance(outcome, BaseException):
-                    self.log.lifecycle("controller.evaluation_failed", error=repr(outcome))
+        if last:  # a failure is logged by `self.evaluations` as it happens
+            await asyncio.gather(*self.evaluations, return_exceptions=True)
 
     async def _evaluate_here(self, config: EvalConfig) -> None:
         current_trace_id.set(new_id())
@@ -469,45 +355,24 @@ class Controller(Actor):
         numbers = await run_heldout(self, self.heldout, config, self.step, self.metrics, self.config.call_timeout_s)
         numbers["timing/eval_s"] = time.monotonic() - started
         self.log.lifecycle("controller.evaluated", step=self.step, **{k: numbers[k] for k in ("eval/accuracy", "eval/reward")})
-        self.metrics.write(self.step, numbers)
+        await self.subscribers.publish(self.metrics.write(self.step, numbers), evaluation=True)
 
     # ------------------------------------------------------------------ checkpoints
     async def save_checkpoint(self, run_dir: Path) -> Path:
-        """checkpoints/step_N: the roles write their files, then the marker (roles.checkpoints)."""
-        path = checkpoint_folder(run_dir, self.step)
-        path.mkdir(parents=True, exist_ok=True)
-        remove_marker(path)  # a folder a stopped session left is incomplete until the roles have rewritten it
-        calls: list[Awaitable[Any]] = [self.ask_trainers(SaveCheckpoint(str(path)))]
-        if self.use_critic:
-            calls.append(self.ask_role("critic", SaveCheckpoint(str(path)), self.config.call_timeout_s))
-        await asyncio.gather(*calls)
+        """checkpoints/step_N with this step's state (roles.controller_checkpoints)."""
         state = {"step": self.step, "sampler": self.sampler_state or self.sampler.state_dict(),
                  "kl_controller": self.kl_controller.state_dict(), "version": self.version,
                  "prompt_counter": self.prompt_counter}
-        write_marker(path, state)  # last, atomically, with every file's size: the checkpoint is complete
+        path = await save_checkpoint(run_dir, self.step, state, self.ask_stateful_roles)
         self.log.lifecycle("controller.checkpoint", step=self.step, path=str(path))
         return path
 
     async def _resume(self, run_dir: Path) -> None:
-        """Restore every role from the newest intact checkpoint; warn about newer ones."""
-        path, skipped = newest_intact_checkpoint(run_dir)
-        for damaged in skipped:
-            self.log.lifecycle("controller.checkpoint_skipped", checkpoint=str(damaged.folder), problem=damaged.problem)
-            print(f"troupe controller: warning: checkpoint {damaged}; resuming from an older one", file=sys.stderr, flush=True)
-        if path is None:
-            if any(damaged.finished for damaged in skipped):  # not just saves cut short: say so, do not start over
-                raise CheckpointError(
-                    f"no intact checkpoint to resume from in {run_dir}/checkpoints: " + "; ".join(map(str, skipped))
-                    + ". Move the damaged folders away (all of checkpoints/ to start over), or set "
-                    "roles.controller.config.resume=false"
-                )
+        """Restore every role and this controller from the newest intact checkpoint."""
+        restored = await restore_newest(run_dir, self.ask_stateful_roles, self.log.lifecycle)
+        if restored is None:
             return
-        state = read_marker(path)
-        calls: list[Awaitable[Any]] = [self.ask_trainers(LoadCheckpoint(str(path)))]
-        if self.use_critic:
-            calls.append(self.ask_role("critic", LoadCheckpoint(str(path)), self.config.call_timeout_s))
-        done = await asyncio.gather(*calls)
-        loaded: CheckpointDone = done[0][0]
+        state = restored.state
         self.step = state["step"]
         self.sampler.load_state_dict(state["sampler"])
         self.sampler_state = state["sampler"]
@@ -516,7 +381,15 @@ class Controller(Actor):
         # the generators get the restored weights, under their own version (the next step's is then K + 1)
         report: PublishReport = (await self.ask_trainers(PublishWeights(republish=True)))[0]
         self.version = report.version
-        self.log.lifecycle("controller.resumed", step=self.step, path=str(path), trainer_version=loaded.version, version=report.version)
+        self.log.lifecycle("controller.resumed", step=self.step, path=str(restored.path),
+                           trainer_version=restored.trainer_version, version=report.version)
+
+    async def ask_stateful_roles(self, request: Any) -> list[Any]:
+        """`request` to every trainer rank and, with a critic, to it; trainer rank 0's
+        answer first."""
+        critic = [self.ask_role("critic", request, self.config.call_timeout_s)] if self.use_critic else []
+        trainers, *others = await asyncio.gather(self.ask_trainers(request), *critic)
+        return [*trainers, *others]
 
     async def _ask_update_settings(self) -> UpdateSettings:
         """The trainer's update settings, checked against this config's ``trainer_ranks``."""
@@ -525,63 +398,3 @@ class Controller(Actor):
             raise ActorError(f"controller config trainer_ranks is {self.config.trainer_ranks} but the trainer has "
                              f"ranks: {settings.ranks}; set trainer_ranks to the trainer role's count")
         return settings
-
-    async def _wait_for_roles(self) -> None:
-        """Until every role this algorithm uses has a ready instance (and every trainer rank)."""
-        needed = needed_roles(self.config)
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        while True:
-            missing = {}
-            for role, count in needed.items():
-                ready = [r for r in await self.lookup(role=role) if r.state == "ready"]
-                if len(ready) < count:
-                    missing[role] = f"{len(ready)}/{count}"
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise ActorError(f"roles not ready after {self.config.startup_timeout_s:g} s: {missing}")
-            await asyncio.sleep(0.5)
-
-
-def needed_roles(config: ControllerConfig) -> dict[str, int]:
-    """The roles a controller with `config` uses, and how many ready instances of each it
-    waits for before the first step; `troupe validate` checks a topology has them."""
-    needed = {"generator": 1, "reward": 1, "trainer": config.trainer_ranks}
-    if config.use_reference or config.kl.usage != "none":
-        needed["reference"] = 1
-    if config.use_critic or (config.use_critic is None and config.advantage.type == "gae"):
-        needed["critic"] = 1
-    if config.eval.evaluator:
-        needed["evaluator"] = 1
-    return needed
-
-
-FINAL_METRICS = ("train/reward", "train/kl_div", "train/entropy", "train/response_length", "eval/accuracy", "eval/reward")
-
-
-def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
-    """The last value of each of FINAL_METRICS in a run's records (the HParams table's columns)."""
-    final: dict[str, float] = {}
-    for record in records:
-        final.update({name: record[name] for name in FINAL_METRICS if isinstance(record.get(name), (int, float))})
-    return final
-
-
-async def wait_for_file(path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-
-
-@asynccontextmanager
-async def timed(timings: dict[str, float], name: str) -> AsyncIterator[None]:
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        timings[name] = time.monotonic() - started
-
-
-async def timed_call(timings: dict[str, float], name: str, call: Awaitable[Any]) -> Any:
-    async with timed(timings, name):
-        return await call

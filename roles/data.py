@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from protocols.batch import Batch
+from protocols.rl import Column
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -95,6 +99,22 @@ class PromptRow:
     """Selects the reward function for this row."""
     extra: dict[str, Any]
     """Every column of the row other than the prompt, messages, ground truth and data source columns."""
+
+
+def prompt_batch(rows: Sequence[PromptRow], group: str | None = None) -> Batch:
+    """Rows as a prompt batch for the generators: the `Column` s ``prompt_ids``,
+    ``prompt``, ``ground_truth``, ``data_source``, ``prompt_index`` and, with `group`,
+    ``uid`` = ``<group>-<i>`` (the samples of one prompt form one group)."""
+    columns: dict[str, list[Any]] = {
+        Column.PROMPT_IDS: [row.prompt_ids for row in rows],
+        Column.PROMPT: [row.prompt for row in rows],
+        Column.GROUND_TRUTH: [row.ground_truth for row in rows],
+        Column.DATA_SOURCE: [row.data_source for row in rows],
+        Column.PROMPT_INDEX: [row.index for row in rows],
+    }
+    if group is not None:
+        columns[Column.UID] = [f"{group}-{i}" for i in range(len(rows))]
+    return Batch(columns=columns)
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,25 @@ class PromptDataset:
 
     def __getitem__(self, index: int) -> PromptRow:
         return self.rows[index]
+
+
+def file_data_sources(path: Path, config: DataConfig) -> dict[str, str]:
+    """Each data source the rows of one data file name, with the location of its first row
+    (`troupe validate` checks each has a reward function before the run starts).
+
+    A row without one counts as ``default_data_source``; a row with neither is left out
+    (`PromptDataset.load` reports it).
+
+    Raises:
+        DataError: the file is missing, has an unknown extension, or a line is not a JSON object.
+    """
+    sources: dict[str, str] = {}
+    for location, record in _read_records(path):
+        source = record.get(config.data_source_key)
+        source = config.default_data_source if source is None else source
+        if isinstance(source, str):
+            sources.setdefault(source, location)
+    return sources
 
 
 def _read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:

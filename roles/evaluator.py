@@ -33,9 +33,9 @@ from protocols.batch import Batch
 from protocols.rl import Evaluate, Evaluated, Generate, Rollouts, Score, Scores
 from roles.data import DataConfig, PromptDataset
 from roles.evaluation.summary import EvalSample, summarize_samples
-from roles.generation import SamplingParams
 from roles.metrics import MetricsLog
-from roles.rollout import generate_on, response_id_lists, score_on
+from roles.sampling import SamplingParams
+from roles.rollout import generate_on, response_id_lists, sampling_message, score_on
 from runtime.actor import Actor, handler
 
 
@@ -69,7 +69,7 @@ class EvalContext:
         ``response``, ``version`` (the weights version that produced it)."""
         ids = [self.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
         batch = Batch(columns={"prompt_ids": ids, "prompt": list(prompts)})
-        reply: Rollouts = self._ask("generator", Generate(batch, sampling))
+        reply: Rollouts = self._ask("generator", Generate(batch, sampling_message(SamplingParams(**sampling))))
         return [
             {"prompt": prompt, "response": response, "version": version}
             for prompt, response, version in zip(reply.batch.columns["prompt"], reply.batch.columns["response"],
@@ -186,7 +186,7 @@ async def run_heldout(actor: Actor, dataset: PromptDataset, config: HeldoutConfi
     batch = await generate_on(actor, heldout_prompts(dataset), config.sampling, tokenizer.pad_token_id, timeout)
     samples = scored_samples(batch, await score_on(actor, batch, timeout))
     numbers = await asyncio.to_thread(evaluation_numbers, samples, config)
-    write_samples(Path(metrics.path).parent / "eval" / f"step_{step}.jsonl", samples)
+    write_samples(metrics.files.eval_samples(step), samples)
     metrics.text("eval/samples", samples_markdown(samples, config.text_samples), step)
     return numbers
 
@@ -209,12 +209,17 @@ class EvaluatorConfig(HeldoutConfig):
     tokenizer: str
     """A local Hugging Face tokenizer (the policy's model directory)."""
     evaluators: list[CustomEvaluatorConfig] = Field(default_factory=list)
+    """Your own evaluators, run at every evaluation after the built-in one (docs/evaluation.md)."""
     tensorboard: bool = True
+    """Write the evaluation's numbers to TensorBoard under ``tb/`` too (metrics.jsonl always)."""
     call_timeout_s: float = Field(1800.0, gt=0)
     """Deadline of one generate or score call."""
 
 
 class HeldoutEvaluator(Actor):
+    """The evaluator role: on `Evaluate(step)` it runs the built-in held-out evaluation
+    and the custom evaluators, and logs their numbers (see the module docstring)."""
+
     role = "evaluator"
     Config: ClassVar[type[BaseModel]] = EvaluatorConfig
 

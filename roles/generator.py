@@ -7,8 +7,8 @@ on the compute thread in the same call that generates, and new weights are loade
 that thread between two calls (runtime.weights.receiver), so a row is never stamped
 with a version other than the one that produced it.
 
-Backends (roles.generation): Hugging Face transformers (default, CPU or GPU) and vLLM
-(optional extra). Weights arrive over the broadcast channel from trainer-0.
+Backends: Hugging Face transformers (roles.generation, default, CPU or GPU) and vLLM
+(roles.vllm_backend, optional extra). Weights arrive over the broadcast channel from trainer-0.
 """
 
 from __future__ import annotations
@@ -17,20 +17,15 @@ import time
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from protocols.batch import Batch
 from protocols.rl import Generate, Rollouts
-from roles.generation import (
-    CpuThreads,
-    autocast_for,
-    GenerationBackend,
-    GenerationOutput,
-    HFBackend,
-    SamplingParams,
-    limit_cpu_threads,
-    load_causal_lm,
-)
+from roles.generation import HFBackend
+from roles.model_settings import AutocastDtype, ModelSettings
+from roles.models import autocast_for, limit_cpu_threads, load_causal_lm
+from roles.rollout import sampling_params
+from roles.sampling import GenerationBackend, GenerationOutput, SamplingParams
 from runtime.actor import handler
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.receiver import ModelLoader, ReceivesWeights, WeightReceiver
@@ -39,28 +34,15 @@ INITIAL_VERSION = -1
 """The version stamped on rows sampled with the weights the generator started with."""
 
 
-class GeneratorConfig(BaseModel):
-    """Which model a generator serves, and how."""
+class GeneratorConfig(ModelSettings):
+    """Which model a generator serves (`ModelSettings`: ``model``, the initial policy's
+    directory, ``dtype``, ``device``, ``cpu_threads``), and how."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    model: str
-    """A local Hugging Face causal LM directory (the initial policy)."""
     backend: Literal["hf", "vllm"] = "hf"
     """``hf``: transformers (CPU or GPU); ``vllm``: the vLLM engine (optional extra, GPU)."""
-    dtype: str = "float32"
-    """Weights dtype (float32, bfloat16, float16)."""
-    device: str = "cpu"
-    """``cpu`` or ``cuda`` (the launcher's placement sets which GPU)."""
     micro_batch: int = Field(64, ge=1)
     """Rows generated at once by the transformers backend."""
-    cpu_threads: CpuThreads = "auto"
-    """torch threads on the CPU: a number, ``auto`` (every core this process may use for
-    a model of 20M parameters or more, else 1: in sync mode the generator has the cores
-    to itself while it samples), or None (torch's default). In async mode it samples
-    while the trainer trains: on a small machine give each part of the cores
-    (roles.generation.limit_cpu_threads)."""
-    autocast: Literal["bfloat16", "float16"] | None = None
+    autocast: AutocastDtype | None = None
     """The transformers backend samples under torch.autocast in this dtype (the weights
     stay in `dtype`; the log-probs it returns are those of the autocast forward). What
     TRL's GRPOTrainer does with ``bf16=True``. Its log-probs then differ slightly from a
@@ -98,7 +80,7 @@ class Generator(ReceivesWeights):
 
     @handler
     async def generate(self, request: Generate) -> Rollouts:
-        params = SamplingParams(**request.sampling)
+        params = sampling_params(request.sampling)
         started = time.monotonic()
         output, version = await self.compute.run(self._generate, request.batch, params)
         batch = rollout_batch(request.batch, output, params.n, version)
@@ -116,7 +98,7 @@ def _build_backend(config: GeneratorConfig) -> tuple[GenerationBackend, Any, dic
     """The backend, the loader the weight channel hands tensors to, and the names and
     shapes that loader accepts."""
     if config.backend == "vllm":
-        from roles.generation import VllmBackend
+        from roles.vllm_backend import VllmBackend
 
         backend = VllmBackend(config.model, dtype=config.dtype, **config.vllm)
         return backend, backend.load_weights, None  # vLLM's own loader fuses and slices full tensors

@@ -1,11 +1,15 @@
 """Log-probabilities and entropies of response tokens under a causal LM: what the
-trainer, the reference, the critic's caller and the evaluator compute for a rollout batch.
+trainer and the reference compute for a rollout batch, and the forward's inputs (token
+ids, attention mask, position ids of a left-padded prompt and right-padded response)
+that the critic's value model reads too.
 
 `response_logprobs` runs one forward over prompt and response and never holds the
 vocabulary-sized logits whole: the model's output layer is stood in for by
 `ResponseTokenHead`, which applies the layer's weight to the response tokens' hidden
 states a chunk of tokens at a time (roles.algorithms.chunked_logprobs). `batch_logprobs`
 takes a rollout batch's columns and leaves padding columns no row uses out of the forward.
+`rollout_logprobs` is the no-gradient pass the reference's log-probs and the trainer's
+recomputed old log-probs both come from, so the two agree exactly for the same weights.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 
 from protocols.batch import Batch
 from roles.algorithms.chunked_logprobs import chunked_token_logprobs
-from roles.generation import positions_from_mask
+from roles.models import autocast_for, positions_from_mask
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -51,13 +55,10 @@ def response_logprobs(
     """
     response_length = response_ids.shape[1]
     valid = response_mask > 0
-    attention_mask = torch.cat([prompt_mask.long(), valid.long()], dim=1)
     # only the positions that predict response tokens reach the output layer: the last
     # prompt token's up to the second-to-last response token's
-    inputs = {
-        "input_ids": torch.cat([prompt_ids, response_ids], dim=1), "attention_mask": attention_mask,
-        "position_ids": positions_from_mask(attention_mask), "use_cache": False, "logits_to_keep": response_length + 1,
-    }
+    inputs = {**sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask),
+              "use_cache": False, "logits_to_keep": response_length + 1}
     if logits_are_output_layer(model):
         head = ResponseTokenHead(model.get_output_embeddings(), response_ids, valid, temperature, with_entropy, chunk_tokens)
         with output_layer_replaced(model, head):
@@ -68,6 +69,38 @@ def response_logprobs(
     token = chunked_token_logprobs(logits[valid], None, response_ids[valid], temperature=temperature,
                                    with_entropy=with_entropy, chunk_tokens=chunk_tokens)
     return scatter_rows(token.logprobs, valid), scatter_rows(token.entropy, valid) if with_entropy else None
+
+
+def sequence_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                    response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A causal LM's inputs for prompt and response in one sequence: ``input_ids``,
+    ``attention_mask`` and ``position_ids``, each [N, P + R] (positions count real
+    tokens only, so the prompt's left padding shifts nothing).
+
+    Args:
+        prompt_ids, prompt_mask: [N, P], left-padded.
+        response_ids, response_mask: [N, R], right-padded (any dtype; > 0 is a token).
+    """
+    attention_mask = torch.cat([prompt_mask.long(), (response_mask > 0).long()], dim=1)
+    return {"input_ids": torch.cat([prompt_ids, response_ids], dim=1), "attention_mask": attention_mask,
+            "position_ids": positions_from_mask(attention_mask)}
+
+
+@torch.no_grad()
+def rollout_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, micro_batch_size: int,
+                     device: str, autocast: str | None = None) -> torch.Tensor:
+    """`batch_logprobs` of a rollout batch without gradients, `micro_batch_size` rows per
+    forward on `device`, under torch.autocast in `autocast` (None: none).
+
+    Returns:
+        [N, R] float32 on the CPU, 0 where ``response_mask`` is 0.
+    """
+    pieces = []
+    for micro in batch.split_by_size(micro_batch_size):
+        with autocast_for(device, autocast):
+            logprobs, _ = batch_logprobs(model, micro.to(device), temperature)
+        pieces.append(logprobs.float().cpu())
+    return torch.cat(pieces)
 
 
 def batch_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, with_entropy: bool = False,

@@ -16,26 +16,30 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from runtime.files import replacing_atomically, write_atomically
+from runtime.run_dir import RunDir
 
 
 class MetricsLog:
     """Appends step records to ``<run_dir>/metrics.jsonl`` and TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.files = RunDir(run_dir)
+        self.path = self.files.metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self.writer = SummaryWriter(log_dir=str(self.files.tensorboard))
 
     def write(self, step: int, values: Mapping[str, float], source: str | None = None) -> dict[str, Any]:
         """One record: ``{"step": N, ["source": ...,] name: value, ...}`` (names sorted)."""
@@ -93,7 +97,7 @@ class MetricsLog:
 
 def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
     """Every record of a run's ``metrics.jsonl`` (a partly written last line is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return []
     records = []
@@ -132,7 +136,7 @@ def rewind_metrics(run_dir: Path | str, step: int) -> list[dict[str, Any]]:
     Nothing may be writing meanwhile: a relaunch starts every role anew, and the
     evaluator role writes only when the controller asks it to.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     kept: list[dict[str, Any]] = []
     if path.exists():
         text = path.read_text(encoding="utf-8")
@@ -147,7 +151,7 @@ def rewind_metrics(run_dir: Path | str, step: int) -> list[dict[str, Any]]:
                 lines.append(line + "\n")
         if "".join(lines) != text:
             write_atomically(path, "".join(lines))
-    rewind_tensorboard(Path(run_dir) / "tb", step)
+    rewind_tensorboard(RunDir(run_dir).tensorboard, step)
     return kept
 
 
@@ -181,6 +185,18 @@ def rewind_tensorboard(tb_dir: Path, step: int) -> int:
     return dropped
 
 
+FINAL_METRICS = ("train/reward", "train/kl_div", "train/entropy", "train/response_length", "eval/accuracy", "eval/reward")
+"""The numbers of a run that its TensorBoard HParams table shows, each at its last value."""
+
+
+def final_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The last value of each of FINAL_METRICS in a run's records (the HParams table's columns)."""
+    final: dict[str, float] = {}
+    for record in records:
+        final.update({name: record[name] for name in FINAL_METRICS if isinstance(record.get(name), (int, float))})
+    return final
+
+
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as ``a.b.c`` keys with values TensorBoard's HParams accepts
     (numbers, strings, booleans; lists and None as text)."""
@@ -197,19 +213,17 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 
 
 #: Settings that name places rather than choices; they differ between any two runs.
-NOT_HYPERPARAMETERS = {"model", "tokenizer", "files", "release_file", "release_timeout_s", "startup_timeout_s",
+NOT_HYPERPARAMETERS = {"model", "tokenizer", "files", "hold_timeout_s", "startup_timeout_s",
                        "call_timeout_s", "channel", "tensorboard", "device", "cpu_threads"}
 
 
 def run_hyperparameters(run_dir: Path | str) -> dict[str, Any]:
     """The settings of every role of a run (from its resolved ``topology.yaml``) as
     ``<role>.<setting>`` keys, without paths, timeouts and placement."""
-    import yaml
-
-    path = Path(run_dir) / "topology.yaml"
-    if not path.exists():
+    files = RunDir(run_dir)
+    if not files.topology.exists():
         return {}
-    resolved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    resolved = files.read_topology() or {}
     settings: dict[str, Any] = {}
     for name, role in (resolved.get("roles") or {}).items():
         settings[f"{name}.count"] = role.get("count", 1)
@@ -220,3 +234,19 @@ def run_hyperparameters(run_dir: Path | str) -> dict[str, Any]:
 def _without(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _without(value) if isinstance(value, Mapping) else value
             for key, value in config.items() if key not in NOT_HYPERPARAMETERS}
+
+
+@asynccontextmanager
+async def timed(timings: dict[str, float], name: str) -> AsyncIterator[None]:
+    """``timings[name]``: the seconds the block took (a step logs it as ``timing/<name>_s``)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = time.monotonic() - started
+
+
+async def timed_call(timings: dict[str, float], name: str, call: Awaitable[Any]) -> Any:
+    """`call`'s result, its seconds in ``timings[name]``."""
+    async with timed(timings, name):
+        return await call

@@ -1,43 +1,37 @@
 """The reference role: log-probs of rollouts under the frozen initial policy (for the
-KL to the reference), a chunk of tokens at a time (roles.logprobs.response_logprobs)."""
+KL to the reference), computed by the function the trainer's recomputed log-probs come
+from (roles.logprobs.rollout_logprobs): with the same weights, micro-batch size and
+autocast the two are equal, and the KL of the unchanged policy to the reference is 0."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from protocols.batch import Batch
 from protocols.rl import ComputeLogProbs, LogProbs
-from roles.generation import CpuThreads, autocast_for, limit_cpu_threads, load_causal_lm
-from roles.logprobs import batch_logprobs
+from roles.logprobs import rollout_logprobs
+from roles.model_settings import AutocastDtype, ModelSettings
+from roles.models import limit_cpu_threads, load_causal_lm
 from runtime.actor import Actor, handler
 
 
-class ReferenceConfig(BaseModel):
-    """The frozen reference model."""
+class ReferenceConfig(ModelSettings):
+    """The frozen reference model (`ModelSettings`: ``model``, the initial policy's
+    directory, ``dtype``, ``device``, ``cpu_threads``)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    model: str
-    """A local Hugging Face causal LM directory: the initial policy."""
-    dtype: str = "float32"
-    device: str = "cpu"
     micro_batch_size: int = Field(32, ge=1)
     """Rows per forward."""
-    cpu_threads: CpuThreads = "auto"
-    """torch threads on the CPU: a number, ``auto`` (every core this process may use for
-    a model of 20M parameters or more, else 1), or None (torch's default). The reference
-    runs beside the reward and, when they are asked for, the critic's values and the
-    trainer's recomputed log-probs: on a small machine give each part of the cores then."""
-    autocast: Literal["bfloat16", "float16"] | None = None
+    autocast: AutocastDtype | None = None
     """Forward under torch.autocast in this dtype (as the trainer's `autocast`: use the
     same setting, so the KL of the unchanged policy to the reference is 0)."""
 
 
 class Reference(Actor):
-    """Serves the reference policy's log-probs (see the module docstring)."""
+    """Serves the frozen reference policy's log-probs of rollout batches: `compute_logprobs`
+    answers [N, R] float32, 0 on padding (see the module docstring)."""
 
     role = "reference"
     Config: ClassVar[type[BaseModel]] = ReferenceConfig
@@ -55,11 +49,7 @@ class Reference(Actor):
     async def compute_logprobs(self, request: ComputeLogProbs) -> LogProbs:
         return LogProbs(await self.compute.run(self._logprobs, request.batch, request.temperature))
 
-    @torch.no_grad()
     def _logprobs(self, batch: Batch, temperature: float) -> torch.Tensor:
-        pieces = []
-        for micro in batch.split_by_size(self.config.micro_batch_size):
-            with autocast_for(self.config.device, self.config.autocast):
-                logprobs, _ = batch_logprobs(self.model, micro.to(self.config.device), temperature)
-            pieces.append(logprobs.float().cpu())
-        return torch.cat(pieces)
+        """[N, R] float32 on the CPU: the reference's log-probs of `batch`."""
+        config = self.config
+        return rollout_logprobs(self.model, batch, temperature, config.micro_batch_size, config.device, config.autocast)

@@ -1,8 +1,8 @@
 """`make demo-real`: GRPO on a real pretrained chat model, on the CPU, measured before and after.
 
 Builds SmolLM2-135M-Instruct and reasoning-gym's arithmetic if needed
-(examples/smollm2/build.py), trains it with GRPO through `troupe launch
-examples/smollm2-grpo.yaml` (every role its own process), then prints the held-out
+(examples/smollm2/build.py), trains it with GRPO on examples/smollm2-grpo.yaml through
+the Python API (`launch.Run`: every role its own process), then prints the held-out
 accuracy the evaluator role measured before the first step and after the last, and
 the paired difference over the same held-out prompts with its 95% interval.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: `roles` and `examples` live at the repository root
     sys.path.insert(0, str(REPO))
 
+from examples.launching import run_example  # noqa: E402
 from roles.evaluation.accuracy import PairedDifference, paired_bootstrap  # noqa: E402
+from roles.metrics import read_metrics  # noqa: E402
+from runtime.run_dir import RunDir  # noqa: E402
 
 DATA = REPO / "examples" / "smollm2" / "data"
 
@@ -52,14 +54,10 @@ def main() -> int:
         return 1
     built = time.monotonic()
     run_dir = Path(args.run_dir or REPO / "runs" / f"smollm2-{time.strftime('%Y%m%d-%H%M%S')}")
-    troupe = Path(sys.executable).parent / "troupe"
-    overrides = [item for override in args.set for item in ("--set", override)]
-    launched = subprocess.run([str(troupe), "launch", args.topology, "--run-dir", str(run_dir), *overrides], cwd=REPO)
+    code = run_example(args.topology, args.set, run_dir)
     finished = time.monotonic()
-    if launched.returncode != 0:
-        print(f"the run failed (exit {launched.returncode}); see {run_dir}/logs and `troupe logs {run_dir}`",
-              file=sys.stderr)
-        return launched.returncode
+    if code != 0:
+        return code
     return report(run_dir, build_minutes=(built - started) / 60, run_minutes=(finished - built) / 60)
 
 
@@ -84,14 +82,15 @@ def paired_rise(before: Path, after: Path) -> PairedDifference:
 
 
 def report(run_dir: Path, build_minutes: float, run_minutes: float) -> int:
-    records: list[dict[str, Any]] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    files = RunDir(run_dir)
+    records: list[dict[str, Any]] = read_metrics(run_dir)
     evaluations = sorted((r for r in records if "eval/accuracy" in r), key=lambda r: r["step"])
     steps = [r for r in records if "train/reward" in r]
     if len(evaluations) < 2 or not steps:
-        print(f"no before/after evaluation in {run_dir}/metrics.jsonl", file=sys.stderr)
+        print(f"no before/after evaluation in {files.metrics}", file=sys.stderr)
         return 1
     before, after = evaluations[0], evaluations[-1]
-    rise = paired_rise(run_dir / "eval" / f"step_{before['step']}.jsonl", run_dir / "eval" / f"step_{after['step']}.jsonl")
+    rise = paired_rise(files.eval_samples(before["step"]), files.eval_samples(after["step"]))
     significant = "significant: the interval is above zero" if rise.low > 0 else "NOT significant: the interval reaches zero"
     print()
     print(f"run directory: {run_dir}")
@@ -106,7 +105,7 @@ def report(run_dir: Path, build_minutes: float, run_minutes: float) -> int:
           f"p = {rise.p_value:.4f} ({significant})")
     print(f"time: {run_minutes:.1f} min for the run (build {build_minutes:.1f} min), "
           f"{run_minutes + build_minutes:.1f} min in all")
-    print(f"samples: {run_dir}/eval/step_{after['step']}.jsonl; TensorBoard: tensorboard --logdir {run_dir}/tb")
+    print(f"samples: {files.eval_samples(after['step'])}; TensorBoard: tensorboard --logdir {files.tensorboard}")
     return 0
 
 

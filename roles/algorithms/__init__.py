@@ -2,9 +2,10 @@
 
 Everything here is a function of torch tensors (or a small stateful KL controller)
 with no I/O, no processes and no distributed calls, so it runs and tests on a CPU in
-milliseconds. The controller role calls the advantage and KL-penalty functions and
-decides which log-probs are "old"; the trainer and critic roles call the losses; every
-role that computes log-probs does it in chunks of tokens. Formulas and config blocks
+milliseconds. The controller role calls the step (`step.plan_update` and
+`step.prepare_training_batch`: which log-probs are "old", the KL, the rewards, the
+advantages); the trainer and critic roles call the losses; every role that computes
+log-probs does it in chunks of tokens. Formulas and config blocks
 are in docs/algorithms.md.
 """
 
@@ -21,6 +22,7 @@ from roles.algorithms.advantage_registry import (
     RLOOConfig,
     compute_advantages,
     get_advantage_estimator,
+    reads_token_rewards,
 )
 from roles.algorithms.advantages import (
     AdvantageOutput,
@@ -50,6 +52,7 @@ from roles.algorithms.kl import (
     KLLossOutput,
     KLPenaltyOutput,
     apply_kl_penalty,
+    apply_kl_penalty_to_scores,
     compute_kl,
     compute_kl_loss,
     kl_abs,
@@ -73,13 +76,24 @@ from roles.algorithms.masked import masked_mean, masked_sum, masked_whiten
 from roles.algorithms.old_logprobs import (
     ImportanceWeights,
     RecomputeLogprobs,
+    check_old_logprob_source,
     old_logprob_source,
+    old_logprobs_column,
     optimizer_steps_per_update,
     policy_logprobs_before_update,
     select_old_logprobs,
     truncated_importance_weights,
 )
 from roles.algorithms.policy_loss import PolicyLossConfig, PolicyLossOutput, ppo_policy_loss
+from roles.algorithms.step import (
+    TrainingBatch,
+    UpdatePlan,
+    drop_stale_groups,
+    measured_kl_estimator,
+    plan_update,
+    prepare_training_batch,
+    staleness,
+)
 from roles.algorithms.value_loss import ValueLossConfig, ValueLossOutput, clipped_value_loss
 
 __all__ = [
@@ -116,12 +130,16 @@ __all__ = [
     "ReinforcePlusPlusBaselineConfig",
     "ReinforcePlusPlusConfig",
     "TokenLogProbs",
+    "TrainingBatch",
+    "UpdatePlan",
     "ValueLossConfig",
     "ValueLossOutput",
     "aggregate_loss",
     "apply_kl_penalty",
+    "apply_kl_penalty_to_scores",
     "broadcast_to_tokens",
     "build_kl_controller",
+    "check_old_logprob_source",
     "chunked_token_logprobs",
     "clipped_value_loss",
     "compute_advantages",
@@ -133,6 +151,7 @@ __all__ = [
     "compute_reinforce_plus_plus_advantages",
     "compute_reinforce_plus_plus_baseline_advantages",
     "compute_rloo_advantages",
+    "drop_stale_groups",
     "entropy_from_logits",
     "get_advantage_estimator",
     "group_stats",
@@ -145,13 +164,19 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "measured_kl_estimator",
     "micro_batch_weight",
     "old_logprob_source",
+    "old_logprobs_column",
     "optimizer_steps_per_update",
     "place_scores_on_last_token",
+    "plan_update",
     "policy_logprobs_before_update",
+    "reads_token_rewards",
     "ppo_policy_loss",
+    "prepare_training_batch",
     "select_old_logprobs",
+    "staleness",
     "straight_through_kl",
     "truncated_importance_weights",
     "zero_variance_share",

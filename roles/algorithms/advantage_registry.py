@@ -6,10 +6,21 @@ config, so every estimator is wrapped here behind one call shape:
 
     estimator(inputs: AdvantageInputs, **parameters) -> AdvantageOutput
 
-and `compute_advantages(config, inputs)` runs the one a config names. Group-based
-estimators take each response's score as the masked sum of its token-level rewards
-(the outcome score on the last token, plus any per-token KL penalty), and report as
-returns that score copied onto the valid tokens.
+and `compute_advantages(config, inputs)` runs the one a config names.
+
+Two kinds of estimator, by what they read (`reads_token_rewards`):
+
+* outcome estimators (``grpo``, ``drgrpo``, ``rloo``, ``reinforce_plus_plus_baseline``)
+  compare whole responses: they read one reward per sequence, r_i [B], and report as
+  returns r_i copied onto the valid tokens;
+* token-level estimators (``gae``, ``reinforce_plus_plus``) run a recursion over the
+  tokens: they read a reward per token, r_{i,t} [B, T] (the outcome score on the last
+  valid token, minus any per-token KL penalty).
+
+`AdvantageInputs` carries the rewards in either form and each estimator takes the one
+it reads, converting only if it was given the other (`sequence_rewards`,
+`token_rewards`); the step (`roles.algorithms.step`) gives each kind its own form, so
+a score goes [B] -> estimator, never [B] -> [B, T] -> [B].
 """
 
 from __future__ import annotations
@@ -24,29 +35,52 @@ from pydantic import BaseModel, ConfigDict, Field
 from roles.algorithms import advantages as estimators
 from roles.algorithms.advantages import AdvantageOutput, broadcast_to_tokens
 from roles.algorithms.groups import GroupIds, OneSampleGroup
+from roles.algorithms.kl import place_scores_on_last_token
 from roles.algorithms.masked import masked_sum
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AdvantageInputs:
     """Everything an estimator may read from one rollout batch.
 
+    Give the rewards in one form: `scores` [B] or `token_level_rewards` [B, T]; each
+    estimator reads its own form and converts the other only when that is what it got.
+
     Attributes:
-        token_level_rewards: [B, T] reward per token.
         response_mask: [B, T] 0/1 (float or bool).
+        scores: [B] reward per response (the outcome score, minus the response's summed
+            KL penalty when the KL goes in the reward).
+        token_level_rewards: [B, T] reward per token.
         values: [B, T] critic values; required by "gae", ignored otherwise.
         group_ids: [B] group (prompt) id per response; required by the group-based
             estimators, ignored otherwise.
     """
 
-    token_level_rewards: torch.Tensor
     response_mask: torch.Tensor
+    scores: torch.Tensor | None = None
+    token_level_rewards: torch.Tensor | None = None
     values: torch.Tensor | None = None
     group_ids: GroupIds | None = None
 
-    def scores(self) -> torch.Tensor:
-        """[B] per-response score: the masked sum of token-level rewards."""
+    def __post_init__(self) -> None:
+        if (self.scores is None) == (self.token_level_rewards is None):
+            raise ValueError("AdvantageInputs takes the rewards once: scores [B] or token_level_rewards [B, T], "
+                             f"got {'both' if self.scores is not None else 'neither'}")
+
+    def sequence_rewards(self) -> torch.Tensor:
+        """[B] reward per response: `scores`, else the masked sum of the token rewards."""
+        if self.scores is not None:
+            return self.scores
+        assert self.token_level_rewards is not None  # __post_init__
         return masked_sum(self.token_level_rewards, self.response_mask, dim=-1)
+
+    def token_rewards(self) -> torch.Tensor:
+        """[B, T] reward per token: `token_level_rewards`, else each score on its
+        response's last valid token."""
+        if self.token_level_rewards is not None:
+            return self.token_level_rewards
+        assert self.scores is not None  # __post_init__
+        return place_scores_on_last_token(self.scores, self.response_mask)
 
     def require_group_ids(self, estimator: str) -> GroupIds:
         """Returns group_ids, or raises a ValueError naming the estimator that needs them."""
@@ -64,12 +98,12 @@ def _gae(inputs: AdvantageInputs, *, gamma: float, lam: float, whiten: bool, unb
     if inputs.values is None:
         raise ValueError("advantage estimator 'gae' needs values [B, T] from a critic; none given (or choose 'grpo')")
     return estimators.compute_gae(
-        inputs.token_level_rewards, inputs.values, inputs.response_mask, gamma, lam, whiten, unbiased_std
+        inputs.token_rewards(), inputs.values, inputs.response_mask, gamma, lam, whiten, unbiased_std
     )
 
 
 def _with_score_returns(inputs: AdvantageInputs, advantages: torch.Tensor) -> AdvantageOutput:
-    return AdvantageOutput(advantages=advantages, returns=broadcast_to_tokens(inputs.scores(), inputs.response_mask))
+    return AdvantageOutput(advantages=advantages, returns=broadcast_to_tokens(inputs.sequence_rewards(), inputs.response_mask))
 
 
 def _grpo(
@@ -77,7 +111,7 @@ def _grpo(
 ) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("grpo")
     advantages = estimators.compute_grpo_advantages(
-        inputs.scores(),
+        inputs.sequence_rewards(),
         group_ids,
         inputs.response_mask,
         normalize_by_std=True,
@@ -91,20 +125,20 @@ def _grpo(
 def _drgrpo(inputs: AdvantageInputs, *, one_sample_group: OneSampleGroup) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("drgrpo")
     advantages = estimators.compute_grpo_advantages(
-        inputs.scores(), group_ids, inputs.response_mask, normalize_by_std=False, one_sample_group=one_sample_group
+        inputs.sequence_rewards(), group_ids, inputs.response_mask, normalize_by_std=False, one_sample_group=one_sample_group
     )
     return _with_score_returns(inputs, advantages)
 
 
 def _rloo(inputs: AdvantageInputs, *, one_sample_group: OneSampleGroup) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("rloo")
-    advantages = estimators.compute_rloo_advantages(inputs.scores(), group_ids, inputs.response_mask, one_sample_group)
+    advantages = estimators.compute_rloo_advantages(inputs.sequence_rewards(), group_ids, inputs.response_mask, one_sample_group)
     return _with_score_returns(inputs, advantages)
 
 
 def _reinforce_plus_plus(inputs: AdvantageInputs, *, gamma: float, unbiased_std: bool) -> AdvantageOutput:
     return estimators.compute_reinforce_plus_plus_advantages(
-        inputs.token_level_rewards, inputs.response_mask, gamma, unbiased_std
+        inputs.token_rewards(), inputs.response_mask, gamma, unbiased_std
     )
 
 
@@ -113,7 +147,7 @@ def _reinforce_plus_plus_baseline(
 ) -> AdvantageOutput:
     group_ids = inputs.require_group_ids("reinforce_plus_plus_baseline")
     advantages = estimators.compute_reinforce_plus_plus_baseline_advantages(
-        inputs.scores(), group_ids, inputs.response_mask, unbiased_std, one_sample_group
+        inputs.sequence_rewards(), group_ids, inputs.response_mask, unbiased_std, one_sample_group
     )
     return _with_score_returns(inputs, advantages)
 
@@ -129,6 +163,15 @@ _ESTIMATORS: Mapping[str, AdvantageEstimator] = {
 
 #: The names `get_advantage_estimator` and `AdvantageConfig.type` accept.
 ADVANTAGE_ESTIMATOR_NAMES: tuple[str, ...] = tuple(_ESTIMATORS)
+#: The estimators that read a reward per token (the others read one per response).
+TOKEN_LEVEL_ESTIMATORS = frozenset({"gae", "reinforce_plus_plus"})
+
+
+def reads_token_rewards(name: str) -> bool:
+    """True when the estimator `name` reads token rewards [B, T] (a recursion over the
+    tokens: GAE, REINFORCE++), False when it reads one reward per response [B]."""
+    get_advantage_estimator(name)  # an unknown name is an error, not "per response"
+    return name in TOKEN_LEVEL_ESTIMATORS
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from roles.algorithms.aggregation import LossAggMode, aggregate_loss
 from roles.algorithms.kl_control import FixedKLControllerConfig, KLControllerConfig
-from roles.algorithms.masked import as_float_mask, require_rank, require_same_shape
+from roles.algorithms.masked import as_float_mask, masked_sum, require_rank, require_same_shape
 
 #: The log-ratio is clamped to +-this before exponentiating in k3.
 LOG_RATIO_CLAMP = 20.0
@@ -193,6 +193,31 @@ def apply_kl_penalty(
     penalty = torch.where(is_valid, kl, torch.zeros_like(kl))
     rewards = place_scores_on_last_token(scores.to(device=kl.device, dtype=kl.dtype), response_mask) - kl_coef * penalty
     return KLPenaltyOutput(token_level_rewards=rewards, kl_mean=aggregate_loss(kl, is_valid, "seq-mean-token-mean"))
+
+
+@torch.no_grad()
+def apply_kl_penalty_to_scores(
+    scores: torch.Tensor, kl: torch.Tensor, response_mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """KL as a reward, per response: r_b = score_b - kl_coef * sum_t m[b, t] * kl[b, t].
+
+    The per-response form of `apply_kl_penalty` (its token rewards summed over each
+    response), for the estimators that read one reward per response (GRPO, RLOO).
+
+    Args:
+        scores: [B] scalar score per response.
+        kl: [B, T] per-token KL estimate; values at mask-0 positions are never read.
+        response_mask: [B, T] 0/1 (float or bool).
+        kl_coef: beta >= 0.
+
+    Returns:
+        [B] penalised scores; no gradient.
+    """
+    require_rank(scores, 1, "scores", "[B]")
+    require_same_shape(kl=kl, response_mask=response_mask)
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    return scores.to(kl.dtype) - kl_coef * masked_sum(kl, response_mask, dim=-1)
 
 
 class KLLossOutput(NamedTuple):

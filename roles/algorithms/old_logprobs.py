@@ -20,8 +20,11 @@ also weighted per token by the truncated importance ratio min(exp(old - behavior
 between the policy before the update and the weights that sampled the row
 (`truncated_importance_weights`).
 
-The controller decides (`old_logprob_source`) and sends the decision with the batch;
-the trainer takes its tensor with `select_old_logprobs`.
+The step decides (`roles.algorithms.step.plan_update`, with `old_logprob_source`) and
+the controller sends the decision in the `Train` message; which batch column holds each
+source's log-probs is said once, in `old_logprobs_column`, which the step (for the KL to
+the reference, `policy_logprobs_before_update`) and the trainer (`select_old_logprobs`)
+both read.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from protocols.rl import OldLogProbs
+from protocols.rl import Column, OldLogProbs
 
 RecomputeLogprobs = Literal["auto", "always", "never"]
 """The setting: ``auto`` skips the recomputation when the update is one optimizer step."""
@@ -65,6 +68,27 @@ def old_logprob_source(recompute: RecomputeLogprobs, optimizer_steps: int) -> Ol
     return "current" if optimizer_steps == 1 else "recomputed"
 
 
+def check_old_logprob_source(source: OldLogProbs, optimizer_steps: int) -> None:
+    """Raises ValueError when `source` cannot be pi_old for an update of `optimizer_steps`
+    steps: the update's own log-probs (``current``) are only in a single optimizer step;
+    from the second on the weights have moved. The trainer checks the plan it receives."""
+    if source == "current" and optimizer_steps != 1:
+        raise ValueError(f"the update's own log-probs were planned as the old ones, but this batch takes "
+                         f"{optimizer_steps} optimizer steps (ppo_epochs times mini-batches per rank): set the "
+                         "controller's recompute_logprobs to always")
+
+
+def old_logprobs_column(source: OldLogProbs) -> str | None:
+    """The batch column holding the old log-probs of `source`: ``old_logprobs`` for
+    ``recomputed``, ``behavior_logprobs`` for ``behavior``; None for ``current`` (the
+    update's own, known only inside the update)."""
+    columns: dict[str, str | None] = {"recomputed": Column.OLD_LOGPROBS, "behavior": Column.BEHAVIOR_LOGPROBS,
+                                      "current": None}
+    if source not in columns:
+        raise ValueError(f"old log-probs come from one of {sorted(columns)}, got {source!r}")
+    return columns[source]
+
+
 def select_old_logprobs(source: OldLogProbs, columns: Mapping[str, torch.Tensor], current: torch.Tensor) -> torch.Tensor:
     """The [N, R] old log-probs of a (micro-)batch for `source`.
 
@@ -72,19 +96,20 @@ def select_old_logprobs(source: OldLogProbs, columns: Mapping[str, torch.Tensor]
         columns: the batch's tensors: ``old_logprobs`` (recomputed) and ``behavior_logprobs``.
         current: [N, R] the update's own log-probs under the current weights.
     """
-    if source == "current":
+    name = old_logprobs_column(source)
+    if name is None:
         return current.detach()
-    name = "old_logprobs" if source == "recomputed" else "behavior_logprobs"
     if name not in columns:
         raise ValueError(f"old log-probs from {source!r} need the batch column {name!r}, which is missing")
     return columns[name]
 
 
 def policy_logprobs_before_update(source: OldLogProbs, columns: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """[N, R] the policy's log-probs before the update, as the controller has them before
-    training (for the KL to the reference): the recomputed ones, else the generator's
-    (the same weights in sync mode; with ``current`` the update's own are not known yet)."""
-    return columns["old_logprobs"] if source == "recomputed" else columns["behavior_logprobs"]
+    """[N, R] the policy's log-probs before the update, as the step has them before
+    training (for the KL to the reference): the old ones when they are in a column, else
+    the generator's (the same weights in sync mode; with ``current`` the update's own are
+    not known yet)."""
+    return columns[old_logprobs_column(source) or Column.BEHAVIOR_LOGPROBS]
 
 
 class ImportanceWeights(NamedTuple):

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from roles.model_settings import ModelPlacement
+
 
 class _StrictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -91,8 +93,9 @@ class CodeRewardConfig(_StrictConfig):
     ``sandbox``, ``partial_credit``, ``max_concurrent``); unknown names are an error when built."""
 
 
-class RewardModelRewardConfig(_StrictConfig):
-    """A Hugging Face sequence-classification model scores each (prompt, response)."""
+class RewardModelRewardConfig(_StrictConfig, ModelPlacement):
+    """A Hugging Face sequence-classification model scores each (prompt, response);
+    ``dtype`` and ``device`` (`ModelPlacement`) say where its weights live."""
 
     type: Literal["reward_model"] = "reward_model"
     """Selects `RewardModel`."""
@@ -108,10 +111,6 @@ class RewardModelRewardConfig(_StrictConfig):
     """Longest sequence in tokens; longer ones lose tokens from the left. None: no truncation."""
     batch_size: int = Field(default=8, gt=0)
     """Pairs per forward pass."""
-    device: str = "cpu"
-    """Torch device, e.g. ``cpu`` or ``cuda:0``."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype of the loaded model."""
 
 
 class CustomRewardConfig(_StrictConfig):

@@ -36,10 +36,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from roles.model_settings import Dtype
+from roles.models import DTYPES
 from roles.rewards.types import RewardResult
 
 ScoreOutput = Literal["logit", "probability"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class RewardModel:
@@ -98,7 +99,7 @@ class RewardModel:
         path: str | Path,
         *,
         device: str = "cpu",
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        dtype: Dtype = "float32",
         **options: Any,
     ) -> RewardModel:
         """Load the model and tokenizer saved with ``save_pretrained`` in ``path``.
@@ -120,7 +121,7 @@ class RewardModel:
             )
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True)
-        model = model.to(device=torch.device(device), dtype=_DTYPES[dtype])
+        model = model.to(device=torch.device(device), dtype=DTYPES[dtype])
         return cls(model, tokenizer, **options)
 
     def format_text(self, prompt: str, response: str) -> str:

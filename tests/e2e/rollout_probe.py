@@ -16,6 +16,8 @@ from pathlib import Path
 from protocols.batch import Batch
 from protocols.rl import Generate, Rollouts
 from roles.evaluator import EvalContext, Evaluator
+from roles.rollout import sampling_message
+from roles.sampling import SamplingParams
 
 
 class RolloutProbe(Evaluator):
@@ -29,7 +31,8 @@ class RolloutProbe(Evaluator):
         prompts = [ctx.tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, tokenize=False)
                    for row in self.rows]
         ids = [ctx.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        reply: Rollouts = ctx.ask("generator", Generate(Batch(columns={"prompt_ids": ids, "prompt": prompts}), self.sampling))
+        reply: Rollouts = ctx.ask("generator", Generate(Batch(columns={"prompt_ids": ids, "prompt": prompts}),
+                                                          sampling_message(SamplingParams(**self.sampling))))
         batch = reply.batch
         record = {
             "step": ctx.step, "version": reply.version, "sampling": self.sampling,

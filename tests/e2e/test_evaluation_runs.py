@@ -13,8 +13,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from launch import Run
 from launch.export import export_checkpoint
-from tests.e2e.cli import run_state, troupe, wait_for
+from tests.e2e.cli import troupe
 from tests.e2e.test_export import PROMPTS, logits_of, trainer_model_at
 from tests.e2e.test_rl_run import (  # noqa: F401 - arith is a fixture
     arith,
@@ -37,9 +38,9 @@ def lr_runs(tmp_path_factory: pytest.TempPathFactory, arith: Path) -> dict[str, 
     runs = {}
     for name, mode, steps, lr in (("async-lr4e-4", "async", 4, 4e-4), ("sync-lr2e-3", "sync", 3, 2e-3)):
         ranks = 1 if mode == "async" else 2
-        topology = rl_topology(root, arith, mode=mode, steps=steps, evaluator_role=True, name=name, trainer_ranks=ranks)
+        topology = rl_topology(root, arith, mode=mode, steps=steps, evaluator_role=True, name=name)
         overrides = ["--set", f"roles.trainer.config.optim.lr={lr}", "--set", "roles.controller.config.eval.every_steps=2",
-                     "--set", f"roles.trainer.count={ranks}", "--set", f"roles.trainer.config.ranks={ranks}",
+                     "--set", f"roles.trainer.count={ranks}",
                      "--set", "roles.controller.config.checkpoint_every=1",
                      # an entropy bonus moves the weights even when every reward of the tiny model is 0
                      "--set", "roles.trainer.config.entropy_coef=0.05",
@@ -48,19 +49,17 @@ def lr_runs(tmp_path_factory: pytest.TempPathFactory, arith: Path) -> dict[str, 
         if mode == "async":
             result = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", *overrides, timeout=540)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        else:  # held up after its last step, for an evaluation on demand
-            overrides += ["--set", "roles.controller.config.release_file=release"]
-            assert troupe("launch", str(topology), "--run-dir", str(run_dir), "--detach", *overrides).returncode == 0
+        else:  # held up after its last step by a Python API client, for an evaluation on demand
+            held = Run.from_topology(topology, overrides[1::2], run_dir=run_dir)
             try:
-                log = run_dir / "logs" / "controller-0.jsonl"
-                wait_for(lambda log=log: log.exists() and "controller.steps_done" in log.read_text(), 300, "the last step")
+                assert len(list(held.follow(hold=True))) == steps  # the roles stay up until release()
                 on_demand = troupe("eval", str(run_dir), "--now", timeout=300)
                 assert on_demand.returncode == 0, on_demand.stdout + on_demand.stderr
                 assert "eval/accuracy:" in on_demand.stdout and "step 3:" in on_demand.stdout
-                (run_dir / "release").touch()
-                wait_for(lambda run_dir=run_dir: run_state(run_dir) == "finished", 120, "the run to end")
+                held.release()
+                assert held.wait(timeout=120) == "finished"
             finally:
-                troupe("stop", str(run_dir))
+                held.stop()
         runs[name] = run_dir
     return runs
 

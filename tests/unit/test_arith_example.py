@@ -117,3 +117,15 @@ def test_the_same_seed_builds_identical_weights_and_data(built, tmp_path):
     for data in ["train.jsonl", "heldout.jsonl"]:
         assert (out / data).read_text() == (tmp_path / data).read_text()
     assert again["heldout_sampled_accuracy"] == report["heldout_sampled_accuracy"]
+
+
+@pytest.mark.parametrize("demo", ["examples/arith/demo.py", "examples/smollm2/demo.py"])
+def test_the_demos_run_through_the_python_api_without_a_troupe_subprocess(demo: str) -> None:
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / demo).read_text()
+    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names} | {node.module for node in ast.walk(ast.parse(source))
+                                            if isinstance(node, ast.ImportFrom) and node.module}
+    assert "subprocess" not in imported and "examples.launching" in imported

@@ -1,13 +1,17 @@
 """`batch_logprobs` leaves the padding columns no row uses out of the forward, and the
 trainer orders a mini-batch by length before cutting micro-batches: the numbers are
-those of the full-width forward, for less work."""
+those of the full-width forward, for less work. The reference and the trainer compute
+log-probs through the same function: equal for the same model and batch."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from protocols.batch import Batch
 from roles.logprobs import batch_logprobs, by_length, response_logprobs
+from roles.reference import Reference, ReferenceConfig
+from roles.trainer import Trainer, TrainerConfig
 from tests.unit.test_generation import tiny_model
 
 
@@ -61,3 +65,25 @@ def test_gradients_flow_through_the_padded_back_results():
 def test_rows_are_ordered_from_the_shortest_to_the_longest_prompt_and_response_together():
     batch = rollout_batch([5, 1, 3, 2], [1, 1, 4, 6], prompt_width=5, response_width=6, vocab=50)
     assert by_length(batch).tolist() == [1, 0, 2, 3]  # totals 6, 2, 7, 8
+
+
+@pytest.mark.parametrize("autocast", [None, "bfloat16"])
+def test_the_reference_and_the_trainer_give_equal_logprobs_of_the_same_model_and_batch(autocast):
+    model = tiny_model().eval()
+    batch = rollout_batch([3, 5, 1, 4, 2], [2, 4, 6, 1, 3], prompt_width=6, response_width=7,
+                          vocab=model.config.vocab_size)
+    reference = Reference("reference-0", ReferenceConfig(model="unused", micro_batch_size=2, autocast=autocast))
+    trainer = Trainer("trainer-0", TrainerConfig(model="unused", update={"micro_batch_size": 2}, autocast=autocast))
+    try:
+        reference.model = trainer.model = model
+        from_reference = reference._logprobs(batch, temperature=0.8)
+        from_trainer = trainer._logprobs(batch, temperature=0.8)
+    finally:
+        reference.compute.shutdown()
+        trainer.compute.shutdown()
+    assert from_reference.shape == (5, 7) and from_reference.dtype == torch.float32
+    assert torch.equal(from_reference, from_trainer)
+    t = batch.tensors
+    full, _ = response_logprobs(model, t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], 0.8)
+    if autocast is None:  # the numbers of one full-width forward
+        torch.testing.assert_close(from_reference, full.detach(), atol=1e-5, rtol=1e-5)

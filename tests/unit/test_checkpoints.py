@@ -13,7 +13,6 @@ import pytest
 from roles.checkpoints import (
     CheckpointError,
     CheckpointPathError,
-    checkpoint_folder,
     confine_checkpoint_path,
     intact_checkpoints,
     newest_intact_checkpoint,
@@ -22,6 +21,7 @@ from roles.checkpoints import (
     write_marker,
 )
 from runtime.files import replacing_atomically, write_atomically
+from runtime.run_dir import RunDir
 
 STATE = {"sampler": {"epoch": 0, "position": 8, "size": 64}, "kl_controller": {"kl_coef": 0.01}, "version": 0,
          "prompt_counter": 2}
@@ -29,7 +29,7 @@ STATE = {"sampler": {"epoch": 0, "position": 8, "size": 64}, "kl_controller": {"
 
 def save(run_dir: Path, step: int, shard: bytes = b"x" * 100) -> Path:
     """A checkpoint as the controller leaves one: the roles' files, then the marker."""
-    folder = checkpoint_folder(run_dir, step)
+    folder = RunDir(run_dir).checkpoint(step)
     (folder / "trainer").mkdir(parents=True)
     (folder / "trainer" / ".metadata").write_bytes(b"m" * 10)
     (folder / "trainer" / "__0_0.distcp").write_bytes(shard)
@@ -44,7 +44,7 @@ def test_the_newest_intact_checkpoint_is_used_and_its_state_read_back(tmp_path: 
     found, skipped = newest_intact_checkpoint(tmp_path)
     assert found == newest and skipped == []
     assert read_marker(newest) == {**STATE, "step": 10, "version": 10}
-    assert intact_checkpoints(tmp_path) == [checkpoint_folder(tmp_path, 2), newest]
+    assert intact_checkpoints(tmp_path) == [RunDir(tmp_path).checkpoint(2), newest]
 
 
 @pytest.mark.parametrize(("damage", "problem"), [

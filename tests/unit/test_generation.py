@@ -1,5 +1,6 @@
-"""roles/generation.py on a tiny Qwen2 with a character-level tokenizer, saved to disk and
-loaded back through `load_causal_lm`."""
+"""roles/generation.py (and the sampling types and vLLM helpers beside it) on a tiny
+Qwen2 with a character-level tokenizer, saved to disk and loaded back through
+`load_causal_lm`."""
 
 from __future__ import annotations
 
@@ -20,16 +21,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from roles.generation import (
-    GenerationBackend,
-    HFBackend,
-    SamplingParams,
-    VllmBackend,
-    load_causal_lm,
-    outputs_from_vllm,
-    truncate_logits,
-    vllm_sampling_arguments,
-)
+from roles.generation import HFBackend
+from roles.models import load_causal_lm
+from roles.sampling import GenerationBackend, SamplingParams, truncate_logits
+from roles.vllm_backend import VllmBackend, outputs_from_vllm, vllm_sampling_arguments
 from roles.logprobs import response_logprobs
 
 PAD, EOS = 0, 1
@@ -384,3 +379,21 @@ def test_a_temperature_too_small_for_float32_logits_is_refused_with_the_field():
     with pytest.raises(ValidationError, match="temperature"):
         SamplingParams(temperature=1e-30)
     assert SamplingParams(temperature=1e-5).temperature == 1e-5
+
+
+def test_the_names_imported_from_roles_generation_before_its_split_still_are():
+    import roles.generation as generation
+    import roles.models
+    import roles.sampling
+    import roles.vllm_backend
+
+    homes = {
+        roles.sampling: ["SamplingParams", "GenerationOutput", "GenerationRequest", "DecodingStep", "StepCallback",
+                         "GenerationBackend", "cut_at_stop", "truncate_logits"],
+        roles.models: ["load_causal_lm", "limit_cpu_threads", "autocast_for", "positions_from_mask"],
+        roles.vllm_backend: ["VllmBackend", "outputs_from_vllm", "vllm_sampling_arguments", "replay_steps"],
+    }
+    for home, names in homes.items():
+        for name in names:
+            assert getattr(generation, name) is getattr(home, name), name
+    assert generation.HFBackend.__module__ == "roles.generation"

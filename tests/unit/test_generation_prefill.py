@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roles.generation import GenerationRequest, HFBackend, SamplingParams
+from roles.generation import HFBackend
+from roles.sampling import GenerationRequest, SamplingParams
 from tests.unit.test_generation import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (one_thread: autouse)
 
 
@@ -63,7 +64,7 @@ def test_shared_prefill_rows_sample_what_a_prompt_alone_samples(backend: HFBacke
 
 def test_under_the_generators_autocast_the_sampling_forward_computes_in_bfloat16(backend: HFBackend) -> None:
     # GeneratorConfig.autocast: the generator's compute thread samples inside autocast_for
-    from roles.generation import autocast_for
+    from roles.models import autocast_for
 
     dtypes: list[torch.dtype] = []
     hook = backend.model.get_output_embeddings().register_forward_hook(lambda _, args, out: dtypes.append(out.dtype))

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roles.generation import (
-    DecodingStep, GenerationOutput, GenerationRequest, HFBackend, SamplingParams, load_causal_lm, replay_steps,
-)
+from roles.generation import HFBackend
+from roles.models import load_causal_lm
+from roles.sampling import DecodingStep, GenerationOutput, GenerationRequest, SamplingParams
+from roles.vllm_backend import replay_steps
 from tests.unit.test_generation import EOS, PROMPT_TEXTS, one_thread, tiny_model, tiny_tokenizer  # noqa: F401 - a fixture
 
 

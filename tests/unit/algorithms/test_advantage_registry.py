@@ -21,6 +21,7 @@ from roles.algorithms import (
     compute_reinforce_plus_plus_baseline_advantages,
     compute_rloo_advantages,
     get_advantage_estimator,
+    reads_token_rewards,
 )
 
 CONFIG_ADAPTER = TypeAdapter(AdvantageConfig)
@@ -55,6 +56,42 @@ def test_grpo_config_scores_are_the_masked_sum_of_token_rewards():
     expected = compute_grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), [0, 0, 1, 1], MASK)
     assert_close(result.advantages, expected)
     assert_close(result.returns, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+
+
+def test_grpo_config_reads_per_response_scores_as_given():
+    # group 0: scores 1, 0 -> mean 0.5, unbiased std 0.70711 -> +-0.70711; group 1: equal -> 0
+    inputs = AdvantageInputs(scores=torch.tensor([1.0, 0.0, 1.0, 1.0]), response_mask=MASK, group_ids=[0, 0, 1, 1])
+
+    result = compute_advantages(GRPOConfig(), inputs)
+
+    assert_close(result.advantages, torch.tensor([[0.70711, 0.70711, 0.70711], [-0.70711, -0.70711, 0.0],
+                                                  [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), rtol=0, atol=1e-5)
+    assert_close(result.returns, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+
+
+def test_token_level_estimator_places_per_response_scores_on_the_last_valid_token():
+    # scores [1, 0, 1, 1] on the last valid tokens are REWARDS: the same result as from REWARDS
+    config = CONFIG_ADAPTER.validate_python({"type": "reinforce_plus_plus", "gamma": 0.5})
+    from_scores = AdvantageInputs(scores=torch.tensor([1.0, 0.0, 1.0, 1.0]), response_mask=MASK)
+
+    result = compute_advantages(config, from_scores)
+
+    assert_close(result.returns[0], torch.tensor([0.25, 0.5, 1.0]))
+    assert_close(result.advantages, compute_advantages(config, INPUTS).advantages)
+
+
+@pytest.mark.parametrize(("name", "token_level"), [("gae", True), ("reinforce_plus_plus", True), ("grpo", False),
+                                                   ("drgrpo", False), ("rloo", False),
+                                                   ("reinforce_plus_plus_baseline", False)])
+def test_reads_token_rewards_only_for_the_recursions_over_tokens(name, token_level):
+    assert reads_token_rewards(name) is token_level
+
+
+def test_advantage_inputs_take_the_rewards_in_exactly_one_form():
+    with pytest.raises(ValueError, match="scores \\[B\\] or token_level_rewards \\[B, T\\], got both"):
+        AdvantageInputs(scores=torch.zeros(4), token_level_rewards=REWARDS, response_mask=MASK)
+    with pytest.raises(ValueError, match="got neither"):
+        AdvantageInputs(response_mask=MASK)
 
 
 def test_gae_config_defaults_to_whitened_advantages():
@@ -140,7 +177,8 @@ def test_reinforce_plus_plus_baseline_config_passes_both_verl_choices():
 def test_whitening_config_passes_unbiased_std(name):
     # gamma = lam = 1 and V = 0: both whiten the reward-to-go [[1], [0], [2], [-1]]:
     # mean 0.5, deviations [0.5, -0.5, 1.5, -1.5], sum of squares 5.0, unbiased variance 5 / 3
-    inputs = AdvantageInputs(LONE_INPUTS.token_level_rewards, LONE_INPUTS.response_mask, values=torch.zeros(4, 1))
+    inputs = AdvantageInputs(token_level_rewards=LONE_INPUTS.token_level_rewards, response_mask=LONE_INPUTS.response_mask,
+                             values=torch.zeros(4, 1))
     config = CONFIG_ADAPTER.validate_python({"type": name, "unbiased_std": True})
 
     result = compute_advantages(config, inputs)

@@ -9,6 +9,7 @@ from torch.testing import assert_close
 from roles.algorithms import (
     KL_ESTIMATOR_NAMES,
     apply_kl_penalty,
+    apply_kl_penalty_to_scores,
     compute_kl,
     compute_kl_loss,
     place_scores_on_last_token,
@@ -112,6 +113,17 @@ def test_kl_penalty_is_subtracted_from_every_valid_token_reward():
 
     assert_close(result.token_level_rewards, torch.tensor([[-0.05, -0.1, 0.85], [-0.2, 0.25, 0.0]]))
     assert_close(result.kl_mean, torch.tensor(0.325))
+
+
+def test_kl_penalty_per_response_is_the_sum_of_its_token_rewards():
+    # the rows above: 1 - 0.5 * 0.6 = 0.7 and 0.5 - 0.5 * 0.9 = 0.05 (inf at padding ignored)
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, float("inf")]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+    scores = apply_kl_penalty_to_scores(torch.tensor([1.0, 0.5]), kl, mask, kl_coef=0.5)
+
+    assert_close(scores, torch.tensor([0.7, 0.05]))
+    assert_close(scores, apply_kl_penalty(torch.tensor([1.0, 0.5]), kl, mask, kl_coef=0.5).token_level_rewards.sum(-1))
 
 
 def test_kl_loss_is_the_coefficient_times_the_aggregated_kl():

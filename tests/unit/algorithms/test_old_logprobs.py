@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from roles.algorithms import (
+    check_old_logprob_source,
     old_logprob_source,
     optimizer_steps_per_update,
     policy_logprobs_before_update,
@@ -53,6 +54,14 @@ def test_old_logprob_source_skips_the_recomputation_only_for_a_single_optimizer_
 def test_an_unknown_setting_is_refused_naming_the_field():
     with pytest.raises(ValueError, match="recompute_logprobs"):
         old_logprob_source("sometimes", 1)  # type: ignore[arg-type]
+
+
+def test_the_update_refuses_its_own_logprobs_as_old_ones_over_several_optimizer_steps():
+    check_old_logprob_source("current", 1)
+    check_old_logprob_source("recomputed", 4)
+    check_old_logprob_source("behavior", 4)
+    with pytest.raises(ValueError, match="takes 2 optimizer steps .* set the controller's recompute_logprobs to always"):
+        check_old_logprob_source("current", 2)
 
 
 COLUMNS = {"old_logprobs": torch.tensor([[-1.0, -2.0]]), "behavior_logprobs": torch.tensor([[-1.5, -2.5]])}

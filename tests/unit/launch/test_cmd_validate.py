@@ -48,3 +48,19 @@ def test_validate_answers_a_missing_file_or_a_list_with_exit_code_2(tmp_path, ca
     listing.write_text("- a\n- b\n")
     assert main(["validate", str(listing)]) == 2
     assert "a topology file is a YAML mapping" in capsys.readouterr().err
+
+
+def test_validate_refuses_two_trainers_with_a_written_rank_count_naming_the_field(tmp_path, capsys):
+    raw = yaml.safe_load((EXAMPLES / "arith-grpo.yaml").read_text())
+    raw["roles"]["trainer"]["count"] = 2
+    raw["roles"]["controller"]["config"]["trainer_ranks"] = 1  # once a hang: trainer-1 waited for rank 0 forever
+    path = tmp_path / "two-trainers.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "1 problem\n" in err
+    assert "roles.controller.config.trainer_ranks: derived from roles.trainer.count" in err
+    del raw["roles"]["controller"]["config"]["trainer_ranks"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["validate", str(path)]) == 0
+    assert "trainer x2" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -155,11 +156,12 @@ def test_every_example_topology_validates():
         assert problems_of(yaml.safe_load(path.read_text())) == [], path.name
 
 
-def test_an_rl_controller_without_a_trainer_role_is_refused_before_anything_starts():
+@pytest.mark.parametrize("role", ["trainer", "reference"])  # grpo's reference: use_reference is true, kl.usage loss
+def test_an_rl_controller_without_a_role_it_asks_is_refused_before_anything_starts(role):
     raw = example("arith-grpo.yaml")
-    del raw["roles"]["trainer"]
+    del raw["roles"][role]
     assert problems_of(raw) == [
-        "roles: the controller role 'controller' needs a role named 'trainer' (1 instance) and the topology has none; "
+        f"roles: the controller role 'controller' needs a role named {role!r} (1 instance) and the topology has none; "
         "add it, or change roles.controller.config"
     ]
 
@@ -179,19 +181,96 @@ def test_the_roles_a_controller_needs_follow_its_config():
                and "did you mean 'evaluators'?" in p for p in problems_of(grpo))
 
 
-def test_trainer_ranks_that_disagree_name_both_fields():
+def test_gae_needs_no_critic_when_use_critic_is_false():
+    ppo = example("arith-ppo.yaml")
+    del ppo["roles"]["critic"]
+    ppo["roles"]["controller"]["config"]["use_critic"] = False
+    assert problems_of(ppo) == []
+
+
+# ------------------------------------------------------------------ derived settings
+def test_a_written_trainer_rank_count_is_refused_at_its_field_path_as_derived_from_the_count():
     raw = example("arith-grpo.yaml")
-    raw["roles"]["controller"]["config"]["trainer_ranks"] = 2
+    raw["roles"]["controller"]["config"]["trainer_ranks"] = 2  # two places that could disagree with the count
+    raw["roles"]["trainer"]["config"]["ranks"] = 1
     assert problems_of(raw) == [
-        "roles.controller.config.trainer_ranks: 2, but roles.trainer.count is 1; "
-        "the controller trains every trainer instance: make them the same"
+        "roles.controller.config.trainer_ranks: derived from roles.trainer.count (the launcher sets it for every "
+        "instance), so it is not written: remove it; the number of trainer ranks is roles.trainer.count",
+        "roles.trainer.config.ranks: derived from roles.trainer.count (the launcher sets it for every "
+        "instance), so it is not written: remove it; the number of trainer ranks is roles.trainer.count",
     ]
-    raw["roles"]["trainer"]["count"] = 2
+
+
+def test_an_override_of_a_derived_setting_is_refused_too(tmp_path):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(example("arith-grpo.yaml")))
+    with pytest.raises(TopologyError) as caught:
+        load_topology(path, ["roles.trainer.count=2", "roles.trainer.config.ranks=2"])
+    assert [problem.path for problem in caught.value.problems] == ["roles.trainer.config.ranks"]
+
+
+def test_the_trainer_count_is_filled_in_for_every_role_that_needs_it():
+    raw = example("arith-grpo.yaml")
+    raw["roles"]["trainer"]["count"] = 3
+    topology, configs, problems = validate(raw)
+    assert problems == [] and topology is not None
+    assert configs["trainer"].ranks == 3
+    assert configs["controller"].trainer_ranks == 3
+    full = resolved(topology, configs)
+    assert full["roles"]["trainer"]["config"]["ranks"] == 3 and full["roles"]["controller"]["config"]["trainer_ranks"] == 3
+
+
+def test_the_run_directorys_resolved_copy_validates_again_with_its_derived_settings_set_from_the_count():
+    topology, configs, _ = validate(example("arith-grpo.yaml"))
+    copy = yaml.safe_load(yaml.safe_dump(resolved(topology, configs)))  # as the launcher writes and reads it
+    assert validate(copy, resolved_copy=True)[2] == []
+    copy["roles"]["trainer"]["count"] = 2  # the copy says ranks: 1; the count decides
+    _, configs, problems = validate(copy, resolved_copy=True)
+    assert problems == [] and configs["trainer"].ranks == 2 and configs["controller"].trainer_ranks == 2
+    assert [problem.path for problem in validate(copy)[2]] == [  # as a user's file, it says them twice
+        "roles.controller.config.trainer_ranks", "roles.trainer.config.ranks",
+    ]
+
+
+# ------------------------------------------------------------------ the weight channel
+def test_a_generator_whose_channel_disagrees_with_the_trainers_is_refused_field_by_field():
+    raw = example("arith-grpo.yaml")
+    raw["roles"]["generator"]["config"]["channel"] = {"bucket_mb": 32, "backend": "nccl", "publisher": "trainer-1"}
+    raw["roles"]["trainer"]["config"]["channel"] = {"bucket_mb": 64, "backend": "gloo"}
     assert problems_of(raw) == [
-        "roles.trainer.config.ranks: 1, but roles.trainer.count is 2; "
-        "each trainer instance is one rank: make them the same"
+        "roles.generator.config.channel.backend: 'nccl', but roles.trainer.config.channel.backend is 'gloo'; "
+        "roles.trainer publishes the weights to this role over one channel: make them the same",
+        "roles.generator.config.channel.bucket_mb: 32.0, but roles.trainer.config.channel.bucket_mb is 64.0; "
+        "roles.trainer publishes the weights to this role over one channel: make them the same",
+        "roles.generator.config.channel.publisher: 'trainer-1', but roles.trainer.config.channel.publisher is "
+        "'trainer-0'; roles.trainer publishes the weights to this role over one channel: make them the same",
     ]
-    raw["roles"]["trainer"]["config"]["ranks"] = 2
+    raw["roles"]["generator"]["config"]["join_channel"] = False  # it serves its initial weights only
+    assert problems_of(raw) == []
+
+
+# ------------------------------------------------------------------ rewards per data source
+def jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_every_data_source_of_training_and_held_out_prompts_needs_a_reward_function(tmp_path):
+    raw = example("arith-grpo.yaml")  # rewards: by_data_source {arith}, no default
+    train = jsonl(tmp_path / "train.jsonl", [
+        {"prompt": "1+1=", "data_source": "arith"}, {"prompt": "2+2="},  # no source: the default, gsm8k
+        {"prompt": "3+3=", "data_source": "gsm8k"},
+    ])
+    heldout = jsonl(tmp_path / "heldout.jsonl", [{"prompt": "4+4=", "data_source": "math"}])
+    raw["roles"]["controller"]["config"]["data"] = {"files": [train], "default_data_source": "gsm8k"}
+    raw["roles"]["evaluator"]["config"]["data"] = {"files": [heldout, str(tmp_path / "not-built-yet.jsonl")]}
+    assert problems_of(raw) == [
+        f"roles.reward.config.rewards.by_data_source: no reward function for data source 'gsm8k' (first row: "
+        f"{train}:2, in roles.controller.config.data); add it here, or set roles.reward.config.rewards.default",
+        f"roles.reward.config.rewards.by_data_source: no reward function for data source 'math' (first row: "
+        f"{heldout}:1, in roles.evaluator.config.data); add it here, or set roles.reward.config.rewards.default",
+    ]
+    raw["roles"]["reward"]["config"]["rewards"]["default"] = {"type": "arithmetic"}
     assert problems_of(raw) == []
 
 

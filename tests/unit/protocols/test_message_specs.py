@@ -12,7 +12,7 @@ import torch
 from protocols.batch import Batch
 from protocols.errors import ProtocolError
 from protocols.messages import from_payload, message, to_payload
-from protocols.rl import ComputeLogProbs, Generate, Train, Values
+from protocols.rl import ComputeLogProbs, Generate, Sampling, Train, Values
 from protocols.specs import FLOATING, BatchSpec, TensorSpec
 from roles.pipeline import Item
 from tests.unit.protocols.payloads import round_trip
@@ -102,8 +102,10 @@ def test_the_messages_the_roles_send_pass_their_own_specs():
     batch = Batch({**sequences(), "advantages": torch.zeros(2, 4), "old_logprobs": torch.zeros(2, 4)})
     train = Train(batch, step=1, temperature=1.0, kl_coef=0.0)
     assert from_payload(Train.KIND, round_trip(to_payload(train))).batch.size == 2
-    generate = Generate(Batch(columns={"prompt_ids": [[1, 2], [3]]}), {"n": 2})
-    assert from_payload(Generate.KIND, round_trip(to_payload(generate))).batch.size == 2
+    sampling = Sampling(n=2, temperature=0.7, top_p=0.9, top_k=5, max_new_tokens=8, stop=("\n",), seed=None, ignore_eos=False)
+    generate = Generate(Batch(columns={"prompt_ids": [[1, 2], [3]]}), sampling)
+    received = from_payload(Generate.KIND, round_trip(to_payload(generate)))
+    assert received.batch.size == 2 and received.sampling == sampling
 
 
 @pytest.mark.parametrize("tensors, complaint", [

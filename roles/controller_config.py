@@ -1,0 +1,113 @@
+"""The controller's settings: the algorithm, the data and the schedule of a run
+(`ControllerConfig`, the ``config`` block of a topology's controller role), and the
+roles a run with them needs (`needed_roles`, which `troupe validate` checks).
+
+`roles.controller` re-exports both names; the controller actor itself lives there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from roles.algorithms import AdvantageConfig, GRPOConfig, KLConfig, RecomputeLogprobs
+from roles.data import DataConfig
+from roles.evaluator import HeldoutConfig
+from roles.sampling import SamplingParams
+
+
+class EvalConfig(HeldoutConfig):
+    """When to evaluate, and where: here, or in the evaluator role (its own process)."""
+
+    every_steps: int = Field(0, ge=0)
+    """Evaluate every N steps (0: only before the first and after the last step)."""
+    evaluator: bool = False
+    """Send each evaluation to the evaluator role, so training goes on while it runs (the
+    held-out settings are then the evaluator's config); False: evaluate here, between
+    two steps, with the settings below."""
+
+    @model_validator(mode="after")
+    def _settings_in_one_place(self) -> EvalConfig:
+        if self.evaluator and self.data is not None:
+            raise ValueError("eval.evaluator is set: give the held-out data in the evaluator role's config, not here")
+        return self
+
+
+class ControllerConfig(BaseModel):
+    """The algorithm, the data and the schedule of a run."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    tokenizer: str
+    """A local Hugging Face tokenizer (usually the policy's model directory)."""
+    data: DataConfig
+    """Training prompts."""
+    steps: int = Field(ge=1)
+    """Training steps in the run."""
+    prompts_per_step: int = Field(8, ge=1)
+    """Prompts per step; each gets `sampling.n` responses."""
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=8))
+    """How rollouts are sampled (n responses per prompt)."""
+    advantage: AdvantageConfig = Field(default_factory=GRPOConfig)
+    """The estimator: gae (PPO, needs a critic), grpo, drgrpo, rloo, reinforce_plus_plus, ..."""
+    kl: KLConfig = Field(default_factory=KLConfig)
+    """KL to the reference: in the reward, as a loss, or none; fixed or adaptive coefficient."""
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: on-policy steps; ``async``: generation runs one batch ahead of training."""
+    max_staleness: int = Field(1, ge=0)
+    """Async: rows sampled more than this many versions behind the policy are dropped."""
+    importance_cap: float = Field(2.0, gt=0)
+    """Async: the importance ratio policy/sampler is truncated at this."""
+    recompute_logprobs: RecomputeLogprobs = "auto"
+    """Where the PPO ratio's "old" log-probs come from (roles.algorithms.old_logprobs):
+    ``auto``: the trainer's own log-probs in the update, detached, when the update is one
+    optimizer step (one PPO epoch, one mini-batch: the ratio is exactly 1, so no extra
+    forward pass), else a trainer forward pass before the update; ``always``: that
+    forward pass every step; ``never``: the generator's (in async mode the PPO ratio is
+    then taken against the sampling weights directly, so the clipped ratio itself is the
+    off-policy correction). ``true`` and ``false`` mean ``always`` and ``never``."""
+    trainer_ranks: int = Field(1, ge=1)
+    """Trainer processes the controller trains (``trainer-0`` ..). Derived: the launcher sets
+    it to ``roles.trainer.count`` for every instance, and a topology does not write it."""
+    use_critic: bool | None = None
+    """Ask a critic for values (default: when the estimator is gae)."""
+    use_reference: bool = True
+    """Ask the reference role for log-probs (the KL is logged even at coefficient 0)."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Save a checkpoint every N steps (0: only after the last step)."""
+    resume: bool = True
+    """Continue from the newest intact checkpoint in the run directory, if there is one
+    (roles.checkpoints); what a stopped session wrote after its step is dropped from
+    metrics.jsonl and tb/ (False: start at step 0, and drop everything after it)."""
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Held-out evaluation: when, where (here or the evaluator role) and with what."""
+    tensorboard: bool = True
+    """Write every step's metrics to TensorBoard under ``tb/`` too (metrics.jsonl always)."""
+    hold_timeout_s: float = Field(3600.0, gt=0)
+    """After the last step, how long the run waits at most for subscribed clients that
+    asked to hold it (the Python `Run` with registered evaluators) to release it; a
+    client that stops or dies counts as released (roles.subscribers)."""
+    startup_timeout_s: float = Field(600.0, gt=0)
+    """How long to wait for every role to be ready."""
+    call_timeout_s: float = Field(1800.0, gt=0)
+    """Deadline of one generate, score, forward or train call."""
+
+
+    @field_validator("recompute_logprobs", mode="before")
+    @classmethod
+    def _booleans_of_earlier_versions(cls, value: Any) -> Any:
+        return {True: "always", False: "never"}.get(value, value) if isinstance(value, bool) else value
+
+
+def needed_roles(config: ControllerConfig) -> dict[str, int]:
+    """The roles a controller with `config` uses, and how many ready instances of each it
+    waits for before the first step; `troupe validate` checks a topology has them."""
+    needed = {"generator": 1, "reward": 1, "trainer": config.trainer_ranks}
+    if config.use_reference or config.kl.usage != "none":
+        needed["reference"] = 1
+    if config.use_critic or (config.use_critic is None and config.advantage.type == "gae"):
+        needed["critic"] = 1
+    if config.eval.evaluator:
+        needed["evaluator"] = 1
+    return needed
