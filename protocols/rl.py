@@ -158,6 +158,27 @@ class Scores:  # reward -> controller / evaluator
     `roles.rewards.RewardResult.terms`); empty: the sender reported none."""
 
 
+@message("rl.rollout_correction")
+class RolloutCorrection:  # part of Train: controller -> every trainer rank
+    """How the policy loss is weighted by the ratio r = pi_old / pi_behavior of the
+    update's old log-probs to the generator's (roles.algorithms.rollout_correction):
+    the validated controller setting, which `rollout_correction_plan` converts."""
+
+    mode: Literal["truncate", "mask"]
+    """``truncate``: weight min(r, upper); ``mask``: weight r inside [lower, upper], 0 outside."""
+    level: Literal["token", "sequence"]
+    """``token``: one r per token; ``sequence``: one r per response, on each of its tokens."""
+    sequence_ratio: Literal["geometric_mean", "product"]
+    """A response's r from its tokens' (``sequence`` level): their geometric mean or product."""
+    lower: float
+    """``mask``: the lower end of the kept band (``truncate``: 0, unused)."""
+    upper: float
+    """The truncation (``truncate``) or the upper end of the kept band (``mask``)."""
+    denominator: Literal["all", "kept"]
+    """``mask``: ``all`` keeps masked tokens in the loss's denominator (their loss is 0);
+    ``kept`` takes them out of the loss altogether (verl's)."""
+
+
 @message("rl.train")
 class Train:  # controller -> every trainer rank / the critic
     batch: Annotated[Batch, TRAIN_BATCH]
@@ -171,9 +192,9 @@ class Train:  # controller -> every trainer rank / the critic
     `roles.algorithms.step.UpdatePlan`: the trainer follows them, it does not re-decide."""
     old_logprobs: OldLogProbs = "recomputed"
     """Which log-probs the PPO ratio divides by (`UpdatePlan.old_logprobs`)."""
-    importance_cap: float | None = None
-    """Async mode: weight the policy loss per token by min(exp(old - behavior), this);
-    None: no importance weights."""
+    rollout_correction: RolloutCorrection | None = None
+    """Weight the policy loss by the ratio of the old log-probs to the generator's
+    (`UpdatePlan.rollout_correction`); None: no weights."""
 
 
 @message("rl.update.describe")

@@ -19,7 +19,7 @@ In asynchronous mode (`Controller.async_steps`) generation runs one batch ahead:
 the trainer trains on one batch, generators already sample the next with the weights
 they hold. Every row carries the version that produced it; groups with a row more
 than `max_staleness` versions behind are dropped, and the plan weights the loss of the
-rest by a truncated importance ratio (roles.algorithms.step).
+rest by a truncated importance ratio (roles.algorithms.rollout_correction).
 
 The controller keeps only the dataset position, the KL controller and the step
 counter; its settings are `roles.controller_config.ControllerConfig`. Checkpoints are
@@ -68,6 +68,7 @@ from roles.algorithms import (
 from roles.controller_checkpoints import restore_newest, save_checkpoint
 from roles.controller_config import ControllerConfig, EvalConfig, needed_roles
 from roles.data import PromptDataset, PromptSampler, prompt_batch
+from roles.dynamic_sampling import sample_informative
 from roles.evaluation.summary import mean_terms
 from roles.evaluator import run_heldout
 from roles.metrics import (
@@ -195,10 +196,13 @@ class Controller(Actor):
         current_trace_id.set(new_id())  # one trace follows this batch through every role
         timings: dict[str, float] = {}
         started = time.monotonic()
-        async with timed(timings, "generate"):
-            batch = await self.generate(self.next_prompts(), self.config.sampling)
-        batch, plan, numbers = await self.prepare(batch, timings)
-        return await self.train_and_publish(batch, plan, numbers, timings, started)
+        if self.config.dynamic_sampling.enabled:  # rounds until the step is full of informative groups
+            batch, scores, drawn = await sample_informative(self, timings)
+        else:
+            async with timed(timings, "generate"):
+                batch, scores, drawn = await self.generate(self.next_prompts(), self.config.sampling), None, {}
+        batch, plan, numbers = await self.prepare(batch, timings, scores)
+        return await self.train_and_publish(batch, plan, {**numbers, **drawn}, timings, started)
 
     # ------------------------------------------------------------------ async
     async def async_steps(self) -> AsyncIterator[dict[str, Any]]:
@@ -248,24 +252,22 @@ class Controller(Actor):
         config, settings = self.config, self.update_settings
         steps = (optimizer_steps_per_update(batch.size, settings.ranks, settings.ppo_epochs, settings.mini_batch_size)
                  if settings is not None else None)  # asked only for recompute_logprobs: auto, the one that reads it
-        return plan_update(config.kl, config.recompute_logprobs, steps, config.mode == "async", config.importance_cap)
+        return plan_update(config.kl, config.recompute_logprobs, steps, config.effective_rollout_correction)
 
-    async def prepare(self, batch: Batch, timings: dict[str, float]) -> tuple[Batch, UpdatePlan, dict[str, float]]:
-        """Reference, critic, reward and, when the plan needs them, old log-probs in
-        parallel, then the step's math (roles.algorithms.step.prepare_training_batch)."""
-        config = self.config
-        temperature = config.sampling.temperature
-        plan = self.plan_for(batch)
-        calls: dict[str, Awaitable[Any]] = {"reward": score_on(self, batch, config.call_timeout_s)}
+    async def prepare(self, batch: Batch, timings: dict[str, float],
+                      scores: Scores | None = None) -> tuple[Batch, UpdatePlan, dict[str, float]]:
+        """Reference, critic, reward (unless the batch comes with its `scores`) and, when the
+        plan needs them, old log-probs in parallel, then the step's math (roles.algorithms.step)."""
+        config, temperature, plan = self.config, self.config.sampling.temperature, self.plan_for(batch)
+        calls: dict[str, Awaitable[Any]] = {} if scores is not None else {"reward": score_on(self, batch, config.call_timeout_s)}
         if self.use_reference:
             calls["reference"] = self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
         if self.use_critic:
             calls["values"] = self.ask_role("critic", ComputeValues(batch), config.call_timeout_s)
         if plan.old_logprobs == "recomputed":
             calls["old_logprobs"] = self.ask_trainers(ComputeLogProbs(batch, temperature))
-        results = await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))
-        result = dict(zip(calls, results))
-        scores: Scores = result["reward"]
+        result = dict(zip(calls, await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))))
+        scores = result["reward"] if scores is None else scores
         columns: dict[str, Any] = {Column.SCORE: torch.tensor(scores.scores, dtype=torch.float32),
                                    Column.EXTRACTED: scores.extracted}
         if "reference" in result:
@@ -274,14 +276,12 @@ class Controller(Actor):
             columns[Column.VALUES] = result["values"].values
         if "old_logprobs" in result:
             columns[Column.OLD_LOGPROBS] = result["old_logprobs"][0].logprobs
+        generated = float(batch.tensors[Column.RESPONSE_MASK].sum())  # before overlong.mask_truncated zeroes rows
         async with timed(timings, "advantages"):
             batch, numbers = prepare_training_batch(batch.with_columns(**columns), plan, config.advantage, config.kl,
-                                                    self.kl_controller.kl_coef)
-        numbers.update({
-            "perf/tokens_generated": float(batch.tensors[Column.RESPONSE_MASK].sum()),
-            # the reward's named terms, when it reports them (train/correctness, train/format)
-            **{f"train/{name}": value for name, value in mean_terms(scores.terms).items()},
-        })
+                                                    self.kl_controller.kl_coef, config.overlong, config.sampling.max_new_tokens)
+        # the reward's named terms, when it reports them (train/correctness, train/format)
+        numbers.update({"perf/tokens_generated": generated, **{f"train/{k}": v for k, v in mean_terms(scores.terms).items()}})
         return batch, plan, numbers
 
     async def train_and_publish(self, batch: Batch, plan: UpdatePlan, numbers: dict[str, float],
@@ -289,7 +289,7 @@ class Controller(Actor):
         config = self.config
         self.step += 1
         train = Train(batch, self.step, config.sampling.temperature, self.kl_controller.kl_coef,
-                      plan.kl_loss_estimator, plan.old_logprobs, plan.importance_cap)
+                      plan.kl_loss_estimator, plan.old_logprobs, plan.rollout_correction)
         calls: dict[str, Awaitable[Any]] = {"train": self.ask_trainers(train)}
         if self.use_critic:
             calls["train_critic"] = self.ask_role("critic", train, config.call_timeout_s)

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from roles.algorithms import AdvantageConfig, GRPOConfig, KLConfig, RecomputeLogprobs
+from roles.algorithms.rollout_correction import RolloutCorrectionConfig, rollout_correction_setting
+from roles.algorithms.overlong import OverlongConfig
 from roles.data import DataConfig
 from roles.evaluator import HeldoutConfig
 from roles.sampling import SamplingParams
@@ -34,6 +36,24 @@ class EvalConfig(HeldoutConfig):
         return self
 
 
+class DynamicSamplingConfig(BaseModel):
+    """DAPO's dynamic sampling (roles.dynamic_sampling): generate and score batches of
+    prompts until the step has ``prompts_per_step`` informative groups (sync mode)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = False
+    """Keep only the groups whose samples did not all get the same score, and draw
+    more prompt batches until the step is full of them."""
+    max_rounds: int = Field(8, ge=1)
+    """Generation rounds a step may spend at most (the first included); then it trains
+    on the informative groups it has."""
+    when_short: Literal["train", "fail"] = "train"
+    """After ``max_rounds`` without a full step: ``train`` on what was found (the last
+    round's groups when none was informative) and log ``controller.dynamic_sampling_short``;
+    ``fail``: stop the run with an error (verl's behaviour)."""
+
+
 class ControllerConfig(BaseModel):
     """The algorithm, the data and the schedule of a run."""
 
@@ -53,12 +73,28 @@ class ControllerConfig(BaseModel):
     """The estimator: gae (PPO, needs a critic), grpo, drgrpo, rloo, reinforce_plus_plus, ..."""
     kl: KLConfig = Field(default_factory=KLConfig)
     """KL to the reference: in the reward, as a loss, or none; fixed or adaptive coefficient."""
+    overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    """DAPO's overlong shaping: a length penalty over a buffer before ``sampling.max_new_tokens``,
+    and truncated responses left out of the loss (roles.algorithms.overlong); off by default."""
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    """DAPO's dynamic sampling: train only on groups whose samples scored differently
+    (sync mode only); off by default."""
     mode: Literal["sync", "async"] = "sync"
     """``sync``: on-policy steps; ``async``: generation runs one batch ahead of training."""
     max_staleness: int = Field(1, ge=0)
     """Async: rows sampled more than this many versions behind the policy are dropped."""
     importance_cap: float = Field(2.0, gt=0)
-    """Async: the importance ratio policy/sampler is truncated at this."""
+    """Async, when ``rollout_correction`` is not written: the loss is weighted per token
+    by the importance ratio policy/sampler truncated at this (``rollout_correction:
+    {type: truncate, level: token, upper: importance_cap}``)."""
+    rollout_correction: RolloutCorrectionConfig | None = None
+    """How the policy loss is weighted by the ratio pi_old / pi_behavior of the old
+    log-probs to the generator's (roles.algorithms.rollout_correction): ``{type: none}``,
+    ``{type: truncate, level: token | sequence, upper}`` (truncated IS) or ``{type: mask,
+    level, lower, upper, denominator}`` (masked IS); in sync mode too (the generator's
+    engine and precision differ from the trainer's). Not written: async mode truncates
+    per token at ``importance_cap``, sync mode has none. Mismatch metrics
+    (``train/rollout_*``) are logged whenever the old log-probs are not the generator's."""
     recompute_logprobs: RecomputeLogprobs = "auto"
     """Where the PPO ratio's "old" log-probs come from (roles.algorithms.old_logprobs):
     ``auto``: the trainer's own log-probs in the update, detached, when the update is one
@@ -98,6 +134,37 @@ class ControllerConfig(BaseModel):
     @classmethod
     def _booleans_of_earlier_versions(cls, value: Any) -> Any:
         return {True: "always", False: "never"}.get(value, value) if isinstance(value, bool) else value
+
+    @property
+    def effective_rollout_correction(self) -> RolloutCorrectionConfig:
+        """`rollout_correction` as written, else what the settings meant before it (see its docstring)."""
+        return rollout_correction_setting(self.rollout_correction, self.mode == "async", self.importance_cap)
+
+    @model_validator(mode="after")
+    def _one_rollout_correction(self) -> ControllerConfig:
+        if self.rollout_correction is None:
+            return self
+        if "importance_cap" in self.model_fields_set:
+            raise ValueError("importance_cap and rollout_correction are both set: importance_cap is the older "
+                             "spelling of rollout_correction {type: truncate, level: token, upper: ...}; keep one")
+        if self.rollout_correction.type != "none" and self.recompute_logprobs == "never":
+            raise ValueError("rollout_correction weights the loss by pi_old / pi_behavior, but recompute_logprobs: "
+                             "never makes the old log-probs the generator's (the ratio is 1); set recompute_logprobs "
+                             "to auto or always, or rollout_correction to {type: none}")
+        return self
+
+    @model_validator(mode="after")
+    def _dapo_settings_fit(self) -> ControllerConfig:
+        if self.dynamic_sampling.enabled and self.mode == "async":
+            raise ValueError("dynamic_sampling.enabled works in sync mode only (scores must be known before a step's "
+                             "batch is fixed); set mode: sync, or dynamic_sampling.enabled: false")
+        if self.dynamic_sampling.enabled and self.sampling.n < 2:
+            raise ValueError(f"dynamic_sampling.enabled needs groups of two or more samples, but sampling.n is "
+                             f"{self.sampling.n}; set sampling.n to 2 or more")
+        if self.overlong.buffer_tokens > self.sampling.max_new_tokens:
+            raise ValueError(f"overlong.buffer_tokens ({self.overlong.buffer_tokens}) exceeds sampling.max_new_tokens "
+                             f"({self.sampling.max_new_tokens}); set it to at most max_new_tokens")
+        return self
 
 
 def needed_roles(config: ControllerConfig) -> dict[str, int]:

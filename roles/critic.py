@@ -20,7 +20,8 @@ from protocols.batch import Batch
 from protocols.rl import CheckpointDone, ComputeValues, LoadCheckpoint, SaveCheckpoint, Train, TrainStats, Values
 from roles.algorithms import clipped_value_loss
 from roles.checkpoints import confine_checkpoint_path
-from roles.logprobs import sequence_inputs
+from roles.logprobs import pad_columns, sequence_inputs, without_unused_padding
+from roles.micro_batches import per_row
 from roles.model_settings import ModelSettings
 from roles.models import limit_cpu_threads, load_causal_lm
 from roles.update import MicroBatch, MicroBatchLoss, OptimConfig, Optimization, UpdateConfig, run_update
@@ -35,7 +36,8 @@ class CriticConfig(ModelSettings):
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5))
     """AdamW and its learning-rate schedule for the value model."""
     update: UpdateConfig = Field(default_factory=UpdateConfig)
-    """How one batch becomes optimizer steps (epochs, mini- and micro-batch sizes)."""
+    """How one batch becomes optimizer steps (epochs, mini- and micro-batch sizes); the
+    value pass cuts its micro-batches the same way (rows, or a token budget)."""
     clip_range_value: float | None = Field(0.5, gt=0)
     """Value clipping around the rollout-time values; None: no clipping."""
     seed: int = 0
@@ -53,14 +55,15 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """[N, R] values of the response positions."""
-        t = batch.tensors
-        hidden = self.trunk(
-            **sequence_inputs(t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"]),
-        ).last_hidden_state
-        width = t["prompt_ids"].shape[1]
-        before_each = hidden[:, width - 1 : width - 1 + t["response_ids"].shape[1]]
-        return self.head(before_each).squeeze(-1).float() * t["response_mask"]
+        """[N, R] values of the response positions (0 on padding). Padding columns no row
+        uses stay out of the forward (roles.logprobs.without_unused_padding), so a
+        micro-batch of short rows costs what its longest row needs."""
+        prompt_ids, prompt_mask, response_ids, response_mask = without_unused_padding(batch)
+        hidden = self.trunk(**sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)).last_hidden_state
+        width = prompt_ids.shape[1]
+        before_each = hidden[:, width - 1 : width - 1 + response_ids.shape[1]]
+        values = self.head(before_each).squeeze(-1).float() * response_mask
+        return pad_columns(values, batch.tensors["response_mask"].shape[1])
 
 
 class Critic(Actor):
@@ -118,8 +121,10 @@ class Critic(Actor):
 
     @torch.no_grad()
     def _values(self, batch: Batch) -> torch.Tensor:
-        pieces = [self.model(micro.to(self.config.device)).cpu() for micro in batch.split_by_size(self.config.update.micro_batch_size)]
-        return torch.cat(pieces)
+        """[N, R] values on the CPU, in micro-batches as the update cuts them (`update`)."""
+        update = self.config.update
+        return per_row(lambda micro: self.model(micro.to(self.config.device)).cpu(), batch,
+                       update.micro_batch_size, update.max_tokens_per_micro_batch)
 
     def _train(self, request: Train) -> dict[str, float]:
         result = run_update(self.optimization, request.batch.to(self.config.device), self.config.update, request.step,

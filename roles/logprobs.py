@@ -9,7 +9,8 @@ vocabulary-sized logits whole: the model's output layer is stood in for by
 states a chunk of tokens at a time (roles.algorithms.chunked_logprobs). `batch_logprobs`
 takes a rollout batch's columns and leaves padding columns no row uses out of the forward.
 `rollout_logprobs` is the no-gradient pass the reference's log-probs and the trainer's
-recomputed old log-probs both come from, so the two agree exactly for the same weights.
+recomputed old log-probs both come from, so the two agree exactly for the same weights
+and micro-batches (a number of rows, or a budget of padded tokens: roles.micro_batches).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from protocols.batch import Batch
 from roles.algorithms.chunked_logprobs import chunked_token_logprobs
+from roles.micro_batches import by_length, per_row  # noqa: F401  by_length: re-exported for the trainer's micro-batch order
 from roles.models import autocast_for, positions_from_mask
 
 if TYPE_CHECKING:
@@ -88,19 +90,22 @@ def sequence_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, respons
 
 @torch.no_grad()
 def rollout_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, micro_batch_size: int,
-                     device: str, autocast: str | None = None) -> torch.Tensor:
+                     device: str, autocast: str | None = None, max_tokens_per_micro_batch: int | None = None,
+                     ) -> torch.Tensor:
     """`batch_logprobs` of a rollout batch without gradients, `micro_batch_size` rows per
-    forward on `device`, under torch.autocast in `autocast` (None: none).
+    forward on `device`, under torch.autocast in `autocast` (None: none). With
+    `max_tokens_per_micro_batch` the rows are sorted by length and each forward takes as
+    many as fit that many padded tokens instead (roles.micro_batches.per_row).
 
     Returns:
-        [N, R] float32 on the CPU, 0 where ``response_mask`` is 0.
+        [N, R] float32 on the CPU in `batch`'s row order, 0 where ``response_mask`` is 0.
     """
-    pieces = []
-    for micro in batch.split_by_size(micro_batch_size):
+    def forward(micro: Batch) -> torch.Tensor:
         with autocast_for(device, autocast):
             logprobs, _ = batch_logprobs(model, micro.to(device), temperature)
-        pieces.append(logprobs.float().cpu())
-    return torch.cat(pieces)
+        return logprobs.float().cpu()
+
+    return per_row(forward, batch, micro_batch_size, max_tokens_per_micro_batch)
 
 
 def batch_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, with_entropy: bool = False,
@@ -109,18 +114,24 @@ def batch_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, wit
     ``response_ids``, ``response_mask``), for the trainer, the reference and the evaluator.
 
     Padding columns that no row of `batch` uses (prompts are left-padded, responses
-    right-padded, to the widest row of the whole rollout batch) stay out of the forward,
-    so a micro-batch of short rows costs what its own longest row needs; the results
-    are padded back with zeros to the batch's response width."""
+    right-padded, to the widest row of the whole rollout batch) stay out of the forward
+    (`without_unused_padding`), so a micro-batch of short rows costs what its own longest
+    row needs; the results are padded back with zeros to the batch's response width."""
+    logprobs, entropy = response_logprobs(model, *without_unused_padding(batch), temperature, with_entropy)
+    width = batch.tensors["response_mask"].shape[1]
+    return pad_columns(logprobs, width), pad_columns(entropy, width) if entropy is not None else None
+
+
+def without_unused_padding(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A rollout batch's ``prompt_ids``, ``prompt_mask`` [N, P'] and ``response_ids``,
+    ``response_mask`` [N, R'] without the padding columns no row uses: P' from the first
+    column some prompt uses, R' up to the last column some response uses (at least 1)."""
     t = batch.tensors
     prompt_mask, response_mask = t["prompt_mask"], t["response_mask"]
     first = int(used_columns(prompt_mask)[0]) if prompt_mask.any() else 0
     used = used_columns(response_mask)
     end = int(used[-1]) + 1 if len(used) else 1
-    logprobs, entropy = response_logprobs(model, t["prompt_ids"][:, first:], prompt_mask[:, first:],
-                                          t["response_ids"][:, :end], response_mask[:, :end], temperature, with_entropy)
-    width = response_mask.shape[1]
-    return pad_columns(logprobs, width), pad_columns(entropy, width) if entropy is not None else None
+    return t["prompt_ids"][:, first:], prompt_mask[:, first:], t["response_ids"][:, :end], response_mask[:, :end]
 
 
 def used_columns(mask: torch.Tensor) -> torch.Tensor:
@@ -131,15 +142,6 @@ def used_columns(mask: torch.Tensor) -> torch.Tensor:
 def pad_columns(values: torch.Tensor, width: int) -> torch.Tensor:
     """[N, T] values padded on the right with zeros to [N, width] (differentiable)."""
     return torch.nn.functional.pad(values, (0, width - values.shape[1]))
-
-
-def by_length(batch: Batch) -> torch.Tensor:
-    """Row order of `batch` from its shortest row (prompt and response tokens) to its
-    longest: consecutive micro-batches then hold rows of similar length, and
-    `batch_logprobs` leaves more padding out of each forward."""
-    t = batch.tensors
-    lengths = (t["prompt_mask"] > 0).sum(dim=1) + (t["response_mask"] > 0).sum(dim=1)
-    return torch.argsort(lengths, stable=True)
 
 
 LOGIT_POST_PROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")

@@ -1,7 +1,8 @@
 """The reference role: log-probs of rollouts under the frozen initial policy (for the
 KL to the reference), computed by the function the trainer's recomputed log-probs come
-from (roles.logprobs.rollout_logprobs): with the same weights, micro-batch size and
-autocast the two are equal, and the KL of the unchanged policy to the reference is 0."""
+from (roles.logprobs.rollout_logprobs): with the same weights, micro-batches (rows or
+token budget) and autocast the two are equal, and the KL of the unchanged policy to the
+reference is 0."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ class ReferenceConfig(ModelSettings):
     directory, ``dtype``, ``device``, ``cpu_threads``)."""
 
     micro_batch_size: int = Field(32, ge=1)
-    """Rows per forward."""
+    """Rows per forward (unused when `max_tokens_per_micro_batch` is set)."""
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    """Cut micro-batches by padded tokens instead of rows, as the trainer's
+    `update.max_tokens_per_micro_batch` does (rows sorted by length, rows x (widest prompt
+    + longest response) at most this). None: `micro_batch_size` rows each. Set both
+    alike, so the KL of the unchanged policy to the reference is exactly 0."""
     autocast: AutocastDtype | None = None
     """Forward under torch.autocast in this dtype (as the trainer's `autocast`: use the
     same setting, so the KL of the unchanged policy to the reference is 0)."""
@@ -52,4 +58,5 @@ class Reference(Actor):
     def _logprobs(self, batch: Batch, temperature: float) -> torch.Tensor:
         """[N, R] float32 on the CPU: the reference's log-probs of `batch`."""
         config = self.config
-        return rollout_logprobs(self.model, batch, temperature, config.micro_batch_size, config.device, config.autocast)
+        return rollout_logprobs(self.model, batch, temperature, config.micro_batch_size, config.device, config.autocast,
+                                config.max_tokens_per_micro_batch)

@@ -10,12 +10,14 @@ One update (`Train`) runs the loop the critic shares (roles.update.run_update):
 `ppo_epochs` passes over the batch in shuffled mini-batches, each one AdamW step with a
 warm-up then constant or cosine learning rate, its gradient accumulated over
 micro-batches and clipped. The trainer's part is a micro-batch's loss
-(`Trainer._micro_batch_loss`): policy loss (roles.algorithms.ppo_policy_loss) + KL loss
-(when the controller asks for it) - entropy bonus. The ratio's "old" log-probs are the
-ones the controller chose (roles.algorithms.old_logprobs: recomputed before the update,
-the update's own when it is a single optimizer step, or the generator's); in async
-mode the loss is weighted by the truncated importance ratio of those to the
-generator's. Log-probs come from roles.logprobs (the reference's from the same
+(`Trainer._micro_batch_loss`): policy loss (PPO, GSPO or CISPO by `policy_loss.type`:
+roles.algorithms.compute_policy_loss) + KL loss (when the controller asks for it) -
+entropy bonus. The ratio's "old" log-probs are the ones the controller chose
+(roles.algorithms.old_logprobs: recomputed before the update, the update's own when it
+is a single optimizer step, or the generator's); the plan's rollout correction
+(roles.algorithms.rollout_correction: truncated or masked importance weights of those
+to the generator's, per token or per sequence; in async mode by default a token-level
+truncation at `importance_cap`) weights the loss. Log-probs come from roles.logprobs (the reference's from the same
 function), a chunk of tokens at a time, optionally under bfloat16 autocast
 (`autocast`). Checkpoints use torch.distributed.checkpoint, read back through
 an allow-listed index reader (runtime.checkpoint_reader), and only in a step folder of
@@ -37,6 +39,7 @@ from pydantic import BaseModel, Field
 from protocols.batch import Batch
 from protocols.rl import (
     CheckpointDone,
+    Column,
     ComputeLogProbs,
     DescribeUpdate,
     LoadCheckpoint,
@@ -50,14 +53,17 @@ from roles.algorithms import (
     aggregate_loss,
     compute_kl,
     compute_kl_loss,
+    compute_policy_loss,
     check_old_logprob_source,
     optimizer_steps_per_update,
     micro_batch_weight,
-    ppo_policy_loss,
+    mismatch_metrics,
+    rollout_correction_weights,
     select_old_logprobs,
-    truncated_importance_weights,
 )
 from roles.algorithms.policy_loss import PolicyLossConfig
+from roles.algorithms.policy_loss_registry import PolicyLossChoice
+from roles.algorithms.rollout_correction import needs_old_logprobs_before_update, sequence_share
 from roles.checkpoints import confine_checkpoint_path
 from roles.logprobs import batch_logprobs, by_length, rollout_logprobs
 from roles.model_settings import AutocastDtype, ModelSettings
@@ -91,8 +97,9 @@ class TrainerConfig(ModelSettings):
     """AdamW and its learning-rate schedule."""
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     """How one batch becomes optimizer steps (epochs, mini- and micro-batch sizes)."""
-    policy_loss: PolicyLossConfig = Field(default_factory=PolicyLossConfig)
-    """The clipped policy loss: clip ranges, dual clip, how token losses are aggregated."""
+    policy_loss: PolicyLossChoice = Field(default_factory=PolicyLossConfig)
+    """The policy loss, by `type`: ppo (the default, also when `type` is left out), gspo or
+    cispo; its clip ranges and how token losses are aggregated."""
     entropy_coef: float = Field(0.0, ge=0)
     """Weight of the entropy bonus (0: entropy is logged only)."""
     channel: WeightChannelConfig = Field(default_factory=WeightChannelConfig)
@@ -214,7 +221,7 @@ class Trainer(PublishesWeights):
         """[N, R] float32 on the CPU: the current policy's log-probs of `batch`."""
         config = self.config
         return rollout_logprobs(self.model, batch, temperature, config.update.micro_batch_size, config.device,
-                                config.autocast)
+                                config.autocast, config.update.max_tokens_per_micro_batch)
 
     def _train(self, request: Train) -> dict[str, float]:
         config, update = self.config, self.config.update
@@ -245,14 +252,27 @@ class Trainer(PublishesWeights):
             entropy = entropy.detach()  # logged only: its gradient is not computed
         old = select_old_logprobs(request.old_logprobs, t, logprobs)
         stats: dict[str, float] = {}
-        importance_weights = None
-        if request.importance_cap is not None:
-            importance = truncated_importance_weights(old, t["behavior_logprobs"], mask, request.importance_cap)
-            importance_weights = importance.weights
-            stats["train/importance_ratio"] = weight * float(importance.mean_ratio)
-        policy = ppo_policy_loss(
-            logprobs, old, t["advantages"], mask, importance_weights=importance_weights, **losses.model_dump(),
-        )
+        # rollout correction and mismatch metrics between pi_old and the generator (roles.algorithms.rollout_correction)
+        correction, importance_weights, behavior = request.rollout_correction, None, t.get(Column.BEHAVIOR_LOGPROBS)
+        if correction is not None:
+            applied = rollout_correction_weights(old, t[Column.BEHAVIOR_LOGPROBS], mask, correction)
+            importance_weights = applied.weights
+            stats["train/importance_ratio"] = weight * float(applied.token_ratio.sum() / mask.sum().clamp(min=1.0))
+        # generator vs pi_old: with recomputed old log-probs the step function measured it on the whole batch;
+        # with the update's own, only here, one micro-batch at a time (the means, not the extremes)
+        if behavior is not None and request.old_logprobs == "current":
+            mini_mask = micro.mini_batch.tensors[Column.RESPONSE_MASK]
+            stats.update(mismatch_metrics(old, behavior, mask, correction).shares(weight, sequence_share(mask, mini_mask)))
+        if needs_old_logprobs_before_update(correction):  # a mask with denominator: kept (the plan recomputed old)
+            assert correction is not None
+            mini = micro.mini_batch.tensors
+            kept_mini = rollout_correction_weights(mini[Column.OLD_LOGPROBS], mini[Column.BEHAVIOR_LOGPROBS],
+                                                   mini[Column.RESPONSE_MASK], correction).kept
+            # masked tokens leave the whole loss below (policy, entropy bonus, KL loss) and its logged means
+            mask = applied.kept
+            loss_weight = micro_batch_weight(losses.loss_agg_mode, mask, kept_mini)
+            weight = float(mask.sum() / kept_mini.sum().clamp(min=1.0))
+        policy = compute_policy_loss(losses, logprobs, old, t["advantages"], mask, importance_weights)
         entropy_mean = (entropy * mask).sum() / mask.sum().clamp(min=1.0)
         # the entropy bonus is aggregated as the policy loss is (verl's convention)
         entropy_term = aggregate_loss(entropy, mask, losses.loss_agg_mode, losses.loss_scale_factor) if config.entropy_coef else 0.0
@@ -262,7 +282,7 @@ class Trainer(PublishesWeights):
             kl = compute_kl(logprobs, t["ref_logprobs"], request.kl_estimator)  # type: ignore[arg-type]
             kl_term = compute_kl_loss(kl, mask, request.kl_coef, losses.loss_agg_mode, losses.loss_scale_factor)
             loss = loss + kl_term.loss
-            stats["train/kl_loss"] = weight * float(kl_term.kl_mean)
+            stats["train/kl_loss"] = loss_weight * float(kl_term.kl_mean)  # the KL is aggregated as the loss is
         stats.update({
             "train/loss": loss_weight * float(policy.loss.detach()),
             "train/entropy": weight * float(entropy_mean.detach()),

@@ -11,7 +11,9 @@ that returns the loss, the loss's share of the mini-batch's, and the numbers to 
 Gradient accumulation is exact: backpropagating each micro-batch's loss times its
 share gives the gradient of the whole mini-batch's loss (a token mean over a
 mini-batch is the token-weighted sum of its micro-batches' token means), whatever the
-micro-batches' sizes and order.
+micro-batches' sizes and order. So micro-batches can be a fixed number of rows or, with
+``max_tokens_per_micro_batch``, rows sorted by length under a budget of padded tokens
+(roles.micro_batches): the grouping changes the work, not the step.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocols.batch import Batch
 from protocols.rl import Column
+from roles.micro_batches import by_length, micro_batches
 
 
 class OptimConfig(BaseModel):
@@ -61,7 +64,15 @@ class UpdateConfig(BaseModel):
     mini_batch_size: int = Field(64, ge=1)
     """Rows per optimizer step, over all ranks together."""
     micro_batch_size: int = Field(16, ge=1)
-    """Rows per forward/backward on one rank (gradient accumulation in between)."""
+    """Rows per forward/backward on one rank (gradient accumulation in between); also the
+    rows per forward of the no-gradient passes (old log-probs, the critic's values).
+    Unused when `max_tokens_per_micro_batch` is set."""
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    """Cut micro-batches by padded tokens instead of rows: each mini-batch's rows, ordered
+    by length, go into a micro-batch until one more would make rows x (widest prompt +
+    longest response) exceed this (a longer row alone is a micro-batch of one). Same
+    for the no-gradient passes. None: `micro_batch_size` rows each. The loss and the
+    gradient do not depend on the grouping (roles.micro_batches)."""
     shuffle_seed: int = 0
     """Seed of the row order within each epoch (mixed with the step and the epoch, so a
     resumed run shuffles as the original did)."""
@@ -171,7 +182,8 @@ def run_update(
 ) -> UpdateResult:
     """``update.ppo_epochs`` passes over `batch` in shuffled mini-batches, one optimizer
     step each, the gradient accumulated over micro-batches of ``update.micro_batch_size``
-    rows (see the module docstring).
+    rows or, with ``update.max_tokens_per_micro_batch``, of at most that many padded
+    tokens (see the module docstring).
 
     Args:
         batch: the rows this process trains on, on the model's device; needs a
@@ -181,14 +193,16 @@ def run_update(
         mini_batch_rows: rows per mini-batch here (default ``update.mini_batch_size``;
             a trainer rank takes its share of it).
         micro_batch_order: reorders each mini-batch's rows before it is cut into
-            micro-batches (the gradient does not depend on it; the work may).
+            micro-batches (the gradient does not depend on it; the work may). Default:
+            the mini-batch's order, or `by_length` under a token budget.
         grad_norm_name: the name the gradient norm is logged under.
     """
     totals: dict[str, float] = {}
     steps = 0
     for epoch in range(update.ppo_epochs):
         for mini in shuffled_mini_batches(batch, update, step, epoch, mini_batch_rows or update.mini_batch_size):
-            stats = accumulate_gradient(optimization, mini, update.micro_batch_size, loss, micro_batch_order)
+            stats = accumulate_gradient(optimization, mini, update.micro_batch_size, loss, micro_batch_order,
+                                        update.max_tokens_per_micro_batch)
             stats[grad_norm_name] = optimization.step()
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0.0) + value
@@ -198,14 +212,18 @@ def run_update(
 
 def accumulate_gradient(
     optimization: Optimization, mini: Batch, micro_batch_size: int, loss: MicroBatchLossFunction,
-    micro_batch_order: Callable[[Batch], torch.Tensor] | None = None,
+    micro_batch_order: Callable[[Batch], torch.Tensor] | None = None, max_tokens: int | None = None,
 ) -> dict[str, float]:
     """Sets the model's gradient to the mini-batch loss's, one micro-batch's backward at
-    a time; returns the logged numbers summed over the micro-batches."""
+    a time; returns the logged numbers summed over the micro-batches. The micro-batches
+    are `micro_batch_size` rows or, with `max_tokens`, at most that many padded tokens
+    (roles.micro_batches.token_budget_split; rows `by_length` unless `micro_batch_order`)."""
     optimization.optimizer.zero_grad(set_to_none=True)
+    if micro_batch_order is None and max_tokens is not None:
+        micro_batch_order = by_length
     ordered = mini.select(micro_batch_order(mini)) if micro_batch_order is not None else mini
     sums: dict[str, float] = {}
-    for micro in ordered.split_by_size(micro_batch_size):
+    for micro in micro_batches(ordered, micro_batch_size, max_tokens):
         result = loss(MicroBatch(micro, mini, token_share(micro, mini)))
         (result.loss * result.weight).backward()
         for name, value in result.stats.items():

@@ -115,14 +115,51 @@ def zero_variance_share(scores: torch.Tensor, group_ids: GroupIds) -> float:
         scores: [B] per-sequence scores.
         group_ids: integer tensor [B] or a sequence of B hashable ids.
     """
+    spread = _group_spread(scores, group_ids)
+    if spread is None:
+        return 0.0
+    counted = spread.size > 1
+    return float(((spread.highest == spread.lowest) & counted).sum() / counted.sum()) if counted.any() else 0.0
+
+
+def informative_rows(scores: torch.Tensor, group_ids: GroupIds) -> torch.Tensor:
+    """[B] bool: the rows whose group carries a learning signal, i.e. has two or more
+    samples that did not all score the same (the group's reward std is above 0).
+
+    DAPO's dynamic sampling (roles.dynamic_sampling) keeps only these. A group of one
+    sample is not informative: it has no peer to be compared with (its advantage is 0
+    under ``one_sample_group: zero``, the default).
+
+    Args:
+        scores: [B] per-sequence scores.
+        group_ids: integer tensor [B] or a sequence of B hashable ids.
+    """
+    spread = _group_spread(scores, group_ids)
+    if spread is None:
+        return torch.zeros(0, dtype=torch.bool, device=scores.device)
+    return ((spread.size > 1) & (spread.highest > spread.lowest))[spread.index]
+
+
+class _GroupSpread(NamedTuple):
+    index: torch.Tensor
+    """[B] each row's dense group index."""
+    size: torch.Tensor
+    """[G] samples per group."""
+    highest: torch.Tensor
+    """[G] the group's highest score."""
+    lowest: torch.Tensor
+    """[G] the group's lowest score."""
+
+
+def _group_spread(scores: torch.Tensor, group_ids: GroupIds) -> _GroupSpread | None:
+    """Each group's size and score range; None for an empty batch."""
     if scores.dim() != 1:
         raise ValueError(f"scores must have shape [B], got {tuple(scores.shape)}")
     index = dense_group_index(group_ids, scores.shape[0], scores.device)
     if index.numel() == 0:
-        return 0.0
+        return None
     groups = int(index.max()) + 1
     size = scores.new_zeros(groups).index_add(0, index, torch.ones_like(scores))
     highest = scores.new_full((groups,), -math.inf).scatter_reduce(0, index, scores, "amax")
     lowest = scores.new_full((groups,), math.inf).scatter_reduce(0, index, scores, "amin")
-    counted = size > 1
-    return float(((highest == lowest) & counted).sum() / counted.sum()) if counted.any() else 0.0
+    return _GroupSpread(index, size, highest, lowest)

@@ -15,10 +15,9 @@ the policy before the update. There are three ways to get log pi_old:
 
 ``recompute_logprobs: auto`` picks ``current`` when the update is one optimizer step,
 and ``recomputed`` otherwise; ``always`` and ``never`` force ``recomputed`` and
-``behavior``. In async mode, with ``recomputed`` or ``current``, the policy loss is
-also weighted per token by the truncated importance ratio min(exp(old - behavior), cap)
-between the policy before the update and the weights that sampled the row
-(`truncated_importance_weights`).
+``behavior``. With ``recomputed`` or ``current``, the policy loss may also be weighted
+by the ratio pi_old / pi_behavior between the policy before the update and the weights
+that sampled the row (roles.algorithms.rollout_correction; in async mode by default).
 
 The step decides (`roles.algorithms.step.plan_update`, with `old_logprob_source`) and
 the controller sends the decision in the `Train` message; which batch column holds each
@@ -31,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 
@@ -111,27 +110,3 @@ def policy_logprobs_before_update(source: OldLogProbs, columns: Mapping[str, tor
     not known yet)."""
     return columns[old_logprobs_column(source) or Column.BEHAVIOR_LOGPROBS]
 
-
-class ImportanceWeights(NamedTuple):
-    weights: torch.Tensor
-    """[N, R] min(exp(old - behavior), cap), 0 where the mask is 0."""
-    mean_ratio: torch.Tensor
-    """Scalar: the untruncated ratio averaged over valid tokens (logged as train/importance_ratio)."""
-
-
-def truncated_importance_weights(old_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor,
-                                 response_mask: torch.Tensor, cap: float) -> ImportanceWeights:
-    """Per-token truncated importance weights between the policy before the update and
-    the weights that sampled the rows (async mode).
-
-        w = min(exp(min(old - behavior, 20)), cap) * mask
-
-    Args:
-        old_logprobs, behavior_logprobs, response_mask: [N, R].
-        cap: the truncation (> 0).
-    """
-    if cap <= 0:
-        raise ValueError(f"importance_cap must be > 0, got {cap}")
-    ratio = (old_logprobs.detach() - behavior_logprobs).clamp(max=20).exp()
-    mean_ratio = (ratio * response_mask).sum() / response_mask.sum().clamp(min=1)
-    return ImportanceWeights(ratio.clamp(max=cap) * response_mask, mean_ratio)

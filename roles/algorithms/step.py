@@ -3,9 +3,9 @@
 The controller (roles/controller.py) only moves messages; every decision of a step is
 made here, in two pure calls around the parallel asks for scores and log-probs:
 
-    plan = plan_update(kl, recompute_logprobs, optimizer_steps, asynchronous, importance_cap)
+    plan = plan_update(kl, recompute_logprobs, optimizer_steps, rollout_correction)
         before the asks: which log-probs are "old" (so whether the trainer is asked for
-        them), whether the loss is weighted by importance ratios, whether the KL is a loss;
+        them), how the loss is weighted by pi_old / pi_behavior, whether the KL is a loss;
         the controller sends the plan in the `Train` message and the trainer follows it.
     step = prepare_training_batch(batch, plan, advantage, kl, kl_coef)
         after the asks: the KL, the rewards, the advantages, the step's numbers.
@@ -41,7 +41,7 @@ from typing import NamedTuple, cast
 import torch
 
 from protocols.batch import Batch
-from protocols.rl import Column, OldLogProbs
+from protocols.rl import Column, OldLogProbs, RolloutCorrection
 from roles.algorithms.advantage_registry import AdvantageConfig, AdvantageInputs, compute_advantages, reads_token_rewards
 from roles.algorithms.aggregation import aggregate_loss
 from roles.algorithms.groups import zero_variance_share
@@ -54,6 +54,13 @@ from roles.algorithms.kl import (
     kl_metrics,
 )
 from roles.algorithms.old_logprobs import RecomputeLogprobs, old_logprob_source, policy_logprobs_before_update
+from roles.algorithms.overlong import OverlongConfig, OverlongShaping, shape_overlong
+from roles.algorithms.rollout_correction import (
+    RolloutCorrectionConfig,
+    mismatch_metrics,
+    needs_old_logprobs_before_update,
+    rollout_correction_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -63,41 +70,46 @@ class UpdatePlan:
 
     old_logprobs: OldLogProbs
     """Where the PPO ratio's old log-probs come from (roles.algorithms.old_logprobs)."""
-    importance_cap: float | None
-    """Async mode: weight the policy loss per token by min(exp(old - behavior), cap);
-    None: no importance weights."""
+    rollout_correction: RolloutCorrection | None
+    """Weight the policy loss by the ratio pi_old / pi_behavior, truncated or masked
+    (roles.algorithms.rollout_correction); None: no weights."""
     kl_loss_estimator: KLEstimatorName | None
     """Add beta * aggregate(kl) to the policy loss with this estimator; None: no KL loss."""
 
 
-def plan_update(kl: KLConfig, recompute: RecomputeLogprobs, optimizer_steps: int | None, asynchronous: bool,
-                importance_cap: float) -> UpdatePlan:
+def plan_update(kl: KLConfig, recompute: RecomputeLogprobs, optimizer_steps: int | None,
+                correction: RolloutCorrectionConfig) -> UpdatePlan:
     """The update's plan for one batch.
 
     Old log-probs: `old_logprob_source` (``auto`` takes the update's own when the update
-    is one optimizer step). Importance weights: in async mode a row may have been sampled
-    by older weights than the policy's, so the loss is weighted by the truncated ratio
-    pi_old / pi_behavior, except when the old log-probs are the generator's own
-    (``behavior``): that ratio is then 1, and the clipped PPO ratio against the sampling
-    weights is itself the off-policy correction. KL loss: with ``kl.usage: loss``, by the
-    configured estimator, a straight-through ``+`` one included (its gradient is what a
-    loss needs: see `measured_kl_estimator`).
+    is one optimizer step, unless the correction needs the old log-probs of a whole
+    mini-batch before its update: a mask with ``denominator: kept``). Rollout correction:
+    the controller's setting (`rollout_correction_setting`: when none is written, async
+    mode truncates the token ratio at ``importance_cap``, the one correction troupe had
+    before, and sync mode has none), except when the old log-probs are the generator's
+    own (``behavior``): the ratio pi_old / pi_behavior is then 1, and the clipped PPO
+    ratio against the sampling weights is itself the off-policy correction (the
+    controller's settings refuse a written correction with ``recompute_logprobs: never``).
+    KL loss: with ``kl.usage: loss``, by the configured estimator, a straight-through
+    ``+`` one included (its gradient is what a loss needs: see `measured_kl_estimator`).
 
     Args:
         kl: the KL settings.
         recompute: the controller's ``recompute_logprobs`` setting.
         optimizer_steps: `optimizer_steps_per_update` of this batch on the trainer; None
             when unknown (then ``recompute`` must not be ``auto``).
-        asynchronous: the controller runs in async mode.
-        importance_cap: the truncation of the importance ratio (> 0).
+        correction: the controller's rollout correction (`rollout_correction_setting`).
     """
     if optimizer_steps is None and recompute == "auto":
         raise ValueError("recompute_logprobs: auto needs the trainer's optimizer steps per update; ask the trainer "
                          "(DescribeUpdate) first, or set recompute_logprobs to always or never")
     old_logprobs = old_logprob_source(recompute, optimizer_steps or 0)
+    rollout_correction = rollout_correction_plan(correction)
+    if old_logprobs == "current" and needs_old_logprobs_before_update(rollout_correction):
+        old_logprobs = "recomputed"
     return UpdatePlan(
         old_logprobs=old_logprobs,
-        importance_cap=importance_cap if asynchronous and old_logprobs != "behavior" else None,
+        rollout_correction=rollout_correction if old_logprobs != "behavior" else None,
         kl_loss_estimator=kl.estimator if kl.usage == "loss" else None,
     )
 
@@ -128,11 +140,15 @@ class TrainingBatch(NamedTuple):
     """The step's numbers before training: ``train/reward``, ``train/reward_std``,
     ``train/kl_div`` and ``train/kl_{k1,k3}_{token,seq}`` (when a reference ran),
     ``train/zero_variance_groups``, ``train/advantages_mean``,
-    ``train/response_length``, ``train/response_length_max``, ``train/kl_coef``."""
+    ``train/response_length``, ``train/response_length_max``, ``train/kl_coef``; with
+    overlong shaping ``train/overlong_penalty_mean`` and ``train/truncated_share``; with
+    recomputed old log-probs the generator's mismatch to them, ``train/rollout_*``
+    (roles.algorithms.rollout_correction.mismatch_metrics: means, min, max, quantiles)."""
 
 
 def prepare_training_batch(batch: Batch, plan: UpdatePlan, advantage: AdvantageConfig, kl: KLConfig,
-                           kl_coef: float) -> TrainingBatch:
+                           kl_coef: float, overlong: OverlongConfig | None = None,
+                           max_response_length: int | None = None) -> TrainingBatch:
     """KL, rewards and advantages of a scored rollout batch (see the module docstring).
 
     Args:
@@ -143,6 +159,12 @@ def prepare_training_batch(batch: Batch, plan: UpdatePlan, advantage: AdvantageC
         advantage: the estimator's config.
         kl: the KL settings.
         kl_coef: beta, the KL controller's current coefficient.
+        overlong: DAPO's overlong shaping (roles.algorithms.overlong): the length penalty
+            is added to the scores before the advantages (``train/reward`` stays the
+            reward's own mean), and with ``mask_truncated`` the returned batch's
+            ``response_mask`` is zeroed on truncated rows (their advantages and returns
+            too). None or inactive: the batch as it is.
+        max_response_length: L_max, the sampling's ``max_new_tokens`` (for the penalty).
     """
     tensors = batch.tensors
     mask, scores = tensors[Column.RESPONSE_MASK], tensors[Column.SCORE]
@@ -156,12 +178,18 @@ def prepare_training_batch(batch: Batch, plan: UpdatePlan, advantage: AdvantageC
     elif kl.usage != "none":
         raise ValueError(f"kl.usage is {kl.usage!r} but the batch has no {Column.REF_LOGPROBS!r} column: ask the "
                          "reference role for them, or set kl.usage to none")
+    if plan.old_logprobs == "recomputed" and Column.BEHAVIOR_LOGPROBS in tensors:  # generator vs trainer, whole batch
+        metrics.update(mismatch_metrics(tensors[Column.OLD_LOGPROBS], tensors[Column.BEHAVIOR_LOGPROBS], mask,
+                                        plan.rollout_correction).merged())
     uids = batch.columns[Column.UID]
-    metrics["train/zero_variance_groups"] = zero_variance_share(scores, uids)
+    shaped = (shape_overlong(scores, mask, batch.columns.get(Column.FINISH_REASON), overlong, max_response_length)
+              if overlong is not None and overlong.active else OverlongShaping(scores, mask, {}))
+    metrics.update(shaped.metrics)
+    metrics["train/zero_variance_groups"] = zero_variance_share(shaped.scores, uids)
     inputs = AdvantageInputs(response_mask=mask, values=tensors.get(Column.VALUES), group_ids=uids,
-                             **_rewards(advantage, kl, scores, token_kl, mask, kl_coef))
+                             **_rewards(advantage, kl, shaped.scores, token_kl, mask, kl_coef))
     output = compute_advantages(advantage, inputs)
-    valid = mask > 0
+    valid = shaped.response_mask > 0
     lengths = mask.sum(dim=1)
     metrics.update({
         "train/advantages_mean": float(output.advantages[valid].mean()) if valid.any() else 0.0,
@@ -172,6 +200,9 @@ def prepare_training_batch(batch: Batch, plan: UpdatePlan, advantage: AdvantageC
         "train/kl_coef": kl_coef,
     })
     columns = {Column.ADVANTAGES: output.advantages.float(), Column.RETURNS: output.returns.float()}
+    if shaped.response_mask is not mask:  # truncated rows leave the loss (overlong.mask_truncated)
+        columns = {name: value * shaped.response_mask for name, value in columns.items()}
+        columns[Column.RESPONSE_MASK] = shaped.response_mask
     return TrainingBatch(batch.with_columns(**columns), metrics)
 
 

@@ -45,10 +45,12 @@ def arith(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def rl_topology(tmp_path: Path, data: Path, algorithm: str = "grpo", mode: str = "sync", steps: int = 3,
-                evaluator_role: bool = False, name: str | None = None, **controller: Any) -> Path:
-    """The example's topology on the tiny model and data; evaluation in the evaluator role
+                evaluator_role: bool = False, name: str | None = None, source: str | None = None,
+                **controller: Any) -> Path:
+    """The example's topology (``examples/arith-<algorithm>.yaml``, or the file `source`
+    names) on the tiny model and data; evaluation in the evaluator role
     (`evaluator_role`) or, without that role, in the controller."""
-    topology = yaml.safe_load((REPO / f"examples/arith-{algorithm}.yaml").read_text())
+    topology = yaml.safe_load((REPO / (source or f"examples/arith-{algorithm}.yaml")).read_text())
     topology["runtime"] = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 5.0}
     roles = topology["roles"]
     for role in roles.values():

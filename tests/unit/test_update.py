@@ -53,14 +53,15 @@ def regression_loss(model: torch.nn.Module):  # type: ignore[no-untyped-def]
     return loss
 
 
-@pytest.mark.parametrize("micro_batch_size", [1, 2, 4])
-def test_gradients_accumulated_over_micro_batches_are_the_whole_mini_batchs(micro_batch_size: int):
+@pytest.mark.parametrize("micro_batches", [{"micro_batch_size": 1}, {"micro_batch_size": 2}, {"micro_batch_size": 4},
+                                           {"max_tokens_per_micro_batch": 4}, {"max_tokens_per_micro_batch": 9}])
+def test_gradients_accumulated_over_micro_batches_are_the_whole_mini_batchs(micro_batches: dict[str, int]):
     torch.manual_seed(0)
     model = torch.nn.Linear(FEATURES, 1)
     untouched = copy.deepcopy(model)
     batch = regression_batch([5, 1, 3, 2, 4, 1])  # micro-batches of unequal token counts
     optimization = Optimization.build(model, OptimConfig(lr=1e-3, grad_clip=None))
-    update = UpdateConfig(ppo_epochs=1, mini_batch_size=6, micro_batch_size=micro_batch_size)
+    update = UpdateConfig(ppo_epochs=1, mini_batch_size=6, **micro_batches)
 
     result = run_update(optimization, batch, update, step=0, loss=regression_loss(model),
                         micro_batch_order=lambda mini: torch.arange(mini.size - 1, -1, -1))

@@ -7,14 +7,22 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
-from roles.algorithms import AdvantageConfig, KLConfig, KLControllerConfig, PolicyLossConfig, ValueLossConfig
+from roles.algorithms import (
+    AdvantageConfig,
+    KLConfig,
+    KLControllerConfig,
+    PolicyLossChoice,
+    RolloutCorrectionConfig,
+    ValueLossConfig,
+)
 
 DOC_PATH = pathlib.Path(__file__).resolve().parents[3] / "docs" / "algorithms.md"
 ADAPTERS = {
     "advantage": TypeAdapter(AdvantageConfig),
     "kl": TypeAdapter(KLConfig),
     "kl_controller": TypeAdapter(KLControllerConfig),
-    "policy_loss": TypeAdapter(PolicyLossConfig),
+    "policy_loss": TypeAdapter(PolicyLossChoice),
+    "rollout_correction": TypeAdapter(RolloutCorrectionConfig),
     "value_loss": TypeAdapter(ValueLossConfig),
 }
 YAML_BLOCKS = re.findall(r"```yaml\n(.*?)```", DOC_PATH.read_text(), flags=re.DOTALL)

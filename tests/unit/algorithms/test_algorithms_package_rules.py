@@ -24,15 +24,21 @@ def test_module_imports_no_transport_concurrency_or_process_library(path):
 def test_every_public_config_is_found():
     assert {config.__name__ for config in CONFIG_CLASSES} == {
         "AdaptiveKLControllerConfig",
+        "CISPOPolicyLossConfig",
         "DrGRPOConfig",
         "FixedKLControllerConfig",
         "GAEConfig",
         "GRPOConfig",
+        "GSPOPolicyLossConfig",
         "KLConfig",
+        "MaskedISConfig",
+        "NoRolloutCorrectionConfig",
+        "OverlongConfig",
         "PolicyLossConfig",
         "RLOOConfig",
         "ReinforcePlusPlusBaselineConfig",
         "ReinforcePlusPlusConfig",
+        "TruncatedISConfig",
         "ValueLossConfig",
     }
 

@@ -10,7 +10,6 @@ from roles.algorithms import (
     policy_logprobs_before_update,
     ppo_policy_loss,
     select_old_logprobs,
-    truncated_importance_weights,
 )
 
 
@@ -93,20 +92,3 @@ def test_a_missing_column_is_named():
                                                 ("behavior", "behavior_logprobs")])
 def test_the_controller_takes_the_recomputed_logprobs_else_the_generators_for_the_kl(source, column):
     assert policy_logprobs_before_update(source, COLUMNS) is COLUMNS[column]
-
-
-def test_importance_weights_are_the_truncated_ratio_old_over_behavior_on_valid_tokens():
-    old = torch.tensor([[0.0, -1.0, 5.0]])
-    behavior = torch.tensor([[-0.5, -1.0, 0.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0]])
-
-    result = truncated_importance_weights(old, behavior, mask, cap=1.5)
-
-    # exp(0.5) = 1.6487 is cut to 1.5; exp(0) = 1; the masked token weighs 0
-    torch.testing.assert_close(result.weights, torch.tensor([[1.5, 1.0, 0.0]]))
-    torch.testing.assert_close(result.mean_ratio, torch.tensor((1.6487213 + 1.0) / 2))
-
-
-def test_importance_weights_carry_no_gradient_to_the_policy():
-    old = torch.tensor([[-0.2]], requires_grad=True)
-    assert not truncated_importance_weights(old, torch.tensor([[-0.1]]), torch.ones(1, 1), cap=2.0).weights.requires_grad

@@ -7,7 +7,8 @@ import torch
 from pydantic import ValidationError
 from torch.testing import assert_close
 
-from roles.algorithms import PolicyLossConfig, ppo_policy_loss
+from roles.algorithms import PolicyLossConfig, compute_policy_loss, ppo_policy_loss
+from roles.trainer import TrainerConfig
 
 # Five tokens of one response, eps_low = 0.2, eps_high = 0.3 (clip range [0.8, 1.3]):
 #   t  ratio  A    -A*ratio  -A*clip(ratio)  max           dual bound -3A (A < 0)
@@ -164,7 +165,7 @@ def test_policy_loss_config_validates_and_applies_as_keyword_arguments():
         PolicyLossConfig(dual_clip_c=0.5)
     config = PolicyLossConfig(clip_ratio_high=0.3, dual_clip_c=3.0)
 
-    result = ppo_policy_loss(new_logprobs(), OLD_LOGPROBS, ADVANTAGES, MASK, **config.model_dump())
+    result = ppo_policy_loss(new_logprobs(), OLD_LOGPROBS, ADVANTAGES, MASK, **config.model_dump(exclude={"type"}))
 
     assert_close(result.loss, torch.tensor(1.22))
 
@@ -181,3 +182,29 @@ def test_minus_inf_logprobs_at_padding_leave_loss_and_diagnostics_finite():
     assert_close(result.approx_kl, torch.tensor(0.0))
     assert_close(result.clip_fraction, torch.tensor(0.0))
     assert_close(logprobs.grad, torch.tensor([[-1.0, 0.0]]))
+
+
+def test_a_policy_loss_without_type_is_still_ppo():
+    config = TrainerConfig.model_validate({"model": "m", "policy_loss": {"clip_ratio_high": 0.28, "dual_clip_c": 3.0}})
+
+    assert config.policy_loss == PolicyLossConfig(clip_ratio_high=0.28, dual_clip_c=3.0)
+    assert config.policy_loss.type == "ppo"
+    assert TrainerConfig.model_validate({"model": "m"}).policy_loss == PolicyLossConfig()
+
+
+def test_an_unknown_policy_loss_type_names_the_choices():
+    with pytest.raises(ValidationError, match="policy_loss.type must be one of ppo, gspo, cispo"):
+        TrainerConfig.model_validate({"model": "m", "policy_loss": {"type": "grpo"}})
+
+
+def test_the_default_config_through_compute_policy_loss_is_the_ppo_loss_unchanged():
+    # the hand-worked example with the defaults (clip 0.2 both sides, token-mean):
+    # token 0 -1.2 (clipped), 1 -0.5, 2 1.1, 3 0.8 (clipped), 4 8.0 -> 8.2 / 5 = 1.64
+    logprobs = new_logprobs()
+
+    result = compute_policy_loss(PolicyLossConfig(), logprobs, OLD_LOGPROBS, ADVANTAGES, MASK)
+    (gradient,) = torch.autograd.grad(result.loss, logprobs)
+
+    assert_close(result.loss, torch.tensor(1.64))
+    assert_close(result.clip_fraction, torch.tensor(0.4))
+    assert_close(gradient, torch.tensor([[0.0, -0.1, 0.22, 0.0, 1.6]]))

@@ -7,17 +7,20 @@ import torch
 from torch.testing import assert_close
 
 from protocols.batch import Batch
-from protocols.rl import Column
+from protocols.rl import Column, RolloutCorrection
 from roles.algorithms import (
     DrGRPOConfig,
     GAEConfig,
     GRPOConfig,
     KLConfig,
+    MaskedISConfig,
+    NoRolloutCorrectionConfig,
     UpdatePlan,
     drop_stale_groups,
     measured_kl_estimator,
     plan_update,
     prepare_training_batch,
+    rollout_correction_setting,
     staleness,
 )
 
@@ -27,7 +30,7 @@ SCORES = torch.tensor([1.0, 0.0, 1.0, 1.0])
 BEHAVIOR = torch.full((4, 3), -1.0)
 # log pi - log pi_ref = 0.1, 0.2, 0.3, 0.4 on every token of rows 0..3
 REFERENCE = BEHAVIOR - torch.tensor([[0.1], [0.2], [0.3], [0.4]])
-ON_POLICY = UpdatePlan(old_logprobs="behavior", importance_cap=None, kl_loss_estimator=None)
+ON_POLICY = UpdatePlan(old_logprobs="behavior", rollout_correction=None, kl_loss_estimator=None)
 
 
 def scored_batch(**extra: torch.Tensor) -> Batch:
@@ -110,7 +113,7 @@ def test_gae_without_a_kl_in_the_reward_puts_the_score_on_the_last_valid_token()
 
 def test_the_kl_is_measured_from_the_recomputed_old_logprobs_when_the_plan_takes_them():
     old = REFERENCE + 1.0  # k1 = 1 on every token; the generator's would give 0.1 .. 0.4
-    plan = UpdatePlan(old_logprobs="recomputed", importance_cap=None, kl_loss_estimator="k3")
+    plan = UpdatePlan(old_logprobs="recomputed", rollout_correction=None, kl_loss_estimator="k3")
 
     _, metrics = prepare_training_batch(scored_batch(**{Column.OLD_LOGPROBS: old}), plan, GRPOConfig(),
                                         KLConfig(usage="loss", estimator="k1"), kl_coef=0.0)
@@ -127,33 +130,56 @@ def test_without_a_reference_no_kl_is_logged_and_a_kl_usage_is_refused():
         prepare_training_batch(batch, ON_POLICY, GRPOConfig(), KLConfig(usage="loss"), kl_coef=0.0)
 
 
+ASYNC_DEFAULT = RolloutCorrection("truncate", "token", "geometric_mean", 0.0, 2.0, "all")
+
+
 @pytest.mark.parametrize(
     ("recompute", "optimizer_steps", "asynchronous", "expected"),
     [
-        ("always", 4, True, UpdatePlan("recomputed", 2.0, "k3")),
-        ("auto", 1, True, UpdatePlan("current", 2.0, "k3")),
-        ("auto", 3, True, UpdatePlan("recomputed", 2.0, "k3")),
+        ("always", 4, True, UpdatePlan("recomputed", ASYNC_DEFAULT, "k3")),
+        ("auto", 1, True, UpdatePlan("current", ASYNC_DEFAULT, "k3")),
+        ("auto", 3, True, UpdatePlan("recomputed", ASYNC_DEFAULT, "k3")),
         # the generator's own log-probs as the old ones: the PPO ratio is the correction, no weights
         ("never", None, True, UpdatePlan("behavior", None, "k3")),
         ("always", None, False, UpdatePlan("recomputed", None, "k3")),
         ("auto", 1, False, UpdatePlan("current", None, "k3")),
     ],
 )
-def test_plan_weights_by_the_importance_ratio_only_in_async_mode_against_another_policy(
+def test_without_a_written_correction_async_mode_truncates_the_token_ratio_at_the_importance_cap(
     recompute, optimizer_steps, asynchronous, expected
 ):
-    assert plan_update(KLConfig(), recompute, optimizer_steps, asynchronous, importance_cap=2.0) == expected
+    correction = rollout_correction_setting(None, asynchronous, importance_cap=2.0)
+    assert plan_update(KLConfig(), recompute, optimizer_steps, correction) == expected
+
+
+def test_a_written_correction_applies_in_sync_mode_and_replaces_the_async_default():
+    written = MaskedISConfig(level="sequence", upper=1.5, lower=0.5)
+    correction = rollout_correction_setting(written, asynchronous=True, importance_cap=2.0)
+
+    plan = plan_update(KLConfig(), "always", None, correction)
+
+    assert plan.rollout_correction == RolloutCorrection("mask", "sequence", "geometric_mean", 0.5, 1.5, "all")
+    assert plan_update(KLConfig(), "always", None, rollout_correction_setting(written, False, 2.0)) == plan
+    assert plan_update(KLConfig(), "always", None, NoRolloutCorrectionConfig()).rollout_correction is None
+
+
+def test_a_mask_that_leaves_the_denominator_makes_auto_recompute_the_old_logprobs():
+    kept = MaskedISConfig(denominator="kept")
+
+    assert plan_update(KLConfig(), "auto", 1, kept).old_logprobs == "recomputed"
+    assert plan_update(KLConfig(), "auto", 1, MaskedISConfig()).old_logprobs == "current"
 
 
 def test_plan_adds_a_kl_loss_only_when_the_kl_is_a_loss():
-    assert plan_update(KLConfig(usage="loss", estimator="k3+"), "always", None, False, 2.0).kl_loss_estimator == "k3+"
-    assert plan_update(KLConfig(usage="reward"), "always", None, False, 2.0).kl_loss_estimator is None
-    assert plan_update(KLConfig(usage="none"), "always", None, False, 2.0).kl_loss_estimator is None
+    none = NoRolloutCorrectionConfig()
+    assert plan_update(KLConfig(usage="loss", estimator="k3+"), "always", None, none).kl_loss_estimator == "k3+"
+    assert plan_update(KLConfig(usage="reward"), "always", None, none).kl_loss_estimator is None
+    assert plan_update(KLConfig(usage="none"), "always", None, none).kl_loss_estimator is None
 
 
 def test_plan_with_auto_needs_the_optimizer_steps():
     with pytest.raises(ValueError, match="recompute_logprobs: auto needs the trainer's optimizer steps"):
-        plan_update(KLConfig(), "auto", None, False, 2.0)
+        plan_update(KLConfig(), "auto", None, NoRolloutCorrectionConfig())
 
 
 @pytest.mark.parametrize(
