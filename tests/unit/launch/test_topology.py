@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -154,6 +155,22 @@ def example(name: str) -> dict:
 def test_every_example_topology_validates():
     for path in sorted(EXAMPLES.glob("*.yaml")):
         assert problems_of(yaml.safe_load(path.read_text())) == [], path.name
+
+
+RECIPES = ["grpo", "dr-grpo", "dapo", "gspo", "cispo", "rloo", "reinforce-plus-plus", "ppo"]
+"""The named recipes of issue 18, one file each in examples/recipes/."""
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_file_validates_and_cites_its_paper(recipe: str):
+    path = EXAMPLES / "recipes" / f"{recipe}.yaml"
+    assert problems_of(yaml.safe_load(path.read_text())) == [], path.name
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert re.search(r"(arXiv:\d{4}\.\d{4,5}|\b20\d\d\b)", header), f"{path.name} cites no paper in its header"
+
+
+def test_the_recipe_folder_holds_exactly_the_named_recipes():
+    assert sorted(path.stem for path in (EXAMPLES / "recipes").glob("*.yaml")) == sorted(RECIPES)
 
 
 @pytest.mark.parametrize("role", ["trainer", "reference"])  # grpo's reference: use_reference is true, kl.usage loss
