@@ -118,18 +118,19 @@ def fill_derived(role: str, config_class: type[BaseModel], block: dict[str, Any]
             replaced, not refused.
 
     Returns:
-        (the block to validate, a problem for each derived field the user wrote: a
-        value said twice could disagree with the count, so it cannot be written).
+        (the block to validate, a problem for each derived field the user wrote with a
+        value other than the count: a value said twice could disagree, so only the
+        count's own value is accepted, as topology files before the derivation wrote it).
     """
     problems = []
     filled = dict(block)
     for field, source in derived_fields(config_class, role).items():
         spec = roles.get(source)
         count = spec.get("count", 1) if isinstance(spec, dict) else None
-        if field in block and not resolved_copy:
+        if field in block and block[field] != count and not resolved_copy:
             problems.append(Problem(path=f"roles.{role}.config.{field}", message=(
-                f"derived from roles.{source}.count (the launcher sets it for every instance), so it is not "
-                f"written: remove it; the number of trainer ranks is roles.{source}.count"
+                f"{block[field]!r}, but it is derived from roles.{source}.count ({count!r}; the launcher sets it "
+                f"for every instance): remove it; the number of trainer ranks is roles.{source}.count"
             )))
         filled.pop(field, None)
         # A count that is not a whole number >= 1 is reported by the topology model; the default stands in.

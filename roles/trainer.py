@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from protocols.batch import Batch
 from protocols.rl import (
@@ -106,6 +106,15 @@ class TrainerConfig(ModelSettings):
     """The weight channel to the generators."""
     seed: int = 0
     """Seed of torch's generator, set before the model loads."""
+
+    @model_validator(mode="after")
+    def _one_micro_batch_count_on_every_rank(self) -> TrainerConfig:
+        # each rank would cut its own rows by the budget into its own number of micro-batches, and the
+        # FSDP collectives of every forward and backward pair up only when the counts are the same
+        if self.ranks > 1 and self.update.max_tokens_per_micro_batch is not None:
+            raise ValueError(f"update.max_tokens_per_micro_batch works with one trainer rank, and this trainer has "
+                             f"{self.ranks} (roles.trainer.count): remove it, or use update.micro_batch_size")
+        return self
 
 
 class Trainer(PublishesWeights):

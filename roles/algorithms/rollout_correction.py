@@ -108,6 +108,10 @@ class MaskedISConfig(_RatioConfig):
         if self.lower is not None and self.lower > self.upper:
             raise ValueError(f"rollout_correction lower ({self.lower}) is above upper ({self.upper}): no ratio "
                              "would be kept; set lower <= upper")
+        if self.lower is None and 1.0 / self.upper > self.upper:  # the default lower, 1 / upper, would be above it
+            raise ValueError(f"rollout_correction upper ({self.upper}) is below 1, so the default lower (1 / upper = "
+                             f"{1.0 / self.upper:.4g}) is above it and no ratio would be kept: set upper >= 1, or "
+                             "write lower <= upper")
         return self
 
 

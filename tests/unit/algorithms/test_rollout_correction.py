@@ -221,6 +221,12 @@ def test_an_empty_band_is_refused():
         MaskedISConfig(lower=2.0, upper=1.5)
 
 
+def test_an_upper_bound_below_one_without_a_lower_is_refused_as_its_default_band_is_empty():
+    with pytest.raises(ValidationError, match="upper .0.9. is below 1"):
+        MaskedISConfig(upper=0.9)  # the default lower 1 / 0.9 = 1.11 would keep no ratio, not even 1
+    assert MaskedISConfig(lower=0.5, upper=0.9).upper == 0.9 and MaskedISConfig(upper=1.0).lower is None
+
+
 def test_unwritten_correction_means_token_truncation_at_the_importance_cap_in_async_mode_only():
     assert rollout_correction_setting(None, True, 3.0) == TruncatedISConfig(upper=3.0)
     assert rollout_correction_setting(None, False, 3.0) == NoRolloutCorrectionConfig()

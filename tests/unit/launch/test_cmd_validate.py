@@ -59,7 +59,7 @@ def test_validate_refuses_two_trainers_with_a_written_rank_count_naming_the_fiel
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert "1 problem\n" in err
-    assert "roles.controller.config.trainer_ranks: derived from roles.trainer.count" in err
+    assert "roles.controller.config.trainer_ranks: 1, but it is derived from roles.trainer.count (2" in err
     del raw["roles"]["controller"]["config"]["trainer_ranks"]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert main(["validate", str(path)]) == 0

@@ -206,23 +206,39 @@ def test_gae_needs_no_critic_when_use_critic_is_false():
 
 
 # ------------------------------------------------------------------ derived settings
-def test_a_written_trainer_rank_count_is_refused_at_its_field_path_as_derived_from_the_count():
+def test_a_written_trainer_rank_count_other_than_the_count_is_refused_at_its_field_path():
     raw = example("arith-grpo.yaml")
     raw["roles"]["controller"]["config"]["trainer_ranks"] = 2  # two places that could disagree with the count
-    raw["roles"]["trainer"]["config"]["ranks"] = 1
+    raw["roles"]["trainer"]["config"]["ranks"] = 3
     assert problems_of(raw) == [
-        "roles.controller.config.trainer_ranks: derived from roles.trainer.count (the launcher sets it for every "
-        "instance), so it is not written: remove it; the number of trainer ranks is roles.trainer.count",
-        "roles.trainer.config.ranks: derived from roles.trainer.count (the launcher sets it for every "
-        "instance), so it is not written: remove it; the number of trainer ranks is roles.trainer.count",
+        "roles.controller.config.trainer_ranks: 2, but it is derived from roles.trainer.count (1; the launcher sets it "
+        "for every instance): remove it; the number of trainer ranks is roles.trainer.count",
+        "roles.trainer.config.ranks: 3, but it is derived from roles.trainer.count (1; the launcher sets it "
+        "for every instance): remove it; the number of trainer ranks is roles.trainer.count",
     ]
+
+
+def test_a_topology_written_before_the_derivation_with_the_counts_own_value_still_validates():
+    raw = example("arith-grpo.yaml")
+    raw["roles"]["trainer"]["count"] = 2
+    raw["roles"]["controller"]["config"]["trainer_ranks"] = 2  # as examples/*.yaml wrote it before
+    raw["roles"]["trainer"]["config"]["ranks"] = 2
+    topology, configs, problems = validate(raw)
+    assert problems == [] and configs["trainer"].ranks == 2 and configs["controller"].trainer_ranks == 2
+
+
+def test_a_token_budget_with_several_trainer_ranks_is_refused():
+    raw = example("arith-grpo.yaml")
+    raw["roles"]["trainer"]["count"] = 2
+    raw["roles"]["trainer"]["config"]["update"]["max_tokens_per_micro_batch"] = 4096
+    assert any("max_tokens_per_micro_batch works with one trainer rank" in problem for problem in problems_of(raw))
 
 
 def test_an_override_of_a_derived_setting_is_refused_too(tmp_path):
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(example("arith-grpo.yaml")))
     with pytest.raises(TopologyError) as caught:
-        load_topology(path, ["roles.trainer.count=2", "roles.trainer.config.ranks=2"])
+        load_topology(path, ["roles.trainer.count=2", "roles.trainer.config.ranks=1"])
     assert [problem.path for problem in caught.value.problems] == ["roles.trainer.config.ranks"]
 
 
