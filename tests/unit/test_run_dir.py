@@ -61,24 +61,25 @@ def test_run_info_round_trips_through_registry_json(tmp_path: Path) -> None:
     assert run.read_info() == info and run.registry_file.exists()
 
 
-def run_dir_literals(path: Path) -> list[str]:
+def run_dir_literals(path: Path, root: Path = REPO) -> list[str]:
     """``something / "logs"``-style joins, ``Path(..., "logs")``, and names built as
-    ``f"step_{n}"`` in one module."""
+    ``f"step_{n}"`` in one module (named relative to `root`)."""
+    name = path.relative_to(root)
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             for side in (node.left, node.right):
                 if isinstance(side, ast.Constant) and side.value in RUN_DIR_NAMES:
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: / {side.value!r}")
+                    found.append(f"{name}:{node.lineno}: / {side.value!r}")
         elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Path":
             for argument in node.args:
                 if isinstance(argument, ast.Constant) and argument.value in RUN_DIR_NAMES:
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: Path(..., {argument.value!r})")
+                    found.append(f"{name}:{node.lineno}: Path(..., {argument.value!r})")
         elif isinstance(node, ast.JoinedStr):  # a name built as f"step_{n}" (a message may mention eval/step_N)
             for part, following in zip(node.values, node.values[1:]):
                 built = isinstance(part, ast.Constant) and isinstance(following, ast.FormattedValue)
                 if built and str(part.value).split(" ")[-1] in ("step_", "/step_"):
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: f-string {part.value!r}")
+                    found.append(f"{name}:{node.lineno}: f-string {part.value!r}")
     return found
 
 
@@ -88,20 +89,10 @@ def test_no_module_outside_run_dir_spells_a_run_directory_path() -> None:
     assert [literal for path in modules for literal in run_dir_literals(path)] == []
 
 
-def test_the_literal_check_sees_joins_paths_and_step_strings(tmp_path: Path) -> None:
-    module = REPO / "runtime" / "_literal_probe_not_a_module.txt"  # never written: parsed from a string below
-    source = 'a = run / "logs" / name\nb = Path(run, "metrics.jsonl")\nc = f"step_{n}"\nd = run / "data"\n'
+def test_the_literal_check_sees_joins_paths_and_step_strings_and_nothing_else(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text(source)
-    literals = run_dir_literals_of(probe)
-    assert len(literals) == 3 and not module.exists()
-
-
-def run_dir_literals_of(path: Path) -> list[str]:
-    """run_dir_literals for a file outside the repository (paths shown absolute)."""
-    global REPO
-    saved, REPO = REPO, path.parent
-    try:
-        return run_dir_literals(path)
-    finally:
-        REPO = saved
+    probe.write_text('a = run / "logs" / name\nb = Path(run, "metrics.jsonl")\nc = f"step_{n}"\n'
+                     'd = run / "data"\ne = f"read eval/step_{n}.jsonl"\n')
+    assert sorted(run_dir_literals(probe, tmp_path)) == [
+        "probe.py:1: / 'logs'", "probe.py:2: Path(..., 'metrics.jsonl')", "probe.py:3: f-string 'step_'",
+    ]
