@@ -60,8 +60,14 @@ def wait_without_reaping(pid: int, timeout: float) -> bool:
                 return False
             time.sleep(0.01)
         return True
+    deadline = time.monotonic() + timeout
     try:
-        return bool(select.select([pidfd], [], [], timeout)[0])
+        # select may wake a little before its timeout by the monotonic clock: wait out
+        # the rest, so a program is given its whole time limit and never less.
+        while not select.select([pidfd], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+            if time.monotonic() >= deadline:
+                return False
+        return True
     finally:
         os.close(pidfd)
 
