@@ -2,7 +2,7 @@
 
 Starts two servers on the arithmetic example's model (``examples/arith/data/model``
 when `make demo` has built it, else a quick build in a temporary folder): batching on
-(``--max-batch 32``, the default ``--max-wait-ms 2``) and off (``--max-batch 1``),
+(``--max-batch 32``, the default ``--max-wait-ms 0``) and off (``--max-batch 1``),
 each with one torch thread. Closed-loop users (asyncio clients in this process,
 each sending its next request as soon as the last is answered, over one keep-alive
 connection) post to ``/generate``
@@ -15,7 +15,7 @@ response ends where the model puts its end-of-sequence token, at most 8 tokens) 
 ``fixed`` (``ignore_eos``, exactly 32 tokens per response, so the work per request does
 not depend on the model's training).
 
-Prints a table and, last, one JSON line with the on/off ratios at 32 users.
+Prints a table and, last, one JSON line with the on/off ratios at 1, 8 and 32 users.
 
     python benchmarks/serving.py [--seconds 6] [--repeats 3] [--quick]
 """

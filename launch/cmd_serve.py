@@ -20,8 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-batch", type=int, default=8, metavar="B",
                           help="most requests generated together; 1 turns batching off (default 8)")
-    batching.add_argument("--max-wait-ms", type=float, default=2.0, metavar="W",
-                          help="longest a request waits for others to fill its batch (default 2)")
+    batching.add_argument("--max-wait-ms", type=float, default=0.0, metavar="W",
+                          help="longest a request arriving at an idle server waits for others to join its batch; "
+                               "requests that queue while a batch runs go together into the next one anyway "
+                               "(default 0: start at once)")
     batching.add_argument("--max-queue", type=int, default=64, metavar="Q",
                           help="most requests waiting for a batch; more get 503 with Retry-After (default 64)")
     batching.add_argument("--request-timeout-s", type=float, default=300.0,

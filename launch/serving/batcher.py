@@ -194,7 +194,9 @@ class Batcher:
         tokenizer: copied for the worker thread, which decodes responses; the caller
             keeps using the original on the loop.
         max_batch: most requests per batch (B).
-        max_wait_s: longest a request waits for others to join its batch (W).
+        max_wait_s: longest a request arriving at an idle batcher waits for others to join
+            its batch (W); 0 starts it at once. Requests that queue while a batch runs
+            have waited already and go together into the next batch without it.
         max_queue: most requests waiting for a batch; one more is refused.
     """
 

@@ -46,8 +46,9 @@ class ServeConfig(BaseModel):
     """Port to listen on; 0 picks a free one (the startup line names it)."""
     max_batch: int = Field(8, ge=1)
     """Most requests generated together (1 turns batching off)."""
-    max_wait_ms: float = Field(2.0, ge=0)
-    """Longest a request waits for others to fill its batch."""
+    max_wait_ms: float = Field(0.0, ge=0)
+    """Longest a request arriving at an idle server waits for others to join its batch
+    (0: start at once; requests that queue while a batch runs join the next one anyway)."""
     max_queue: int = Field(64, ge=1)
     """Most requests waiting for a batch; more get 503 with Retry-After."""
     engine: Literal["hf", "vllm"] = "hf"

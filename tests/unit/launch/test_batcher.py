@@ -13,6 +13,7 @@ import pytest
 
 from launch.serving.batcher import Batcher, Completion, GenerationFailed, QueueFullError, TextDelta
 from launch.serving.metrics import ServingMetrics
+from launch.serving.service import ServeConfig
 from roles.generation import HFBackend, SamplingParams, load_causal_lm
 from tests.unit.test_generation import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 - a fixture
 
@@ -132,3 +133,26 @@ async def test_a_batch_whose_clients_all_left_stops_at_its_next_step(batcher: Ba
         later = submit(batcher, [5, 6], max_new_tokens=3)
         assert (await later.completions(30))[0].completion_tokens == 3
     assert batcher.metrics.value("troupe_generated_tokens_total") < 2000 / 2
+
+
+async def test_by_default_a_lone_request_starts_at_once_and_those_queued_meanwhile_go_together(loaded) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer = loaded
+    default_wait_s = ServeConfig(model=Path("unused")).max_wait_ms / 1000
+    assert default_wait_s == 0.0  # a lone request does not wait for company that may never come
+    eager = Batcher(HFBackend(model, tokenizer), tokenizer, ServingMetrics(), max_batch=4, max_wait_s=default_wait_s,
+                    max_queue=8)
+    try:
+        async with running(eager):
+            lone = submit(eager, [5, 6, 7], max_new_tokens=400, ignore_eos=True)
+            deadline = time.monotonic() + 30
+            while not eager.metrics.value("troupe_requests_running") and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            assert eager.metrics.value("troupe_requests_running") == 1  # it runs alone: nothing waited for company
+            queued = [submit(eager, [5, 6]) for _ in range(3)]  # they arrive while the lone batch runs
+            assert eager.metrics.value("troupe_queue_depth") == 3
+            for ticket in (lone, *queued):
+                assert len(await ticket.completions(60)) == 1
+    finally:
+        eager.close()
+    assert eager.metrics.value("troupe_batch_size_count") == 2  # the lone request's batch, then the three together
+    assert batches_of_3_or_4(eager) == 1
