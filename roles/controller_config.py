@@ -19,6 +19,10 @@ from roles.evaluator import HeldoutConfig
 from roles.sampling import SamplingParams
 
 
+DEFAULT_IMPORTANCE_CAP = 2.0
+"""The async token truncation of the importance ratio when neither ``importance_cap`` nor
+``rollout_correction`` is written."""
+
 class EvalConfig(HeldoutConfig):
     """When to evaluate, and where: here, or in the evaluator role (its own process)."""
 
@@ -83,10 +87,10 @@ class ControllerConfig(BaseModel):
     """``sync``: on-policy steps; ``async``: generation runs one batch ahead of training."""
     max_staleness: int = Field(1, ge=0)
     """Async: rows sampled more than this many versions behind the policy are dropped."""
-    importance_cap: float = Field(2.0, gt=0)
+    importance_cap: float | None = Field(None, gt=0)
     """Async, when ``rollout_correction`` is not written: the loss is weighted per token
     by the importance ratio policy/sampler truncated at this (``rollout_correction:
-    {type: truncate, level: token, upper: importance_cap}``)."""
+    {type: truncate, level: token, upper: importance_cap}``); None: 2.0."""
     rollout_correction: RolloutCorrectionConfig | None = None
     """How the policy loss is weighted by the ratio pi_old / pi_behavior of the old
     log-probs to the generator's (roles.algorithms.rollout_correction): ``{type: none}``,
@@ -138,13 +142,15 @@ class ControllerConfig(BaseModel):
     @property
     def effective_rollout_correction(self) -> RolloutCorrectionConfig:
         """`rollout_correction` as written, else what the settings meant before it (see its docstring)."""
-        return rollout_correction_setting(self.rollout_correction, self.mode == "async", self.importance_cap)
+        cap = DEFAULT_IMPORTANCE_CAP if self.importance_cap is None else self.importance_cap
+        return rollout_correction_setting(self.rollout_correction, self.mode == "async", cap)
 
     @model_validator(mode="after")
     def _one_rollout_correction(self) -> ControllerConfig:
         if self.rollout_correction is None:
             return self
-        if "importance_cap" in self.model_fields_set:
+        # a value, not the field's presence: the launcher's resolved topology writes every default (None here)
+        if self.importance_cap is not None:
             raise ValueError("importance_cap and rollout_correction are both set: importance_cap is the older "
                              "spelling of rollout_correction {type: truncate, level: token, upper: ...}; keep one")
         if self.rollout_correction.type != "none" and self.recompute_logprobs == "never":

@@ -236,6 +236,18 @@ def controller_config(**settings) -> ControllerConfig:
     return ControllerConfig(tokenizer="t", data={"files": ["x.jsonl"]}, steps=1, **settings)
 
 
+def test_a_written_correction_survives_the_resolved_topology_that_writes_every_default():
+    """The launcher writes each role's config with every default filled in, and the role
+    reads that file: a default must not count as written."""
+    for mode in ("sync", "async"):
+        written = controller_config(mode=mode, rollout_correction={"type": "mask", "level": "sequence"})
+        resolved = ControllerConfig.model_validate(written.model_dump(mode="json"))
+        assert resolved.effective_rollout_correction == written.effective_rollout_correction
+    unwritten = controller_config(mode="async")
+    assert ControllerConfig.model_validate(unwritten.model_dump(mode="json")).effective_rollout_correction == (
+        TruncatedISConfig(upper=2.0))
+
+
 def test_the_controller_refuses_a_correction_with_importance_cap_or_without_old_logprobs():
     with pytest.raises(ValidationError, match="importance_cap and rollout_correction are both set"):
         controller_config(importance_cap=3.0, rollout_correction={"type": "truncate"})
