@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from protocols.batch import Batch
 from protocols.rl import (
@@ -106,15 +106,6 @@ class TrainerConfig(ModelSettings):
     """The weight channel to the generators."""
     seed: int = 0
     """Seed of torch's generator, set before the model loads."""
-
-    @model_validator(mode="after")
-    def _one_micro_batch_count_on_every_rank(self) -> TrainerConfig:
-        # each rank would cut its own rows by the budget into its own number of micro-batches, and the
-        # FSDP collectives of every forward and backward pair up only when the counts are the same
-        if self.ranks > 1 and self.update.max_tokens_per_micro_batch is not None:
-            raise ValueError(f"update.max_tokens_per_micro_batch works with one trainer rank, and this trainer has "
-                             f"{self.ranks} (roles.trainer.count): remove it, or use update.micro_batch_size")
-        return self
 
 
 class Trainer(PublishesWeights):
@@ -242,9 +233,17 @@ class Trainer(PublishesWeights):
         # rows of similar length in a micro-batch keep padding out of its forward (batch_logprobs)
         result = run_update(self.optimization, local, update, request.step,
                             lambda micro: self._micro_batch_loss(micro, request),
-                            mini_batch_rows=max(1, update.mini_batch_size // config.ranks), micro_batch_order=by_length)
+                            mini_batch_rows=max(1, update.mini_batch_size // config.ranks), micro_batch_order=by_length,
+                            group_count=self._most_micro_batches if config.ranks > 1 else None)
         self.optimizer_steps += result.optimizer_steps
         return {**result.stats, "train/lr": self.optimization.scheduler.get_last_lr()[0]}
+
+    def _most_micro_batches(self, count: int) -> int:
+        """The most micro-batches any rank cut its share of a mini-batch into (under a
+        token budget each rank cuts its own rows): every rank runs that many forwards."""
+        most = torch.tensor([count], device=self.config.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most.item())
 
     def _micro_batch_loss(self, micro: MicroBatch, request: Train) -> MicroBatchLoss:
         """The micro-batch's policy loss (+ KL loss - entropy bonus) and its share of the

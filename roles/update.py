@@ -14,6 +14,13 @@ mini-batch is the token-weighted sum of its micro-batches' token means), whateve
 micro-batches' sizes and order. So micro-batches can be a fixed number of rows or, with
 ``max_tokens_per_micro_batch``, rows sorted by length under a budget of padded tokens
 (roles.micro_batches): the grouping changes the work, not the step.
+
+With several FSDP ranks every forward and backward is a collective, so every rank must
+run as many micro-batches as the others; under a token budget each rank cuts its own
+rows into its own number of them. `run_update` then takes a ``group_count`` that
+agrees on the most (an all-reduce), and a rank with fewer runs the rest as padding: a
+forward and backward of one of its rows with the loss times 0, which adds nothing to
+the gradient and nothing to the logged numbers.
 """
 
 from __future__ import annotations
@@ -178,7 +185,7 @@ def token_share(micro_batch: Batch, mini_batch: Batch) -> float:
 def run_update(
     optimization: Optimization, batch: Batch, update: UpdateConfig, step: int, loss: MicroBatchLossFunction, *,
     mini_batch_rows: int | None = None, micro_batch_order: Callable[[Batch], torch.Tensor] | None = None,
-    grad_norm_name: str = "train/grad_norm",
+    grad_norm_name: str = "train/grad_norm", group_count: Callable[[int], int] | None = None,
 ) -> UpdateResult:
     """``update.ppo_epochs`` passes over `batch` in shuffled mini-batches, one optimizer
     step each, the gradient accumulated over micro-batches of ``update.micro_batch_size``
@@ -196,13 +203,15 @@ def run_update(
             micro-batches (the gradient does not depend on it; the work may). Default:
             the mini-batch's order, or `by_length` under a token budget.
         grad_norm_name: the name the gradient norm is logged under.
+        group_count: this rank's number of micro-batches of a mini-batch -> the most of
+            any rank (None: one rank); the rank runs padding up to it (module docstring).
     """
     totals: dict[str, float] = {}
     steps = 0
     for epoch in range(update.ppo_epochs):
         for mini in shuffled_mini_batches(batch, update, step, epoch, mini_batch_rows or update.mini_batch_size):
             stats = accumulate_gradient(optimization, mini, update.micro_batch_size, loss, micro_batch_order,
-                                        update.max_tokens_per_micro_batch)
+                                        update.max_tokens_per_micro_batch, group_count)
             stats[grad_norm_name] = optimization.step()
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0.0) + value
@@ -213,19 +222,26 @@ def run_update(
 def accumulate_gradient(
     optimization: Optimization, mini: Batch, micro_batch_size: int, loss: MicroBatchLossFunction,
     micro_batch_order: Callable[[Batch], torch.Tensor] | None = None, max_tokens: int | None = None,
+    group_count: Callable[[int], int] | None = None,
 ) -> dict[str, float]:
     """Sets the model's gradient to the mini-batch loss's, one micro-batch's backward at
     a time; returns the logged numbers summed over the micro-batches. The micro-batches
     are `micro_batch_size` rows or, with `max_tokens`, at most that many padded tokens
-    (roles.micro_batches.token_budget_split; rows `by_length` unless `micro_batch_order`)."""
+    (roles.micro_batches.token_budget_split; rows `by_length` unless `micro_batch_order`).
+    With `group_count`, padding micro-batches follow up to the group's most."""
     optimization.optimizer.zero_grad(set_to_none=True)
     if micro_batch_order is None and max_tokens is not None:
         micro_batch_order = by_length
     ordered = mini.select(micro_batch_order(mini)) if micro_batch_order is not None else mini
     sums: dict[str, float] = {}
-    for micro in micro_batches(ordered, micro_batch_size, max_tokens):
+    micros = micro_batches(ordered, micro_batch_size, max_tokens)
+    for micro in micros:
         result = loss(MicroBatch(micro, mini, token_share(micro, mini)))
         (result.loss * result.weight).backward()
         for name, value in result.stats.items():
             sums[name] = sums.get(name, 0.0) + value
+    padding = group_count(len(micros)) - len(micros) if group_count is not None else 0
+    for _ in range(padding):  # the collectives of the forwards and backwards other ranks still run
+        result = loss(MicroBatch(ordered.select(slice(0, 1)), mini, 0.0))
+        (result.loss * 0.0).backward()  # its stats are left out: it is not part of the mini-batch
     return sums

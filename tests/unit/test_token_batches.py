@@ -19,7 +19,7 @@ from roles.logprobs import rollout_logprobs
 from roles.micro_batches import by_length, padded_tokens, per_row, row_extents, token_budget_split
 from roles.reference import Reference, ReferenceConfig
 from roles.trainer import Trainer, TrainerConfig
-from roles.update import Optimization
+from roles.update import MicroBatch, MicroBatchLoss, Optimization, accumulate_gradient
 from tests.unit.test_batch_logprobs import rollout_batch
 from tests.unit.test_generation import one_thread, tiny_model  # noqa: F401  one_thread: an autouse fixture
 
@@ -132,6 +132,36 @@ def test_the_logged_kl_loss_under_a_token_budget_is_the_whole_mini_batchs(mode: 
     whole_stats, _ = trained(mode, {"micro_batch_size": batch.size}, batch)
     budget_stats, _ = trained(mode, {"max_tokens_per_micro_batch": 12}, batch)
     assert budget_stats["train/kl_loss"] == pytest.approx(whole_stats["train/kl_loss"], rel=1e-4)
+
+
+def test_padding_micro_batches_of_a_rank_that_cut_fewer_add_nothing_to_the_gradient_or_the_stats():
+    """With several FSDP ranks a rank runs padding micro-batches up to the most any rank
+    cut (roles.update): they must leave its gradient and its numbers as they were."""
+    batch = training_batch(tiny_model().config.vocab_size)
+    request = Train(batch, step=0, temperature=0.9, kl_coef=0.1, kl_estimator="k3")
+    outcomes = []
+    for padding in (0, 3):
+        trainer = Trainer("trainer-0", TrainerConfig(model="unused", update={"mini_batch_size": 8, "max_tokens_per_micro_batch": 12},
+                                                     optim={"grad_clip": None}, entropy_coef=0.01))
+        try:
+            trainer.model = tiny_model().train()
+            trainer.optimization = Optimization.build(trainer.model, trainer.config.optim)
+            losses: list[float] = []
+
+            def loss(micro: MicroBatch) -> MicroBatchLoss:
+                losses.append(micro.token_share)
+                return trainer._micro_batch_loss(micro, request)
+
+            stats = accumulate_gradient(trainer.optimization, batch.select(by_length(batch)), 8, loss, max_tokens=12,
+                                        group_count=lambda count: count + padding)  # noqa: B023 - called at once
+        finally:
+            trainer.compute.shutdown()
+        outcomes.append((stats, [parameter.grad.clone() for parameter in trainer.model.parameters()], losses))
+    (stats, gradient, losses), (padded_stats, padded_gradient, padded_losses) = outcomes
+    assert len(losses) == 6 and padded_losses == losses + [0.0, 0.0, 0.0]  # three forwards more, of no weight
+    for padded, plain in zip(padded_gradient, gradient):
+        torch.testing.assert_close(padded, plain, rtol=0, atol=0)
+    assert padded_stats == stats
 
 
 def test_the_trainers_micro_batches_stay_within_the_budget():
