@@ -6,6 +6,7 @@ learning rates."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from launch import Run
 from launch.export import export_checkpoint
+from runtime.run_dir import RunDir
 from tests.e2e.cli import troupe
 from tests.e2e.test_export import PROMPTS, logits_of, trainer_model_at
 from tests.e2e.test_rl_run import (  # noqa: F401 - arith is a fixture
@@ -32,19 +34,24 @@ GREEDY = {"entry": "examples.arith.evaluators:GreedyAccuracy", "args": {"rows": 
 
 @pytest.fixture(scope="module")
 def lr_runs(tmp_path_factory: pytest.TempPathFactory, arith: Path) -> dict[str, Path]:  # noqa: F811
-    """Async GRPO at the example's learning rate with evaluations every 2 steps, and sync
-    GRPO at a higher one on two FSDP trainer ranks, both evaluated by the evaluator role."""
+    """The reinforce-plus-plus recipe, async, at the example's learning rate with
+    evaluations every 2 steps, and the rloo recipe, sync, at a higher one on two FSDP
+    trainer ranks with micro-batches by a token budget, both evaluated by the evaluator
+    role (the recipes' own end-to-end runs: tests/e2e/test_recipes.py)."""
     root = tmp_path_factory.mktemp("lr-runs")
     runs = {}
-    for name, mode, steps, lr in (("async-lr4e-4", "async", 4, 4e-4), ("sync-lr2e-3", "sync", 3, 2e-3)):
+    for name, recipe, mode, steps, lr in (("async-lr4e-4", "reinforce-plus-plus", "async", 4, 4e-4),
+                                          ("sync-lr2e-3", "rloo", "sync", 3, 2e-3)):
         ranks = 1 if mode == "async" else 2
-        topology = rl_topology(root, arith, mode=mode, steps=steps, evaluator_role=True, name=name)
+        topology = rl_topology(root, arith, recipe, mode=mode, steps=steps, evaluator_role=True, name=name)
         overrides = ["--set", f"roles.trainer.config.optim.lr={lr}", "--set", "roles.controller.config.eval.every_steps=2",
                      "--set", f"roles.trainer.count={ranks}",
                      "--set", "roles.controller.config.checkpoint_every=1",
                      # an entropy bonus moves the weights even when every reward of the tiny model is 0
                      "--set", "roles.trainer.config.entropy_coef=0.05",
                      "--set", f"roles.evaluator.config.evaluators=[{json.dumps({**GREEDY, 'args': {**GREEDY['args'], 'data': str(arith / 'heldout.jsonl')}})}]"]
+        if ranks > 1:  # each rank cuts its rows by the budget and runs as many micro-batches as the one with most
+            overrides += ["--set", "roles.trainer.config.update.max_tokens_per_micro_batch=20"]
         run_dir = root / name
         if mode == "async":
             result = troupe("launch", str(topology), "--run-dir", str(run_dir), "--no-status", *overrides, timeout=540)
@@ -78,6 +85,17 @@ def test_the_evaluator_role_evaluates_in_its_own_process_with_every_number(lr_ru
         assert set(dump[0]) == {"prompt", "response", "extracted", "ground_truth", "score", "terms", "weights_version"}
         assert {d["weights_version"] for d in dump} <= {record["eval/weights_version_min"], record["eval/weights_version_max"]}
     assert evaluations[-1]["eval/weights_version_min"] >= 3  # the last evaluation saw trained weights
+
+
+@pytest.mark.parametrize(("name", "recipe"), [("async-lr4e-4", "reinforce-plus-plus"), ("sync-lr2e-3", "rloo")])
+def test_the_rloo_and_reinforce_plus_plus_recipes_train_with_the_kl_in_the_reward(
+        lr_runs: dict[str, Path], name: str, recipe: str) -> None:
+    run_dir = lr_runs[name]
+    advantage = RunDir(run_dir).role_config("controller")["advantage"]["type"]
+    assert advantage == {"rloo": "rloo", "reinforce-plus-plus": "reinforce_plus_plus"}[recipe]
+    for record in (r for r in metrics(run_dir) if "train/reward" in r):
+        assert math.isfinite(record["train/loss"]) and math.isfinite(record["train/grad_norm"])
+        assert record["train/kl_coef"] == pytest.approx(0.001) and "timing/reference_s" in record  # the fixed k1 penalty
 
 
 def test_tensorboard_has_histograms_sample_text_and_hyperparameters_and_evaluation_on_demand(lr_runs: dict[str, Path]) -> None:

@@ -47,10 +47,11 @@ def arith(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rl_topology(tmp_path: Path, data: Path, algorithm: str = "grpo", mode: str = "sync", steps: int = 3,
                 evaluator_role: bool = False, name: str | None = None, source: str | None = None,
                 **controller: Any) -> Path:
-    """The example's topology (``examples/arith-<algorithm>.yaml``, or the file `source`
-    names) on the tiny model and data; evaluation in the evaluator role
-    (`evaluator_role`) or, without that role, in the controller."""
-    topology = yaml.safe_load((REPO / (source or f"examples/arith-{algorithm}.yaml")).read_text())
+    """The recipe's topology (``examples/recipes/<algorithm>.yaml``, the same settings as
+    ``examples/arith-<algorithm>.yaml``, or the file `source` names) on the tiny model and
+    data; evaluation in the evaluator role (`evaluator_role`) or, without that role, in
+    the controller."""
+    topology = yaml.safe_load((REPO / (source or f"examples/recipes/{algorithm}.yaml")).read_text())
     topology["runtime"] = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 5.0}
     roles = topology["roles"]
     for role in roles.values():
