@@ -54,7 +54,7 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
 # Pure libraries under roles/ do no I/O and start no process (STYLE.md, habit 1): the
 # math they hold tests on a CPU in milliseconds. What starts processes for them (the
 # code sandbox, the math-verify worker) lives in roles/sandbox and is called from there.
-PURE_PACKAGES = ("roles/algorithms", "roles/rewards", "roles/evaluation")
+PURE_PACKAGES = ("roles/algorithms", "roles/rewards", "roles/evaluation", "roles/agents")
 NOT_IN_PURE_PACKAGES = ("zmq", "asyncio", "torch.distributed", "subprocess", "multiprocessing", "concurrent.futures")
 PROCESS_STARTING_CALLS = {"fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "execv", "execve",
                           "execvp", "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv", "spawnve", "spawnl"}
