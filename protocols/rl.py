@@ -42,7 +42,12 @@ class Column:
     RESPONSE_IDS = "response_ids"
     """[N, R] int64 sampled token ids, right-padded."""
     RESPONSE_MASK = "response_mask"
-    """[N, R] float32 (1: a token the policy sampled and is trained on, 0: padding)."""
+    """[N, R] float32 (1: a token the policy sampled and is trained on, 0: padding, or an
+    observation's token in a multi-turn row)."""
+    RESPONSE_ATTENTION = "response_attention_mask"
+    """[N, R] int64, multi-turn rows only: 1 where the response holds a token the model
+    reads, sampled or an environment's (its ``response_mask`` is 0, as it is not trained
+    on), 0 for padding. Absent: the response's tokens are those of ``response_mask``."""
     BEHAVIOR_LOGPROBS = "behavior_logprobs"
     """[N, R] float32 log-probs of the sampled tokens under the weights that sampled them."""
     VERSION = "version"

@@ -101,18 +101,21 @@ RESPONSE_TENSORS = {
 }
 PER_TOKEN = TensorSpec(FLOATING, ndim=2, like="response_ids")
 """A float per response token: log-probs, advantages, returns, values."""
+MULTI_TURN_TENSORS = {"response_attention_mask": TensorSpec(NUMBER, ndim=2, like="response_ids")}
+"""What a multi-turn row adds: the response tokens read, observations included (protocols.rl.Column)."""
 
 PROMPTS_BATCH = BatchSpec(columns={"prompt_ids": list[int]})
 """What a generator is asked to sample from."""
-SEQUENCES_BATCH = BatchSpec(tensors={**PROMPT_TENSORS, **RESPONSE_TENSORS})
+SEQUENCES_BATCH = BatchSpec(tensors={**PROMPT_TENSORS, **RESPONSE_TENSORS}, optional=MULTI_TURN_TENSORS)
 """Prompts and responses as token tensors: what a forward pass needs."""
 ROLLOUTS_BATCH = BatchSpec(
     tensors={**PROMPT_TENSORS, **RESPONSE_TENSORS, "behavior_logprobs": PER_TOKEN,
              "version": TensorSpec(INTEGER, ndim=1)},
+    optional=MULTI_TURN_TENSORS,
 )
 TRAIN_BATCH = BatchSpec(
     tensors={**PROMPT_TENSORS, **RESPONSE_TENSORS, "advantages": PER_TOKEN},
-    optional={name: PER_TOKEN for name in (
+    optional={**MULTI_TURN_TENSORS, **{name: PER_TOKEN for name in (
         "old_logprobs", "behavior_logprobs", "ref_logprobs", "importance_weights", "values", "returns",
-    )},
+    )}},
 )

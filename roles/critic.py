@@ -58,11 +58,12 @@ class ValueModel(torch.nn.Module):
         """[N, R] values of the response positions (0 on padding). Padding columns no row
         uses stay out of the forward (roles.logprobs.without_unused_padding), so a
         micro-batch of short rows costs what its longest row needs."""
-        prompt_ids, prompt_mask, response_ids, response_mask = without_unused_padding(batch)
-        hidden = self.trunk(**sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask)).last_hidden_state
-        width = prompt_ids.shape[1]
-        before_each = hidden[:, width - 1 : width - 1 + response_ids.shape[1]]
-        values = self.head(before_each).squeeze(-1).float() * response_mask
+        columns = without_unused_padding(batch)
+        hidden = self.trunk(**sequence_inputs(columns.prompt_ids, columns.prompt_mask, columns.response_ids,
+                                              columns.response_attention)).last_hidden_state
+        width = columns.prompt_ids.shape[1]
+        before_each = hidden[:, width - 1 : width - 1 + columns.response_ids.shape[1]]
+        values = self.head(before_each).squeeze(-1).float() * columns.response_mask
         return pad_columns(values, batch.tensors["response_mask"].shape[1])
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from protocols.batch import Batch
 from roles.algorithms.chunked_logprobs import chunked_token_logprobs
-from roles.micro_batches import by_length, per_row  # noqa: F401  by_length: re-exported for the trainer's micro-batch order
+from roles.micro_batches import by_length, per_row, response_attention  # noqa: F401  by_length: re-exported for the trainer's micro-batch order
 from roles.models import autocast_for, positions_from_mask
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def response_logprobs(
     model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     response_ids: torch.Tensor, response_mask: torch.Tensor,
     temperature: float = 1.0, with_entropy: bool = False, chunk_tokens: int | None = None,
+    response_attention: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities of the response tokens under softmax(logits / temperature), in one
     differentiable forward over prompt and response.
@@ -48,8 +49,11 @@ def response_logprobs(
 
     Args:
         prompt_ids, prompt_mask: [N, P], left-padded (as in `GenerationOutput`).
-        response_ids, response_mask: [N, R], right-padded.
+        response_ids, response_mask: [N, R], right-padded; log-probs are computed where
+            ``response_mask`` > 0.
         chunk_tokens: response tokens per chunk (default: about 32 MiB of float32 logits).
+        response_attention: [N, R], the response tokens the model reads (a multi-turn
+            row's observations too: ``Column.RESPONSE_ATTENTION``); default ``response_mask``.
 
     Returns:
         log-probabilities [N, R] float32 and, ``with_entropy``, the entropy [N, R] of each
@@ -59,7 +63,8 @@ def response_logprobs(
     valid = response_mask > 0
     # only the positions that predict response tokens reach the output layer: the last
     # prompt token's up to the second-to-last response token's
-    inputs = {**sequence_inputs(prompt_ids, prompt_mask, response_ids, response_mask),
+    attended = response_mask if response_attention is None else response_attention
+    inputs = {**sequence_inputs(prompt_ids, prompt_mask, response_ids, attended),
               "use_cache": False, "logits_to_keep": response_length + 1}
     if logits_are_output_layer(model):
         head = ResponseTokenHead(model.get_output_embeddings(), response_ids, valid, temperature, with_entropy, chunk_tokens)
@@ -117,21 +122,40 @@ def batch_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, wit
     right-padded, to the widest row of the whole rollout batch) stay out of the forward
     (`without_unused_padding`), so a micro-batch of short rows costs what its own longest
     row needs; the results are padded back with zeros to the batch's response width."""
-    logprobs, entropy = response_logprobs(model, *without_unused_padding(batch), temperature, with_entropy)
+    columns = without_unused_padding(batch)
+    logprobs, entropy = response_logprobs(model, columns.prompt_ids, columns.prompt_mask, columns.response_ids,
+                                          columns.response_mask, temperature, with_entropy,
+                                          response_attention=columns.response_attention)
     width = batch.tensors["response_mask"].shape[1]
     return pad_columns(logprobs, width), pad_columns(entropy, width) if entropy is not None else None
 
 
-def without_unused_padding(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A rollout batch's ``prompt_ids``, ``prompt_mask`` [N, P'] and ``response_ids``,
-    ``response_mask`` [N, R'] without the padding columns no row uses: P' from the first
-    column some prompt uses, R' up to the last column some response uses (at least 1)."""
+class ForwardColumns(NamedTuple):
+    """A rollout batch's columns for one forward, without the padding no row uses."""
+
+    prompt_ids: torch.Tensor
+    """[N, P'] left-padded."""
+    prompt_mask: torch.Tensor
+    """[N, P']."""
+    response_ids: torch.Tensor
+    """[N, R'] right-padded."""
+    response_mask: torch.Tensor
+    """[N, R'] the tokens trained on."""
+    response_attention: torch.Tensor
+    """[N, R'] the tokens read (`response_attention`)."""
+
+
+def without_unused_padding(batch: Batch) -> ForwardColumns:
+    """A rollout batch's columns without the padding columns no row uses: P' from the
+    first column some prompt uses, R' up to the last column some response has a token
+    in (observations included; at least 1)."""
     t = batch.tensors
-    prompt_mask, response_mask = t["prompt_mask"], t["response_mask"]
+    prompt_mask, attention = t["prompt_mask"], response_attention(t)
     first = int(used_columns(prompt_mask)[0]) if prompt_mask.any() else 0
-    used = used_columns(response_mask)
+    used = used_columns(attention)
     end = int(used[-1]) + 1 if len(used) else 1
-    return t["prompt_ids"][:, first:], prompt_mask[:, first:], t["response_ids"][:, :end], response_mask[:, :end]
+    return ForwardColumns(t["prompt_ids"][:, first:], prompt_mask[:, first:], t["response_ids"][:, :end],
+                          t["response_mask"][:, :end], attention[:, :end])
 
 
 def used_columns(mask: torch.Tensor) -> torch.Tensor:

@@ -21,11 +21,18 @@ done here; docs/algorithms.md says where it would be available and why it is not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
 from protocols.batch import Batch
+from protocols.rl import Column
+
+
+def response_attention(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """[N, R]: the response tokens a forward reads: ``Column.RESPONSE_ATTENTION`` in a
+    multi-turn batch (observations included), else ``response_mask``."""
+    return tensors.get(Column.RESPONSE_ATTENTION, tensors[Column.RESPONSE_MASK])
 
 
 def by_length(batch: Batch) -> torch.Tensor:
@@ -34,7 +41,7 @@ def by_length(batch: Batch) -> torch.Tensor:
     of each leaves more padding out. A batch without ``prompt_mask`` is ordered by its
     responses."""
     t = batch.tensors
-    lengths = (t["response_mask"] > 0).sum(dim=1)
+    lengths = (response_attention(t) > 0).sum(dim=1)
     if "prompt_mask" in t:
         lengths = lengths + (t["prompt_mask"] > 0).sum(dim=1)
     return torch.argsort(lengths, stable=True)
@@ -48,7 +55,7 @@ def row_extents(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         prompt_columns [N], response_columns [N] (long; 0 for a row without tokens there).
     """
     t = batch.tensors
-    response = t["response_mask"] > 0
+    response = response_attention(t) > 0
     columns = torch.arange(1, response.shape[1] + 1, device=response.device)
     response_columns = (response * columns).amax(dim=1) if response.shape[1] else torch.zeros(batch.size, dtype=torch.long)
     if "prompt_mask" not in t or t["prompt_mask"].shape[1] == 0:

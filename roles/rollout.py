@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 PROMPT_TENSORS = (Column.PROMPT_IDS, Column.PROMPT_MASK)
 """Left-padded: widened on the left."""
-RESPONSE_TENSORS = (Column.RESPONSE_IDS, Column.RESPONSE_MASK, Column.BEHAVIOR_LOGPROBS, Column.OLD_LOGPROBS,
-                    Column.REF_LOGPROBS, Column.VALUES, Column.ADVANTAGES, Column.RETURNS)
+RESPONSE_TENSORS = (Column.RESPONSE_IDS, Column.RESPONSE_MASK, Column.RESPONSE_ATTENTION, Column.BEHAVIOR_LOGPROBS,
+                    Column.OLD_LOGPROBS, Column.REF_LOGPROBS, Column.VALUES, Column.ADVANTAGES, Column.RETURNS)
 """Right-padded: widened on the right."""
 
 

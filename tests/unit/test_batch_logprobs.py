@@ -87,3 +87,39 @@ def test_the_reference_and_the_trainer_give_equal_logprobs_of_the_same_model_and
     full, _ = response_logprobs(model, t["prompt_ids"], t["prompt_mask"], t["response_ids"], t["response_mask"], 0.8)
     if autocast is None:  # the numbers of one full-width forward
         torch.testing.assert_close(from_reference, full.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_multi_turn_row_attends_to_its_observations_and_has_log_probs_on_sampled_tokens_only():
+    """Response = turn 1 (3 sampled), an observation (2 tokens, not trained on), turn 2
+    (2 sampled): the log-probs of turn 2 are those of a forward where turn 1 and the
+    observation are part of the prompt, so the observation was read."""
+    model = tiny_model().eval()
+    generator = torch.Generator().manual_seed(3)
+    prompt = torch.randint(3, model.config.vocab_size, (1, 4), generator=generator)
+    response = torch.randint(3, model.config.vocab_size, (1, 7), generator=generator)
+    sampled = torch.tensor([[1.0, 1, 1, 0, 0, 1, 1]])
+    multi_turn = Batch(tensors={"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "response_ids": response,
+                                "response_mask": sampled, "response_attention_mask": torch.ones_like(response)})
+    logprobs, _ = batch_logprobs(model, multi_turn, temperature=1.0)
+
+    assert (logprobs[0, 3:5] == 0).all() and (logprobs[0, [0, 1, 2, 5, 6]] != 0).all()
+    first_turn = Batch(tensors={"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt),
+                                "response_ids": response[:, :3], "response_mask": torch.ones(1, 3)})
+    torch.testing.assert_close(logprobs[:, :3], batch_logprobs(model, first_turn, 1.0)[0])
+    as_prompt = torch.cat([prompt, response[:, :5]], dim=1)
+    second_turn = Batch(tensors={"prompt_ids": as_prompt, "prompt_mask": torch.ones_like(as_prompt),
+                                 "response_ids": response[:, 5:], "response_mask": torch.ones(1, 2)})
+    torch.testing.assert_close(logprobs[:, 5:], batch_logprobs(model, second_turn, 1.0)[0])
+    # without the attention column the observation would be padding: turn 2 would read other tokens
+    unread = Batch(tensors={**multi_turn.tensors, "response_attention_mask": sampled.long()})
+    assert not torch.allclose(batch_logprobs(model, unread, 1.0)[0][:, 5:], logprobs[:, 5:])
+
+
+def test_the_token_budget_and_the_unused_padding_count_a_multi_turn_rows_observations():
+    from roles.micro_batches import row_extents
+
+    batch = Batch(tensors={"prompt_ids": torch.ones(1, 2, dtype=torch.long), "prompt_mask": torch.ones(1, 2),
+                           "response_ids": torch.ones(1, 6, dtype=torch.long),
+                           "response_mask": torch.tensor([[1.0, 0, 0, 0, 0, 0]]),
+                           "response_attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]])})
+    assert [int(extent) for extent in row_extents(batch)] == [2, 4]  # the observation's tokens are read
