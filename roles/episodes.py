@@ -1,0 +1,296 @@
+"""Running a batch of multi-turn episodes to their ends: sample the turns of the
+trajectories that are ready, ask environments about the others, and keep going.
+
+`EpisodeRunner.run(rows)` starts one episode per row on the environments, then loops:
+every trajectory whose environment has answered is ready; the ready ones sample their
+next turn together in one call of `sample` (one batch on the generator); each sampled
+turn is read for tool calls and sent to its environment, and the loop goes on with
+whichever trajectories are ready next. With ``continue_ready`` (the default) a
+trajectory does not wait for the others' environments: a slow environment holds up its
+own episode only. Without it every turn waits for the whole batch's answers (the
+lock-step loop `benchmarks/multiturn.py` compares against).
+
+A turn that reaches its token limit without its end-of-sequence token cannot be read as
+a whole turn: the trajectory ends ``truncated``. An environment that fails or misses
+its deadline ends its trajectory with ``environment_error`` / ``environment_timeout``,
+keeping the tokens and rewards it had; the other episodes go on. Every trajectory gets
+an end reason (roles.agents.trajectory), and every started episode is ended on its
+environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from transformers import PreTrainedTokenizerBase
+
+from protocols.environments import EndEpisode, EpisodeObservation, EpisodeStarted, StartEpisode, StepEpisode
+from roles.agents.chat_tokens import observation_tokens, prompt_tokens
+from roles.agents.environments import Action, Environment
+from roles.agents.tool_calls import MalformedToolCall, ToolCall, ToolCallFormat
+from roles.agents.trajectory import Trajectory, TrajectoryLimits
+from runtime.errors import ActorError, DeadlineExceeded
+
+if TYPE_CHECKING:
+    from runtime.actor import Actor
+
+
+class TurnRequest(NamedTuple):
+    """One trajectory's next turn, as the sampler receives it."""
+
+    tokens: list[int]
+    """Everything so far: the prompt, earlier turns and observations."""
+    max_new_tokens: int
+
+
+class SampledTurn(NamedTuple):
+    """What the sampler returns for one `TurnRequest`."""
+
+    tokens: list[int]
+    """The sampled tokens, the end-of-sequence token included when sampled."""
+    logprobs: list[float]
+    """Each sampled token's log-prob under the sampling weights."""
+    text: str
+    """The decoded turn, special tokens left out."""
+    version: int
+    """The weights version that sampled it."""
+
+
+Sampler = Callable[[list[TurnRequest]], Awaitable[list[SampledTurn]]]
+"""Samples one turn for each request, together (one generator batch)."""
+
+
+class Environments(Protocol):
+    """Where episodes live: the environment role's instances (`RemoteEnvironments`)."""
+
+    async def start(self, episode: str, row: dict[str, Any]) -> EpisodeStarted: ...
+    async def step(self, request: StepEpisode) -> EpisodeObservation: ...
+    async def end(self, episode: str) -> None: ...
+
+
+class EnvironmentTimeout(Exception):
+    """An environment did not answer within its deadline."""
+
+
+class EnvironmentFailed(Exception):
+    """An environment refused or failed a call, or its instance is gone."""
+
+
+class RemoteEnvironments:
+    """The environment role's instances, asked over the runtime. An episode stays on the
+    instance it started on (the instance holds its state): each new one goes to the
+    ready instance with the fewest of this runner's episodes.
+
+    Args:
+        actor: the asking actor (the generator).
+        role: the environments' role name.
+        timeout_s: each call's deadline (the instance's own ``step_timeout_s`` should be
+            shorter, so that a stalled environment is restarted before this gives up).
+    """
+
+    def __init__(self, actor: Actor, role: str, timeout_s: float) -> None:
+        self.actor = actor
+        self.role = role
+        self.timeout_s = timeout_s
+        self.placed: dict[str, str] = {}
+        """Episode -> the instance that holds it."""
+
+    async def start(self, episode: str, row: dict[str, Any]) -> EpisodeStarted:
+        instances = [record.name for record in await self.actor.lookup(role=self.role) if record.state == "ready"]
+        if not instances:
+            raise EnvironmentFailed(f"no ready instance of role {self.role!r}")
+        load = {name: 0 for name in instances}
+        for name in self.placed.values():
+            if name in load:
+                load[name] += 1
+        self.placed[episode] = min(instances, key=lambda name: (load[name], name))
+        return await self._ask(episode, StartEpisode(episode, row))
+
+    async def step(self, request: StepEpisode) -> EpisodeObservation:
+        return await self._ask(request.episode, request)
+
+    async def end(self, episode: str) -> None:
+        instance = self.placed.pop(episode, None)
+        if instance is not None:
+            await self.actor.tell(instance, EndEpisode(episode), timeout=self.timeout_s)
+
+    async def _ask(self, episode: str, message: Any) -> Any:
+        try:
+            return await self.actor.ask(self.placed[episode], message, timeout=self.timeout_s)
+        except DeadlineExceeded as error:
+            raise EnvironmentTimeout(str(error)) from error
+        except ActorError as error:  # a refusal, a failure in the environment, or a dead instance
+            raise EnvironmentFailed(str(error)) from error
+
+
+class LocalEnvironments:
+    """Environments in this process, one object per episode: for a generator that needs no
+    environment processes (cheap, trusted environments), tests and benchmarks. Plain
+    functions run on a thread (`asyncio.to_thread`), coroutines on the loop; a call past
+    `timeout_s` raises EnvironmentTimeout (a thread that does not return keeps running).
+
+    Args:
+        make: a new episode's environment (a class, or a factory).
+        timeout_s: each call's deadline.
+    """
+
+    def __init__(self, make: Callable[[], Environment], timeout_s: float) -> None:
+        self.make = make
+        self.timeout_s = timeout_s
+        self.episodes: dict[str, Environment] = {}
+
+    async def start(self, episode: str, row: dict[str, Any]) -> EpisodeStarted:
+        environment = self.make()
+        messages = await self._call(environment.reset, row)
+        self.episodes[episode] = environment
+        return EpisodeStarted(list(messages), list(environment.tools))
+
+    async def step(self, request: StepEpisode) -> EpisodeObservation:
+        action = Action(request.text, request.content, [ToolCall(name, arguments) for name, arguments in request.calls],
+                        [MalformedToolCall(text, problem) for text, problem in request.malformed], request.turn)
+        observation = await self._call(self.episodes[request.episode].step, action)
+        return EpisodeObservation(list(observation.messages), float(observation.reward), observation.done,
+                                  {key: float(value) for key, value in observation.info.items()})
+
+    async def end(self, episode: str) -> None:
+        self.episodes.pop(episode, None)
+
+    async def _call(self, function: Callable[[Any], Any], argument: Any) -> Any:
+        call = function(argument) if inspect.iscoroutinefunction(function) else asyncio.to_thread(function, argument)
+        try:
+            return await asyncio.wait_for(call, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise EnvironmentTimeout(f"{function.__qualname__} took over {self.timeout_s:g} s") from None
+        except Exception as error:  # user code: any failure ends its episode only, as on the environment role
+            raise EnvironmentFailed(f"{function.__qualname__} failed: {type(error).__name__}: {error}") from error
+
+
+@dataclass
+class Episode:
+    """One row's episode while it runs."""
+
+    name: str
+    trajectory: Trajectory
+    history: list[dict[str, Any]]
+    """The conversation so far as messages (what the template renders around turns)."""
+    tools: list[dict[str, Any]]
+    info: dict[str, float] = field(default_factory=dict)
+    """The environment's numbers, summed over the episode."""
+
+
+class EpisodeRunner:
+    """Runs episodes on one generator (see the module docstring).
+
+    Args:
+        sample: samples a batch of turns.
+        environments: starts, steps and ends episodes.
+        tokenizer: the policy's tokenizer with its chat template.
+        format: how the policy writes tool calls.
+        limits: the trajectories' limits.
+        name: prefix of the episode names (unique in the run: the generator's name).
+        continue_ready: sample the ready trajectories at once rather than waiting for
+            every environment's answer each turn.
+    """
+
+    def __init__(self, sample: Sampler, environments: Environments, tokenizer: PreTrainedTokenizerBase,
+                 format: ToolCallFormat, limits: TrajectoryLimits, name: str, continue_ready: bool = True) -> None:
+        self.sample = sample
+        self.environments = environments
+        self.tokenizer = tokenizer
+        self.format = format
+        self.limits = limits
+        self.name = name
+        self.continue_ready = continue_ready
+        self._numbers = itertools.count()
+
+    async def run(self, rows: Sequence[dict[str, Any]]) -> list[Episode]:
+        """Every row's episode, run to its end, in the rows' order."""
+        episodes = await asyncio.gather(*(self._start(row) for row in rows))
+        order = {episode.name: index for index, episode in enumerate(episodes)}
+        try:
+            ready = [episode for episode in episodes if not episode.trajectory.finished]
+            waiting: dict[asyncio.Task[None], Episode] = {}
+            while ready or waiting:
+                if ready:
+                    for episode, turn in zip(ready, await self._sample_turns(ready)):
+                        self._take_turn(episode, turn, waiting)
+                    ready = []
+                if not waiting:
+                    continue
+                done, _ = await asyncio.wait(
+                    waiting, return_when=asyncio.FIRST_COMPLETED if self.continue_ready else asyncio.ALL_COMPLETED)
+                for task in done:
+                    episode = waiting.pop(task)
+                    if not episode.trajectory.finished:
+                        ready.append(episode)
+                ready.sort(key=lambda episode: order[episode.name])  # the rows' order, whatever answered first
+        finally:  # every started episode is ended on its instance, however the run went
+            ended = await asyncio.gather(*(self.environments.end(episode.name) for episode in episodes),
+                                         return_exceptions=True)
+            for outcome in ended:
+                if isinstance(outcome, BaseException) and not isinstance(outcome, ActorError):
+                    raise outcome  # a bug, not an unreachable instance (that one lost the episode anyway)
+        return list(episodes)
+
+    async def _start(self, row: dict[str, Any]) -> Episode:
+        name = f"{self.name}-{next(self._numbers)}"
+        try:
+            started = await self.environments.start(name, row)
+        except EnvironmentTimeout:
+            return self._failed(name, "environment_timeout")
+        except EnvironmentFailed:  # this row's episode ends; the others go on
+            return self._failed(name, "environment_error")
+        tokens = prompt_tokens(self.tokenizer, started.messages, started.tools, self.format)
+        return Episode(name, Trajectory(tokens), list(started.messages), list(started.tools))
+
+    def _failed(self, name: str, reason: str) -> Episode:
+        trajectory = Trajectory([])
+        trajectory.end(reason)  # type: ignore[arg-type]
+        return Episode(name, trajectory, [], [])
+
+    async def _sample_turns(self, episodes: list[Episode]) -> list[SampledTurn]:
+        requests = [TurnRequest(episode.trajectory.prompt_ids + episode.trajectory.response_ids,
+                                episode.trajectory.room_for_next_turn(self.limits)) for episode in episodes]
+        return await self.sample(requests)
+
+    def _take_turn(self, episode: Episode, turn: SampledTurn, waiting: dict[asyncio.Task[None], Episode]) -> None:
+        """Appends the sampled turn; unless that ends the trajectory, asks its environment."""
+        trajectory = episode.trajectory
+        trajectory.add_turn(turn.tokens, turn.logprobs, turn.version)
+        ended_with_eos = bool(turn.tokens) and turn.tokens[-1] == self.tokenizer.eos_token_id
+        if not ended_with_eos:
+            trajectory.end("truncated")
+            return
+        parsed = self.format.parse(turn.text)
+        request = StepEpisode(episode.name, turn.text, parsed.content, [(call.name, call.arguments) for call in parsed.calls],
+                              [(bad.text, bad.problem) for bad in parsed.malformed], trajectory.turns)
+        task = asyncio.get_running_loop().create_task(self._observe(episode, turn.text, request))
+        waiting[task] = episode
+
+    async def _observe(self, episode: Episode, turn_text: str, request: StepEpisode) -> None:
+        """The environment's answer to a turn, appended to the trajectory."""
+        trajectory = episode.trajectory
+        try:
+            observation = await self.environments.step(request)
+        except EnvironmentTimeout:
+            trajectory.end("environment_timeout")
+            return
+        except EnvironmentFailed:  # this episode ends; the others go on
+            trajectory.end("environment_error")
+            return
+        for key, value in observation.info.items():
+            episode.info[key] = episode.info.get(key, 0.0) + value
+        if observation.done or trajectory.turns >= self.limits.max_turns:
+            trajectory.rewards.append(observation.reward)  # no turn follows: the observation's tokens are not added
+            trajectory.end("done" if observation.done else "max_turns")
+            return
+        tokens = observation_tokens(self.tokenizer, episode.history, turn_text, True, observation.messages,
+                                    episode.tools, self.format)
+        episode.history += [{"role": "assistant", "content": turn_text}, *observation.messages]
+        if trajectory.add_observation(tokens, observation.reward, self.limits) and trajectory.room_for_next_turn(self.limits) == 0:
+            trajectory.end("max_tokens")
