@@ -1,13 +1,17 @@
 """Running a batch of multi-turn episodes to their ends: sample the turns of the
 trajectories that are ready, ask environments about the others, and keep going.
 
-`EpisodeRunner.run(rows)` starts one episode per row on the environments, then loops:
-every trajectory whose environment has answered is ready; the ready ones sample their
+`EpisodeRunner.run(rows)` starts one episode per row on the environments (at most
+``max_in_flight`` at once, the next as one ends), then loops: every trajectory whose
+environment has answered is ready; the ready ones sample their
 next turn together in one call of `sample` (one batch on the generator); each sampled
 turn is read for tool calls and sent to its environment, and the loop goes on with
 whichever trajectories are ready next. With ``continue_ready`` (the default) a
 trajectory does not wait for the others' environments: a slow environment holds up its
-own episode only. Without it every turn waits for the whole batch's answers (the
+own episode only. A batch is sampled once half of the running episodes are ready, or
+once the first ready one has waited about one sampling call (a running mean of their
+durations), or when no answer is pending: a decoding step costs nearly the same for one
+row as for many, so batches of one would keep the generator busy for little. Without it every turn waits for the whole batch's answers (the
 lock-step loop `benchmarks/multiturn.py` compares against).
 
 A turn that reaches its token limit without its end-of-sequence token cannot be read as
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -38,6 +43,10 @@ from runtime.errors import ActorError, DeadlineExceeded
 
 if TYPE_CHECKING:
     from runtime.actor import Actor
+
+
+SAMPLING_SMOOTHING = 0.2
+"""Weight of the newest sampling call in the running mean of their durations."""
 
 
 class TurnRequest(NamedTuple):
@@ -174,6 +183,8 @@ class LocalEnvironments:
 class Episode:
     """One row's episode while it runs."""
 
+    index: int
+    """Its row's position in the batch."""
     name: str
     trajectory: Trajectory
     history: list[dict[str, Any]]
@@ -195,10 +206,15 @@ class EpisodeRunner:
         name: prefix of the episode names (unique in the run: the generator's name).
         continue_ready: sample the ready trajectories at once rather than waiting for
             every environment's answer each turn.
+        max_in_flight: most episodes running at once (a batch larger than this starts
+            the next row's episode as one ends).
     """
 
     def __init__(self, sample: Sampler, environments: Environments, tokenizer: PreTrainedTokenizerBase,
-                 format: ToolCallFormat, limits: TrajectoryLimits, name: str, continue_ready: bool = True) -> None:
+                 format: ToolCallFormat, limits: TrajectoryLimits, name: str, continue_ready: bool = True,
+                 max_in_flight: int = 256) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.sample = sample
         self.environments = environments
         self.tokenizer = tokenizer
@@ -206,73 +222,103 @@ class EpisodeRunner:
         self.limits = limits
         self.name = name
         self.continue_ready = continue_ready
+        self.max_in_flight = max_in_flight
+        self._sampling_s = 0.0
+        """The recent mean seconds of one sampling call (how long a batch gathers)."""
         self._numbers = itertools.count()
 
     async def run(self, rows: Sequence[dict[str, Any]]) -> list[Episode]:
-        """Every row's episode, run to its end, in the rows' order."""
-        episodes = await asyncio.gather(*(self._start(row) for row in rows))
-        order = {episode.name: index for index, episode in enumerate(episodes)}
+        """Every row's episode, run to its end, in the rows' order. At most
+        ``max_in_flight`` run at once; the next row's episode starts as one ends."""
+        queue = deque(enumerate(rows))
+        episodes: dict[int, Episode] = {}
+        waiting: set[asyncio.Task[Episode]] = set()  # starts and environment answers on their way
+        ready: list[Episode] = []
+        ready_since = 0.0
+        in_flight = 0
+        loop = asyncio.get_running_loop()
         try:
-            ready = [episode for episode in episodes if not episode.trajectory.finished]
-            waiting: dict[asyncio.Task[None], Episode] = {}
-            while ready or waiting:
-                if ready:
+            while queue or ready or waiting:
+                while queue and in_flight < self.max_in_flight:
+                    waiting.add(loop.create_task(self._start(*queue.popleft())))
+                    in_flight += 1
+                gather_until = ready_since + self._sampling_s  # a batch gathers for about one sampling call
+                if ready and not (self.continue_ready and waiting and len(ready) < in_flight / 2
+                                  and loop.time() < gather_until):
+                    started = loop.time()
                     for episode, turn in zip(ready, await self._sample_turns(ready)):
-                        self._take_turn(episode, turn, waiting)
+                        observing = self._take_turn(episode, turn)
+                        if observing is None:
+                            in_flight -= 1
+                        else:
+                            waiting.add(observing)
+                    self._sampling_s += SAMPLING_SMOOTHING * (loop.time() - started - self._sampling_s)
                     ready = []
-                if not waiting:
-                    continue
+                    continue  # episodes that ended made room for new ones
                 done, _ = await asyncio.wait(
-                    waiting, return_when=asyncio.FIRST_COMPLETED if self.continue_ready else asyncio.ALL_COMPLETED)
+                    waiting, timeout=max(0.0, gather_until - loop.time()) if ready else None,
+                    return_when=asyncio.FIRST_COMPLETED if self.continue_ready else asyncio.ALL_COMPLETED)
+                if done and not ready:
+                    ready_since = loop.time()
                 for task in done:
-                    episode = waiting.pop(task)
-                    if not episode.trajectory.finished:
+                    waiting.discard(task)
+                    episode = task.result()
+                    episodes[episode.index] = episode
+                    if episode.trajectory.finished:
+                        in_flight -= 1
+                    else:
                         ready.append(episode)
-                ready.sort(key=lambda episode: order[episode.name])  # the rows' order, whatever answered first
+                ready.sort(key=lambda episode: episode.index)  # the rows' order, whatever answered first
         finally:  # every started episode is ended on its instance, however the run went
-            ended = await asyncio.gather(*(self.environments.end(episode.name) for episode in episodes),
+            for task in waiting:
+                task.cancel()
+            ended = await asyncio.gather(*(self.environments.end(episode.name) for episode in episodes.values()),
                                          return_exceptions=True)
             for outcome in ended:
                 if isinstance(outcome, BaseException) and not isinstance(outcome, ActorError):
                     raise outcome  # a bug, not an unreachable instance (that one lost the episode anyway)
-        return list(episodes)
+        return [episodes[index] for index in range(len(rows))]
 
-    async def _start(self, row: dict[str, Any]) -> Episode:
+    async def _start(self, index: int, row: dict[str, Any]) -> Episode:
         name = f"{self.name}-{next(self._numbers)}"
         try:
             started = await self.environments.start(name, row)
         except EnvironmentTimeout:
-            return self._failed(name, "environment_timeout")
+            return self._failed(index, name, "environment_timeout")
         except EnvironmentFailed:  # this row's episode ends; the others go on
-            return self._failed(name, "environment_error")
+            return self._failed(index, name, "environment_error")
         tokens = prompt_tokens(self.tokenizer, started.messages, started.tools, self.format)
-        return Episode(name, Trajectory(tokens), list(started.messages), list(started.tools))
+        return Episode(index, name, Trajectory(tokens), list(started.messages), list(started.tools))
 
-    def _failed(self, name: str, reason: str) -> Episode:
+    def _failed(self, index: int, name: str, reason: str) -> Episode:
         trajectory = Trajectory([])
         trajectory.end(reason)  # type: ignore[arg-type]
-        return Episode(name, trajectory, [], [])
+        return Episode(index, name, trajectory, [], [])
 
     async def _sample_turns(self, episodes: list[Episode]) -> list[SampledTurn]:
         requests = [TurnRequest(episode.trajectory.prompt_ids + episode.trajectory.response_ids,
                                 episode.trajectory.room_for_next_turn(self.limits)) for episode in episodes]
         return await self.sample(requests)
 
-    def _take_turn(self, episode: Episode, turn: SampledTurn, waiting: dict[asyncio.Task[None], Episode]) -> None:
-        """Appends the sampled turn; unless that ends the trajectory, asks its environment."""
+    def _take_turn(self, episode: Episode, turn: SampledTurn) -> asyncio.Task[Episode] | None:
+        """Appends the sampled turn; unless that ends the trajectory (None), asks its
+        environment in a task that returns the episode once the answer is in."""
         trajectory = episode.trajectory
         trajectory.add_turn(turn.tokens, turn.logprobs, turn.version)
         ended_with_eos = bool(turn.tokens) and turn.tokens[-1] == self.tokenizer.eos_token_id
         if not ended_with_eos:
             trajectory.end("truncated")
-            return
+            return None
         parsed = self.format.parse(turn.text)
         request = StepEpisode(episode.name, turn.text, parsed.content, [(call.name, call.arguments) for call in parsed.calls],
                               [(bad.text, bad.problem) for bad in parsed.malformed], trajectory.turns)
-        task = asyncio.get_running_loop().create_task(self._observe(episode, turn.text, request))
-        waiting[task] = episode
+        return asyncio.get_running_loop().create_task(self._observe(episode, turn.text, request))
 
-    async def _observe(self, episode: Episode, turn_text: str, request: StepEpisode) -> None:
+    async def _observe(self, episode: Episode, turn_text: str, request: StepEpisode) -> Episode:
+        await self._answer(episode, turn_text, request)
+        return episode
+
+    async def _answer(self, episode: Episode, turn_text: str, request: StepEpisode) -> None:
         """The environment's answer to a turn, appended to the trajectory."""
         trajectory = episode.trajectory
         try:

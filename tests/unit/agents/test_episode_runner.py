@@ -52,8 +52,9 @@ def rows(*expressions: str) -> list[dict[str, Any]]:
     return [{"prompt": f"What is {expression}?", "ground_truth": int(eval(expression))} for expression in expressions]
 
 
-def runner(policy: Any, environments: Any, limits: TrajectoryLimits = LIMITS, continue_ready: bool = True) -> EpisodeRunner:
-    return EpisodeRunner(policy, environments, TOKENIZER, HERMES, limits, "generator-0", continue_ready)
+def runner(policy: Any, environments: Any, limits: TrajectoryLimits = LIMITS, continue_ready: bool = True,
+           max_in_flight: int = 256) -> EpisodeRunner:
+    return EpisodeRunner(policy, environments, TOKENIZER, HERMES, limits, "generator-0", continue_ready, max_in_flight)
 
 
 async def test_calculator_episodes_call_the_tool_answer_and_end_done_with_the_reward_and_their_counts():
@@ -113,6 +114,19 @@ async def test_in_lock_step_every_turn_waits_for_every_environment():
     policy = CalculatorPolicy()
     await runner(policy, LocalEnvironments(Gated, timeout_s=10), continue_ready=False).run(rows("1+1", "2+2"))
     assert policy.batches == [["1+1", "2+2"], ["1+1", "2+2"]]
+
+
+async def test_at_most_max_in_flight_episodes_run_and_the_next_row_starts_as_one_ends():
+    policy = CalculatorPolicy()
+    environments = LocalEnvironments(CalculatorEnvironment, timeout_s=10)
+    episodes = await runner(policy, environments, max_in_flight=2).run(rows("1+1", "2+2", "3+3", "4+4", "5+5"))
+    assert [episode.trajectory.end_reason for episode in episodes] == ["done"] * 5
+    assert [episode.trajectory.rewards[-1] for episode in episodes] == [1.0] * 5  # each row's own answer
+    assert max(len(batch) for batch in policy.batches) == 2
+    assert sorted(question for batch in policy.batches for question in batch) == sorted(
+        ["1+1", "2+2", "3+3", "4+4", "5+5"] * 2)  # two turns each
+    with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
+        runner(policy, environments, max_in_flight=0)
 
 
 class Faulty(CalculatorEnvironment):
