@@ -98,7 +98,7 @@ def ending_turns(sample, batches: list[int]):  # type: ignore[no-untyped-def]
     async def sample_and_end(requests: list[TurnRequest]) -> list[SampledTurn]:
         batches.append(len(requests))
         shorter = [TurnRequest(request.tokens, request.max_new_tokens - 1) for request in requests]
-        return [SampledTurn([*turn.tokens, EOS], [*turn.logprobs, 0.0], turn.text, turn.version)
+        return [SampledTurn([*turn.tokens, EOS], [*turn.logprobs, 0.0], turn.text, turn.version, True)
                 for turn in await sample(shorter)]
     return sample_and_end
 

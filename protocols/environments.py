@@ -1,4 +1,6 @@
-"""Messages between a generator running multi-turn episodes and the environment role.
+"""Messages of multi-turn episodes: the controller asks a generator to run a batch of
+them (`GenerateEpisodes`, answered with `protocols.rl.Rollouts`), and the generator
+talks to the environment role about each one.
 
 One episode lives in one environment instance, from `StartEpisode` to `EndEpisode`
 (or to the instance's restart, which loses it: the generator then ends the trajectory
@@ -9,9 +11,15 @@ with ``environment_error``). The generator names each episode; the instance keep
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from protocols.batch import Batch
 from protocols.messages import message
+from protocols.rl import Sampling
+from protocols.specs import BatchSpec
+
+EPISODES_BATCH = BatchSpec(columns={"prompt_ids": list[int], "episode_row": dict[str, Any]})
+"""What a generator is asked to run episodes from."""
 
 
 @message("env.start")
@@ -58,3 +66,33 @@ class EpisodeObservation:  # environment -> generator
 @message("env.end")
 class EndEpisode:  # generator -> environment (a tell: nothing answers it)
     episode: str
+
+
+@message("env.episode_settings")
+class EpisodeSettings:  # part of GenerateEpisodes: controller -> generator
+    """How a generator runs a batch of episodes (the controller's ``episodes`` settings)."""
+
+    environment_role: str
+    """The role whose instances hold the episodes."""
+    tool_format: str
+    """How the policy writes tool calls (roles.agents.tool_calls)."""
+    max_turns: int
+    max_total_tokens: int
+    max_new_tokens_per_turn: int
+    max_in_flight: int
+    """Most episodes one generator runs at once."""
+    call_timeout_s: float
+    """Deadline of one environment call, as the generator waits for it."""
+    reward: Literal["sum", "last"]
+    """An episode's score: the sum of its rewards, or the last one."""
+
+
+@message("rl.generate_episodes")
+class GenerateEpisodes:  # controller -> generator
+    batch: Annotated[Batch, EPISODES_BATCH]
+    """One row per prompt: ``prompt_ids`` (its templated first turn, the prompt of an
+    episode whose environment fails to start) and ``episode_row`` (the data row the
+    environment starts from), and any other columns, copied onto every sample."""
+    sampling: Sampling
+    """How turns are sampled (``n`` episodes per row; ``max_new_tokens`` is the settings')."""
+    settings: EpisodeSettings

@@ -81,7 +81,8 @@ from roles.metrics import (
     timed,
     timed_call,
 )
-from roles.rollout import generate_on, response_lengths, score_on, wait_for_roles
+from roles.episode_batch import episode_numbers, episode_settings
+from roles.rollout import generate_episodes_on, generate_on, response_lengths, score_on, scores_of_episodes, wait_for_roles
 from roles.sampling import SamplingParams
 from roles.subscribers import Subscribers
 from runtime.actor import Actor, handler
@@ -242,10 +243,15 @@ class Controller(Actor):
     def next_prompts(self) -> Batch:
         rows = [self.dataset[i] for i in self.sampler.next_batch()]
         self.prompt_counter += 1
-        return prompt_batch(rows, group=str(self.prompt_counter))
+        prompts = prompt_batch(rows, group=str(self.prompt_counter))
+        return prompts.with_columns(episode_row=[row.record for row in rows]) if self.config.episodes else prompts
 
     async def generate(self, prompts: Batch, sampling: SamplingParams) -> Batch:
-        return await generate_on(self, prompts, sampling, self.tokenizer.pad_token_id, self.config.call_timeout_s)
+        config, pad = self.config, self.tokenizer.pad_token_id
+        if config.episodes is not None:  # multi-turn: each sample an episode with the environment role
+            return await generate_episodes_on(self, prompts, sampling, episode_settings(config.episodes), pad,
+                                              config.call_timeout_s)
+        return await generate_on(self, prompts, sampling, pad, config.call_timeout_s)
 
     def plan_for(self, batch: Batch) -> UpdatePlan:
         """How the trainer updates on `batch` (roles.algorithms.step.plan_update)."""
@@ -259,6 +265,8 @@ class Controller(Actor):
         """Reference, critic, reward (unless the batch comes with its `scores`) and, when the
         plan needs them, old log-probs in parallel, then the step's math (roles.algorithms.step)."""
         config, temperature, plan = self.config, self.config.sampling.temperature, self.plan_for(batch)
+        if config.episodes is not None:  # scored by their environments
+            scores = scores_of_episodes(batch)
         calls: dict[str, Awaitable[Any]] = {} if scores is not None else {"reward": score_on(self, batch, config.call_timeout_s)}
         if self.use_reference:
             calls["reference"] = self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
@@ -281,7 +289,8 @@ class Controller(Actor):
             batch, numbers = prepare_training_batch(batch.with_columns(**columns), plan, config.advantage, config.kl,
                                                     self.kl_controller.kl_coef, config.overlong, config.sampling.max_new_tokens)
         # the reward's named terms, when it reports them (train/correctness, train/format)
-        numbers.update({"perf/tokens_generated": generated, **{f"train/{k}": v for k, v in mean_terms(scores.terms).items()}})
+        numbers.update({"perf/tokens_generated": generated, **{f"train/{k}": v for k, v in mean_terms(scores.terms).items()},
+                        **episode_numbers(batch)})
         return batch, plan, numbers
 
     async def train_and_publish(self, batch: Batch, plan: UpdatePlan, numbers: dict[str, float],

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from roles.algorithms import AdvantageConfig, GRPOConfig, KLConfig, RecomputeLogprobs
 from roles.algorithms.rollout_correction import RolloutCorrectionConfig, rollout_correction_setting
+from roles.agents.tool_calls import tool_call_format
+from roles.agents.trajectory import TrajectoryLimits
 from roles.algorithms.overlong import OverlongConfig
 from roles.data import DataConfig
 from roles.evaluator import HeldoutConfig
@@ -38,6 +40,34 @@ class EvalConfig(HeldoutConfig):
         if self.evaluator and self.data is not None:
             raise ValueError("eval.evaluator is set: give the held-out data in the evaluator role's config, not here")
         return self
+
+
+class EpisodesConfig(BaseModel):
+    """Multi-turn episodes (roles.episodes, docs/agents.md): each sample is an episode the
+    generator plays with the environment role, scored by the environment's rewards."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    environment_role: str = "environment"
+    """The role that holds the episodes (roles.environment)."""
+    tool_format: str = "hermes"
+    """How the policy writes tool calls: ``hermes`` or ``json`` (roles.agents.tool_calls)."""
+    limits: TrajectoryLimits = Field(default_factory=TrajectoryLimits)
+    """Turns and tokens per episode (``sampling.max_new_tokens`` is not used: each turn
+    gets ``limits.max_new_tokens_per_turn``)."""
+    max_in_flight: int = Field(256, ge=1)
+    """Most episodes one generator runs at once."""
+    call_timeout_s: float = Field(60.0, gt=0)
+    """How long a generator waits for one environment call (keep the environment role's
+    ``step_timeout_s`` shorter, so that a stalled instance restarts first)."""
+    reward: Literal["sum", "last"] = "sum"
+    """An episode's score: the sum of its per-turn and final rewards, or the last one."""
+
+    @field_validator("tool_format")
+    @classmethod
+    def _a_known_format(cls, name: str) -> str:
+        tool_call_format(name)  # refuses an unknown name with the known ones
+        return name
 
 
 class DynamicSamplingConfig(BaseModel):
@@ -83,6 +113,9 @@ class ControllerConfig(BaseModel):
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     """DAPO's dynamic sampling: train only on groups whose samples scored differently
     (sync mode only); off by default."""
+    episodes: EpisodesConfig | None = None
+    """Multi-turn: each sample is an episode with the environment role, scored by its
+    rewards (no reward role is asked for training); None: one response per sample."""
     mode: Literal["sync", "async"] = "sync"
     """``sync``: on-policy steps; ``async``: generation runs one batch ahead of training."""
     max_staleness: int = Field(1, ge=0)
@@ -146,6 +179,13 @@ class ControllerConfig(BaseModel):
         return rollout_correction_setting(self.rollout_correction, self.mode == "async", cap)
 
     @model_validator(mode="after")
+    def _episodes_without_dynamic_sampling(self) -> ControllerConfig:
+        if self.episodes is not None and self.dynamic_sampling.enabled:
+            raise ValueError("dynamic_sampling does not work with episodes yet (it asks the reward role to score "
+                             "each round); turn one of them off")
+        return self
+
+    @model_validator(mode="after")
     def _one_rollout_correction(self) -> ControllerConfig:
         if self.rollout_correction is None:
             return self
@@ -176,7 +216,9 @@ class ControllerConfig(BaseModel):
 def needed_roles(config: ControllerConfig) -> dict[str, int]:
     """The roles a controller with `config` uses, and how many ready instances of each it
     waits for before the first step; `troupe validate` checks a topology has them."""
-    needed = {"generator": 1, "reward": 1, "trainer": config.trainer_ranks}
+    needed = {"generator": 1, "trainer": config.trainer_ranks}
+    if config.episodes is None or config.eval.data is not None or config.eval.evaluator:
+        needed["reward"] = 1  # (training episodes are scored by their environments; held-out rows by the reward)
     if config.use_reference or config.kl.usage != "none":
         needed["reference"] = 1
     if config.use_critic or (config.use_critic is None and config.advantage.type == "gae"):

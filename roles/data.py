@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,8 @@ class PromptRow:
     """Selects the reward function for this row."""
     extra: dict[str, Any]
     """Every column of the row other than the prompt, messages, ground truth and data source columns."""
+    record: dict[str, Any] = field(default_factory=dict)
+    """The row as read from its file: what a multi-turn episode starts from (roles.episodes)."""
 
 
 def prompt_batch(rows: Sequence[PromptRow], group: str | None = None) -> Batch:
@@ -125,6 +127,7 @@ class _ParsedRow:
     ground_truth: Any
     data_source: str
     extra: dict[str, Any]
+    record: dict[str, Any]
 
 
 class PromptDataset:
@@ -164,7 +167,7 @@ class PromptDataset:
         for row, ids in zip(parsed, token_ids):
             if config.max_prompt_tokens is not None and len(ids) > config.max_prompt_tokens:
                 continue
-            rows.append(PromptRow(len(rows), row.prompt, list(ids), row.ground_truth, row.data_source, row.extra))
+            rows.append(PromptRow(len(rows), row.prompt, list(ids), row.ground_truth, row.data_source, row.extra, row.record))
         dropped = len(parsed) - len(rows)
         if not rows:
             raise DataError(
@@ -281,7 +284,7 @@ def _parse_row(
 
     used = {config.prompt_key, config.messages_key, config.ground_truth_key, config.data_source_key}
     extra = {key: value for key, value in record.items() if key not in used}
-    return _ParsedRow(text, record.get(config.ground_truth_key), data_source, extra)
+    return _ParsedRow(text, record.get(config.ground_truth_key), data_source, extra, record)
 
 
 def _check_messages(messages: Any, location: str, key: str) -> None:

@@ -20,19 +20,22 @@ def backend_sampler(backend: Any, params: SamplingParams, version: Callable[[], 
     Args:
         params: the sampling settings of every turn; ``n`` is 1 and ``max_new_tokens``
             each request's own (the room its trajectory has left).
-        version: the weights version loaded now (read when a batch starts).
+        version: the weights version loaded now (read on `run`'s thread, with the batch).
         run: runs the blocking generation (the generator's compute thread).
     """
+    def generate(generation: list[GenerationRequest]) -> tuple[int, list[GenerationOutput]]:
+        # on `run`'s thread, where new weights load between calls: the version read here is the one sampling
+        return version(), backend.generate_requests(generation)
+
     async def sample(requests: list[TurnRequest]) -> list[SampledTurn]:
-        sampled_with = version()
         generation = [GenerationRequest([request.tokens], params.model_copy(update={"n": 1, "max_new_tokens": request.max_new_tokens}))
                       for request in requests]
-        outputs: list[GenerationOutput] = await run(backend.generate_requests, generation)
+        sampled_with, outputs = await run(generate, generation)
         turns = []
         for output in outputs:
             sampled = output.response_mask[0] > 0
             turns.append(SampledTurn(output.response_ids[0][sampled].tolist(), output.logprobs[0][sampled].tolist(),
-                                     output.texts[0], sampled_with))
+                                     output.texts[0], sampled_with, output.finish_reasons[0] == "stop"))
         return turns
 
     return sample

@@ -14,8 +14,8 @@ durations), or when no answer is pending: a decoding step costs nearly the same 
 row as for many, so batches of one would keep the generator busy for little. Without it every turn waits for the whole batch's answers (the
 lock-step loop `benchmarks/multiturn.py` compares against).
 
-A turn that reaches its token limit without its end-of-sequence token cannot be read as
-a whole turn: the trajectory ends ``truncated``. An environment that fails or misses
+A turn that reaches its token limit without ending (its end-of-sequence token or a stop
+string) cannot be read as a whole turn: the trajectory ends ``truncated``. An environment that fails or misses
 its deadline ends its trajectory with ``environment_error`` / ``environment_timeout``,
 keeping the tokens and rewards it had; the other episodes go on. Every trajectory gets
 an end reason (roles.agents.trajectory), and every started episode is ended on its
@@ -68,6 +68,9 @@ class SampledTurn(NamedTuple):
     """The decoded turn, special tokens left out."""
     version: int
     """The weights version that sampled it."""
+    finished: bool
+    """Whether the turn ended by itself (its end-of-sequence token or a stop string)
+    rather than at its token limit."""
 
 
 Sampler = Callable[[list[TurnRequest]], Awaitable[list[SampledTurn]]]
@@ -305,8 +308,7 @@ class EpisodeRunner:
         environment in a task that returns the episode once the answer is in."""
         trajectory = episode.trajectory
         trajectory.add_turn(turn.tokens, turn.logprobs, turn.version)
-        ended_with_eos = bool(turn.tokens) and turn.tokens[-1] == self.tokenizer.eos_token_id
-        if not ended_with_eos:
+        if not turn.finished:
             trajectory.end("truncated")
             return None
         parsed = self.format.parse(turn.text)
@@ -335,7 +337,8 @@ class EpisodeRunner:
             trajectory.rewards.append(observation.reward)  # no turn follows: the observation's tokens are not added
             trajectory.end("done" if observation.done else "max_turns")
             return
-        tokens = observation_tokens(self.tokenizer, episode.history, turn_text, True, observation.messages,
+        ended_with_eos = trajectory.response_ids[-1] == self.tokenizer.eos_token_id  # (a stop string ends it otherwise)
+        tokens = observation_tokens(self.tokenizer, episode.history, turn_text, ended_with_eos, observation.messages,
                                     episode.tools, self.format)
         episode.history += [{"role": "assistant", "content": turn_text}, *observation.messages]
         if trajectory.add_observation(tokens, observation.reward, self.limits) and trajectory.room_for_next_turn(self.limits) == 0:

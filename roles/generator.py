@@ -20,13 +20,20 @@ import torch
 from pydantic import BaseModel, Field
 
 from protocols.batch import Batch
-from protocols.rl import Generate, Rollouts
+from protocols.environments import GenerateEpisodes
+from protocols.rl import Column, Generate, Rollouts
+from roles.agents.tool_calls import tool_call_format
+from roles.agents.trajectory import TrajectoryLimits
+from roles.episode_batch import episode_batch
+from roles.episode_sampling import backend_sampler
+from roles.episodes import EpisodeRunner, RemoteEnvironments
 from roles.generation import HFBackend
 from roles.model_settings import AutocastDtype, ModelSettings
 from roles.models import autocast_for, limit_cpu_threads, load_causal_lm
 from roles.rollout import sampling_params
 from roles.sampling import GenerationBackend, GenerationOutput, SamplingParams
 from runtime.actor import handler
+from runtime.errors import ActorError
 from runtime.weights.config import WeightChannelConfig
 from runtime.weights.receiver import ModelLoader, ReceivesWeights, WeightReceiver
 
@@ -66,6 +73,7 @@ class Generator(ReceivesWeights):
         super().__init__(name, **kwargs)
         self.config = config
         self.backend: GenerationBackend | None = None
+        self._episode_batches = 0
 
     async def on_start(self) -> None:
         config = self.config
@@ -85,6 +93,35 @@ class Generator(ReceivesWeights):
         output, version = await self.compute.run(self._generate, request.batch, params)
         batch = rollout_batch(request.batch, output, params.n, version)
         return Rollouts(batch, version, self.name, time.monotonic() - started)
+
+    @handler
+    async def generate_episodes(self, request: GenerateEpisodes) -> Rollouts:
+        """Runs ``n`` multi-turn episodes per row with the environment role (roles.episodes),
+        each turn sampled by this generator's backend with the weights it holds then."""
+        if not isinstance(self.backend, HFBackend):
+            raise ActorError(f"multi-turn episodes run on the hf backend; {self.name} uses {self.config.backend}")
+        params, settings, started = sampling_params(request.sampling), request.settings, time.monotonic()
+        limits = TrajectoryLimits(max_turns=settings.max_turns, max_total_tokens=settings.max_total_tokens,
+                                  max_new_tokens_per_turn=settings.max_new_tokens_per_turn)
+        self._episode_batches += 1
+        runner = EpisodeRunner(
+            backend_sampler(self.backend, params, self._version, self._run_under_autocast),
+            RemoteEnvironments(self, settings.environment_role, settings.call_timeout_s), self.backend.tokenizer,
+            tool_call_format(settings.tool_format), limits, f"{self.name}-{self._episode_batches}",
+            max_in_flight=settings.max_in_flight)
+        episodes = await runner.run([row for row in request.batch.columns["episode_row"] for _ in range(params.n)])
+        batch = episode_batch(request.batch, episodes, params.n, self.backend.tokenizer, settings.reward)
+        return Rollouts(batch, int(batch.tensors[Column.VERSION].min()), self.name, time.monotonic() - started)
+
+    def _version(self) -> int:
+        return self.weights.version if self.weights.version is not None else INITIAL_VERSION
+
+    async def _run_under_autocast(self, function: Any, *args: Any) -> Any:
+        """`function` on the compute thread under the configured autocast."""
+        def call() -> Any:
+            with autocast_for(self.config.device, self.config.autocast):
+                return function(*args)
+        return await self.compute.run(call)
 
     def _generate(self, prompts: Batch, params: SamplingParams) -> tuple[GenerationOutput, int]:
         """On the compute thread: the version read here is the one generating."""

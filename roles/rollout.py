@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from protocols.batch import Batch
+from protocols.environments import EpisodeSettings, GenerateEpisodes
 from protocols.rl import Column, Generate, Rollouts, Sampling, Score, Scores
 from roles.sampling import SamplingParams
 from runtime.errors import ActorError
@@ -69,6 +70,23 @@ async def generate_on(actor: Actor, prompts: Batch, sampling: SamplingParams, pa
         actor.ask_role("generator", Generate(piece, sampling_message(sampling)), timeout) for piece in pieces
     ))
     return concat_rollouts([reply.batch for reply in replies], pad_token_id)
+
+
+async def generate_episodes_on(actor: Actor, prompts: Batch, sampling: SamplingParams, settings: EpisodeSettings,
+                               pad_token_id: int, timeout: float) -> Batch:
+    """`generate_on` for multi-turn episodes: every ready generator runs its share of the
+    prompts' episodes (`GenerateEpisodes`); the pieces joined in prompt order."""
+    generators = max(1, len(await actor.lookup(role="generator")))
+    pieces = [piece for piece in prompts.split(generators) if piece.size]
+    replies: list[Rollouts] = await asyncio.gather(*(
+        actor.ask_role("generator", GenerateEpisodes(piece, sampling_message(sampling), settings), timeout) for piece in pieces
+    ))
+    return concat_rollouts([reply.batch for reply in replies], pad_token_id)
+
+
+def scores_of_episodes(batch: Batch) -> Scores:
+    """The scores a batch of episodes came with (their environments' rewards)."""
+    return Scores(batch.tensors[Column.SCORE].tolist(), [None] * batch.size, [{} for _ in range(batch.size)])
 
 
 async def score_on(actor: Actor, batch: Batch, timeout: float) -> Scores:

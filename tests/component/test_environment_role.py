@@ -5,6 +5,7 @@ crashes its instance on purpose; a killed instance ends its episodes, not the ru
 from __future__ import annotations
 
 import asyncio
+import string
 
 from roles.agents.trajectory import TrajectoryLimits
 from roles.episodes import EpisodeRunner, RemoteEnvironments
@@ -71,3 +72,46 @@ async def test_a_stalled_environment_ends_its_episode_and_crashes_its_instance_f
             break
         await asyncio.sleep(0.1)
     assert process.returncode not in (None, 0)
+
+
+async def test_a_generator_runs_episodes_with_the_environment_role_into_a_rollout_batch(spawn, run_here, tmp_path):  # type: ignore[no-untyped-def]
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from protocols.batch import Batch
+    from protocols.environments import EpisodeSettings, GenerateEpisodes
+    from roles.rollout import sampling_message
+    from roles.sampling import SamplingParams
+
+    tokenizer = chat_tokenizer()
+    torch_seed = __import__("torch").manual_seed(0)  # noqa: F841 - a reproducible random model
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    registry = await spawn("runtime.registry:Registry", "registry", settings=FAST)
+    await spawn(ROLE, "environment-0", role="environment", registry=registry.endpoint, settings=FAST,
+                config={"environment": "number_guessing"})
+    generator = await spawn("roles.generator:Generator", "generator-0", role="generator", registry=registry.endpoint,
+                            settings=FAST, config={"model": str(tmp_path / "model"), "join_channel": False, "cpu_threads": 1},
+                            ready_timeout=120)
+    caller = Watcher("controller-0", settings=FAST)
+    await run_here(caller, registry=registry.endpoint)
+    # a random model: any lowercase letter ends its turn (stop strings), so episodes go several turns
+    sampling = sampling_message(SamplingParams(n=2, temperature=1.0, max_new_tokens=12, stop=list(string.ascii_lowercase)))
+    settings = EpisodeSettings("environment", "hermes", max_turns=3, max_total_tokens=400, max_new_tokens_per_turn=12,
+                               max_in_flight=8, call_timeout_s=20, reward="last")
+    prompts = Batch(columns={"prompt_ids": [[5, 6], [7, 8]], "episode_row": [{"secret": 4, "max_guesses": 3},
+                                                                             {"secret": 9, "max_guesses": 3}],
+                             "uid": ["g-0", "g-1"]})
+    rollouts = await caller.ask(generator.endpoint, GenerateEpisodes(prompts, sampling, settings), timeout=120)
+    batch = rollouts.batch
+    assert batch.size == 4 and batch.columns["uid"] == ["g-0", "g-0", "g-1", "g-1"] and rollouts.version == -1
+    t = batch.tensors
+    assert ((t["response_mask"] > 0) <= (t["response_attention_mask"] > 0)).all()
+    assert (t["behavior_logprobs"][t["response_mask"] == 0] == 0).all() and (t["behavior_logprobs"] <= 0).all()
+    assert set(batch.columns["finish_reason"]) <= {"done", "max_turns", "truncated", "max_tokens"}
+    assert all(score in (0.0, 1.0) for score in t["score"].tolist())
+    observed = (t["response_attention_mask"] > 0) & (t["response_mask"] == 0)
+    multi_turn = [row for row in range(4) if t["turns"][row] > 1]
+    assert multi_turn, "a random model whose turns end at vowels should play more than one turn"
+    assert all(observed[row].any() for row in multi_turn)  # the game's replies sit between the turns, not trained on

@@ -79,6 +79,7 @@ def test_jsonl_and_parquet_files_load_the_same_rows(tmp_path, tokenizer):
         ground_truth="6",
         data_source="arithmetic",
         extra={"level": 2},
+        record=ROWS[1],  # the row as read: a multi-turn episode starts from it
     )
 
 
