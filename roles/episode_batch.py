@@ -8,7 +8,8 @@ generator's, beside the sampled tokens. ``version`` is the oldest weights versio
 sampled one of its turns (what staleness counts in async mode). ``score`` is the
 episode's reward, the sum of its rewards or the last one (the environments score
 episodes, not the reward role). ``finish_reason`` is the trajectory's end reason, and
-``turns``, ``tool_calls``, ``tool_errors`` count what happened.
+``turns``, ``tool_calls``, ``tool_errors`` count what happened, and ``episode_trace`` is
+the trace its environment calls carry (``troupe logs --trace``).
 
 An episode whose environment failed before its first turn has no trajectory: its row
 is the data row's own prompt with an empty response (nothing is trained on it).
@@ -82,6 +83,7 @@ def episode_batch(prompts: Batch, episodes: Sequence[Episode], n: int, tokenizer
         Column.SCORE: torch.tensor([episode_score(e.trajectory.rewards, combine) for e in episodes], dtype=torch.float32),
         Column.RESPONSE: sampled_text,
         Column.FINISH_REASON: [e.trajectory.end_reason or "" for e in episodes],
+        "episode_trace": [e.trace_id for e in episodes],
         "turns": torch.tensor([e.trajectory.turns for e in episodes], dtype=torch.float32),
         "tool_calls": torch.tensor([e.info.get("tool_calls", 0.0) for e in episodes], dtype=torch.float32),
         "tool_errors": torch.tensor([e.info.get("tool_errors", 0.0) for e in episodes], dtype=torch.float32),

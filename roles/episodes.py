@@ -39,7 +39,9 @@ from roles.agents.chat_tokens import observation_tokens, prompt_tokens
 from roles.agents.environments import Action, Environment
 from roles.agents.tool_calls import MalformedToolCall, ToolCall, ToolCallFormat
 from roles.agents.trajectory import Trajectory, TrajectoryLimits
+from protocols.envelope import new_id
 from runtime.errors import ActorError, DeadlineExceeded
+from runtime.tracing import current_trace_id
 
 if TYPE_CHECKING:
     from runtime.actor import Actor
@@ -189,6 +191,9 @@ class Episode:
     index: int
     """Its row's position in the batch."""
     name: str
+    trace_id: str
+    """Its own trace (``<the batch's trace>/<name>``): every environment call carries it,
+    so ``troupe logs --trace`` shows its turns, and the batch's trace as a prefix all."""
     trajectory: Trajectory
     history: list[dict[str, Any]]
     """The conversation so far as messages (what the template renders around turns)."""
@@ -275,8 +280,7 @@ class EpisodeRunner:
         finally:  # every started episode is ended on its instance, however the run went
             for task in waiting:
                 task.cancel()
-            ended = await asyncio.gather(*(self.environments.end(episode.name) for episode in episodes.values()),
-                                         return_exceptions=True)
+            ended = await asyncio.gather(*(self._end(episode) for episode in episodes.values()), return_exceptions=True)
             for outcome in ended:
                 if isinstance(outcome, BaseException) and not isinstance(outcome, ActorError):
                     raise outcome  # a bug, not an unreachable instance (that one lost the episode anyway)
@@ -284,19 +288,21 @@ class EpisodeRunner:
 
     async def _start(self, index: int, row: dict[str, Any]) -> Episode:
         name = f"{self.name}-{next(self._numbers)}"
+        trace_id = f"{current_trace_id.get() or new_id()}/{name}"
+        current_trace_id.set(trace_id)  # this task's context: the start, and its episode's later calls
         try:
             started = await self.environments.start(name, row)
         except EnvironmentTimeout:
-            return self._failed(index, name, "environment_timeout")
+            return self._failed(index, name, trace_id, "environment_timeout")
         except EnvironmentFailed:  # this row's episode ends; the others go on
-            return self._failed(index, name, "environment_error")
+            return self._failed(index, name, trace_id, "environment_error")
         tokens = prompt_tokens(self.tokenizer, started.messages, started.tools, self.format)
-        return Episode(index, name, Trajectory(tokens), list(started.messages), list(started.tools))
+        return Episode(index, name, trace_id, Trajectory(tokens), list(started.messages), list(started.tools))
 
-    def _failed(self, index: int, name: str, reason: str) -> Episode:
+    def _failed(self, index: int, name: str, trace_id: str, reason: str) -> Episode:
         trajectory = Trajectory([])
         trajectory.end(reason)  # type: ignore[arg-type]
-        return Episode(index, name, trajectory, [], [])
+        return Episode(index, name, trace_id, trajectory, [], [])
 
     async def _sample_turns(self, episodes: list[Episode]) -> list[SampledTurn]:
         requests = [TurnRequest(episode.trajectory.prompt_ids + episode.trajectory.response_ids,
@@ -317,8 +323,13 @@ class EpisodeRunner:
         return asyncio.get_running_loop().create_task(self._observe(episode, turn.text, request))
 
     async def _observe(self, episode: Episode, turn_text: str, request: StepEpisode) -> Episode:
+        current_trace_id.set(episode.trace_id)  # this task's context
         await self._answer(episode, turn_text, request)
         return episode
+
+    async def _end(self, episode: Episode) -> None:
+        current_trace_id.set(episode.trace_id)  # (gather runs each in a task of its own)
+        await self.environments.end(episode.name)
 
     async def _answer(self, episode: Episode, turn_text: str, request: StepEpisode) -> None:
         """The environment's answer to a turn, appended to the trajectory."""

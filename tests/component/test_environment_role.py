@@ -115,3 +115,13 @@ async def test_a_generator_runs_episodes_with_the_environment_role_into_a_rollou
     multi_turn = [row for row in range(4) if t["turns"][row] > 1]
     assert multi_turn, "a random model whose turns end at vowels should play more than one turn"
     assert all(observed[row].any() for row in multi_turn)  # the game's replies sit between the turns, not trained on
+    # one trace per trajectory: every call of an episode on the environment carries it
+    import json
+
+    received: dict[str, set[str]] = {}
+    for line in (tmp_path / "logs" / "environment-0.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "receive" and event.get("kind", "").startswith("env."):
+            received.setdefault(event.get("trace_id"), set()).add(event["kind"])
+    for trace, turns in zip(batch.columns["episode_trace"], t["turns"].tolist()):
+        assert "env.start" in received[trace] and ("env.step" in received[trace]) == (turns >= 1)
