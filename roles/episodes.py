@@ -193,7 +193,7 @@ class Episode:
     name: str
     trace_id: str
     """Its own trace (``<the batch's trace>/<name>``): every environment call carries it,
-    so ``troupe logs --trace`` shows its turns, and the batch's trace as a prefix all."""
+    so ``troupe logs --trace`` shows its turns."""
     trajectory: Trajectory
     history: list[dict[str, Any]]
     """The conversation so far as messages (what the template renders around turns)."""
