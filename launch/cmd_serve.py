@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batching.add_argument("--request-timeout-s", type=float, default=300.0,
                           help="a request still unanswered after this gets 504 (default 300)")
     model = parser.add_argument_group("model")
+    model.add_argument("--tool-format", choices=("hermes", "json"), default="hermes",
+                       help="how the model writes tool calls, read back as OpenAI tool_calls (default hermes: "
+                            "<tool_call>{...}</tool_call>, as Qwen's templates)")
     model.add_argument("--engine", choices=("hf", "vllm"), default="hf",
                        help="hf: transformers, CPU or GPU (default); vllm: vLLM on a GPU, if installed")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when there is one)")
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, engine=args.engine,
             device=args.device, dtype=args.dtype, threads=args.threads, served_model_name=args.served_model_name,
+            tool_format=args.tool_format,
         )
     except ValidationError as error:
         for problem in error.errors():

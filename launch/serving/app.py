@@ -44,6 +44,7 @@ from launch.serving.metrics import CONTENT_TYPE, ServingMetrics
 from launch.serving.openai import OpenAIReply, error_body, event_stream
 from launch.serving.schemas import ChatCompletionRequest, CompletionRequest, GenerateRequest, GenerateResponse
 from launch.serving.service import ModelService, ServeConfig, ServingError, load_model
+from roles.agents.tool_calls import tool_call_format
 
 log = logging.getLogger("troupe.serve")
 
@@ -84,7 +85,7 @@ def create_app(config: ServeConfig, stop_server: Callable[[], None]) -> FastAPI:
             task = asyncio.create_task(batcher.run(), name="batcher")
             task.add_done_callback(_stop_when_failed(stop_server))
             tasks.append(task)
-            state.service = ModelService(model, batcher)
+            state.service = ModelService(model, batcher, tool_call_format(config.tool_format))
             log.info("model %s loaded on %s: context %d tokens, batches of up to %d, queue of %d",
                      model.name, model.device, model.context_length, config.max_batch, config.max_queue)
 
@@ -174,7 +175,7 @@ def create_app(config: ServeConfig, stop_server: Callable[[], None]) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None, dependencies=[Depends(refuse_a_body_not_sent_as_json)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         served = service()
-        prompt_ids = served.encode_chat(body.messages)
+        prompt_ids = served.encode_chat(body.messages, body.tools)
         budget, budget_name = ((body.max_completion_tokens, "max_completion_tokens")
                                if body.max_completion_tokens is not None else (body.max_tokens, "max_tokens"))
         params = served.sampling(body, prompt_ids, budget, budget_name, body.n)
@@ -183,7 +184,9 @@ def create_app(config: ServeConfig, stop_server: Callable[[], None]) -> FastAPI:
         reply = OpenAIReply("chatcmpl", "chat.completion", served.model.name, len(prompt_ids), body)
         if body.stream:
             return event_stream(reply.chat_chunks(ticket, config.request_timeout_s), ticket)
-        return reply.chat(await completions_of(ticket, config.request_timeout_s, request))
+        reads_calls = bool(body.tools) and body.tool_choice != "none"
+        return reply.chat(await completions_of(ticket, config.request_timeout_s, request),
+                          served.tool_format if reads_calls else None)
 
     return app
 

@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from launch.serving.batcher import Completion, GenerationFailed, TextDelta, Ticket
 from launch.serving.schemas import OpenAIFields
+from roles.agents.tool_calls import ToolCallFormat
 
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
                415: "invalid_request_error", 422: "invalid_request_error", 500: "server_error",
@@ -54,6 +55,21 @@ def event_stream(chunks: AsyncIterator[dict[str, Any]], ticket: Ticket) -> Strea
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def assistant_message(text: str, finish_reason: str, tool_format: ToolCallFormat | None) -> dict[str, Any]:
+    """``{"message", "finish_reason"}`` of one choice. With a tool format, the calls read
+    from `text` become OpenAI ``tool_calls`` (arguments as a JSON string, content the
+    text around them or null); a turn whose calls cannot all be read stays text, as the
+    model wrote it."""
+    parsed = tool_format.parse(text) if tool_format is not None else None
+    if parsed is None or not parsed.calls or parsed.malformed:
+        return {"message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+    calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+              "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+             for call in parsed.calls]
+    return {"message": {"role": "assistant", "content": parsed.content or None, "tool_calls": calls},
+            "finish_reason": "tool_calls"}
+
+
 class OpenAIReply:
     """Builds OpenAI-shaped bodies and stream chunks for one request."""
 
@@ -77,10 +93,11 @@ class OpenAIReply:
             {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for c in choices])
         return {**body, "usage": self.usage(sum(c.completion_tokens for c in choices))}
 
-    def chat(self, choices: list[Completion]) -> dict[str, Any]:
-        body = self._envelope(self.kind, [
-            {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-             "finish_reason": c.finish_reason} for c in choices])
+    def chat(self, choices: list[Completion], tool_format: ToolCallFormat | None = None) -> dict[str, Any]:
+        """The chat completion; with `tool_format`, an answer that calls tools comes back
+        as ``tool_calls`` (finish reason ``tool_calls``)."""
+        body = self._envelope(self.kind, [{"index": c.index, **assistant_message(c.text, c.finish_reason, tool_format),
+                                           "logprobs": None} for c in choices])
         return {**body, "usage": self.usage(sum(c.completion_tokens for c in choices))}
 
     async def completion_chunks(self, ticket: Ticket, timeout_s: float) -> AsyncIterator[dict[str, Any]]:

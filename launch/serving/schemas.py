@@ -15,9 +15,9 @@ then fails on a string that has no UTF-8 form.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARACTERS = 256
@@ -164,29 +164,94 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1)
+    arguments: str
+    """The arguments as a JSON object in a string (OpenAI's form)."""
+
+
+class ToolCallPart(BaseModel):
+    """One call an assistant message made (in a conversation sent back with its results)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    """Null only for an assistant message that made tool calls."""
     name: str | None = None
+    tool_calls: list[ToolCallPart] | None = None
+    """An assistant message's calls."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
 
     @field_validator("content")
     @classmethod
-    def _content_is_unicode(cls, content: str | list[TextPart]) -> str | list[TextPart]:
+    def _content_is_unicode(cls, content: str | list[TextPart] | None) -> str | list[TextPart] | None:
         # checked on the whole union, so the error names the field once, not once per branch
-        for text in [content] if isinstance(content, str) else [part.text for part in content]:
+        for text in [] if content is None else [content] if isinstance(content, str) else [part.text for part in content]:
             refuse_lone_surrogates(text)
         return content
 
+    @model_validator(mode="after")
+    def _content_unless_calls(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content may be null only in an assistant message with tool_calls")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message has tool_calls")
+        return self
+
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class FunctionSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON schema of the arguments object."""
+    strict: bool | None = None
+
+
+class ToolSchema(BaseModel):
+    """A tool the model may call (OpenAI's ``tools`` entries)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionSchema
 
 
 class ChatCompletionRequest(OpenAIFields):
     """``POST /v1/chat/completions``: the messages go through the tokenizer's chat template."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolSchema] | None = Field(None, max_length=128)
+    """Tools the model may call: given to the chat template (its ``tools`` variable, or a
+    system message in the server's tool format); calls in the answer come back as
+    ``tool_calls``."""
+    tool_choice: Literal["auto", "none"] | None = None
+    """``none``: tools are described but the answer is returned as text; ``auto`` (the
+    default with tools): calls are read from the answer."""
+
+    @model_validator(mode="after")
+    def _tools_without_stream(self) -> ChatCompletionRequest:
+        if self.tools and self.tool_choice != "none" and self.stream:
+            raise ValueError("stream with tools is not supported yet: ask without stream (the calls come back whole)")
+        return self
     max_tokens: int | None = Field(None, ge=1)
     """Most tokens to generate; null: as many as the context leaves."""
     max_completion_tokens: int | None = Field(None, ge=1)

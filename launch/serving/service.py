@@ -11,17 +11,20 @@ vocabulary as none.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import PreTrainedTokenizerBase
 
 from launch.serving.batcher import Batcher, GenerationFailed, QueueFullError, RequestBackend, Ticket
-from launch.serving.schemas import ChatMessage, SamplingFields
+from launch.serving.schemas import ChatMessage, SamplingFields, ToolSchema
+from roles.agents.chat_tokens import takes_tools, with_tools
+from roles.agents.tool_calls import ToolCall, ToolCallFormat, tool_call_format
 from roles.generation import SamplingParams
 
 log = logging.getLogger("troupe.serve")
@@ -51,6 +54,15 @@ class ServeConfig(BaseModel):
     (0: start at once; requests that queue while a batch runs join the next one anyway)."""
     max_queue: int = Field(64, ge=1)
     """Most requests waiting for a batch; more get 503 with Retry-After."""
+    tool_format: str = "hermes"
+    """How the model writes tool calls (roles.agents.tool_calls): ``hermes`` or ``json``;
+    chat requests with ``tools`` get the calls back as OpenAI ``tool_calls``."""
+
+    @field_validator("tool_format")
+    @classmethod
+    def _a_known_format(cls, name: str) -> str:
+        tool_call_format(name)  # refuses an unknown name with the known ones
+        return name
     engine: Literal["hf", "vllm"] = "hf"
     """``hf``: transformers on CPU or GPU; ``vllm``: vLLM on a GPU (optional extra)."""
     device: str | None = None
@@ -155,28 +167,49 @@ def sampling_params(fields: SamplingFields, max_new_tokens: int, n: int, vocabul
 class ModelService:
     """A loaded model and its batcher: request bodies in, tickets out."""
 
-    def __init__(self, model: LoadedModel, batcher: Batcher) -> None:
+    def __init__(self, model: LoadedModel, batcher: Batcher, tool_format: ToolCallFormat | None = None) -> None:
         self.model = model
         self.batcher = batcher
+        self.tool_format = tool_format or tool_call_format("hermes")
 
     def encode(self, prompt: str) -> list[int]:
         """The prompt's token ids (with the tokenizer's special tokens, as for any completion)."""
         self._refuse_huge(len(prompt))
         return list(self.model.tokenizer(prompt).input_ids)
 
-    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """The messages through the tokenizer's chat template, ready for the assistant's turn."""
+    def encode_chat(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSchema] | None = None) -> list[int]:
+        """The messages through the tokenizer's chat template, ready for the assistant's
+        turn; with `tools`, described to the model (roles.agents.chat_tokens.with_tools),
+        and earlier calls written back in the server's tool format."""
         tokenizer = self.model.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise ServingError(400, "the model's tokenizer has no chat template: use /v1/completions with a plain prompt",
                                "messages")
         self._refuse_huge(sum(len(message.text()) for message in messages))
-        encoded = tokenizer.apply_chat_template(
-            [{"role": message.role, "content": message.text()} for message in messages],
-            add_generation_prompt=True, tokenize=True,
-        )
+        schemas = [tool.model_dump(exclude_none=True) for tool in tools or []]
+        chat = with_tools([self._message(message) for message in messages], schemas, tokenizer, self.tool_format)
+        encoded = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                                **({"tools": schemas} if schemas and takes_tools(tokenizer) else {}))
         # transformers 5 returns a BatchEncoding, earlier versions the ids themselves
         return list(encoded["input_ids"] if isinstance(encoded, Mapping) else encoded)
+
+    def _message(self, message: ChatMessage) -> dict[str, Any]:
+        """A request's message as the chat template reads it; an assistant's calls as the
+        model writes them (the tool format's text after its content)."""
+        text = message.text()
+        if message.tool_calls:
+            calls = []
+            for call in message.tool_calls:
+                try:
+                    arguments = json.loads(call.function.arguments)
+                except json.JSONDecodeError:
+                    raise ServingError(400, f"the arguments of tool call {call.id!r} are not JSON", "messages") from None
+                calls.append(ToolCall(call.function.name, arguments if isinstance(arguments, dict) else {}))
+            text = "\n".join(part for part in (text, self.tool_format.render(calls)) if part)
+        chat: dict[str, Any] = {"role": message.role, "content": text}
+        if message.name is not None:
+            chat["name"] = message.name
+        return chat
 
     def sampling(self, fields: SamplingFields, prompt_ids: list[int], max_new_tokens: int | None,
                  budget_name: str, n: int = 1) -> SamplingParams:

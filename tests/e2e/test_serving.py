@@ -166,6 +166,33 @@ def test_openai_completions_and_chat_answer_in_openais_shapes(server: Server) ->
     assert chat["usage"] == greedy["usage"]
 
 
+def test_chat_with_tools_describes_them_to_the_model_and_takes_a_conversation_with_calls_and_results(
+        server: Server, arith: Path) -> None:
+    from roles.agents.tool_calls import ToolCall, tool_call_format
+
+    calculator = {"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}
+    conversation = [
+        {"role": "user", "content": "12*7="},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "12*7"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "84"},
+    ]
+    body = {"messages": conversation, "tools": [calculator], "max_tokens": 4, "temperature": 0}
+    answer = server.post("/v1/chat/completions", body)
+    assert answer.status_code == 200, answer.text
+    choice = answer.json()["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length", "tool_calls")
+    # the example's template takes no tools: the server described them in a system message, in its tool
+    # format, and wrote the earlier call as the model would; the contents go back to back
+    hermes = tool_call_format("hermes")
+    call = hermes.render([ToolCall("calculator", {"expression": "12*7"})])
+    expected = hermes.system_prompt([calculator]) + "12*7=" + call + "84"
+    prompt = server.post("/v1/completions", {"prompt": expected, "max_tokens": 1}).json()
+    assert answer.json()["usage"]["prompt_tokens"] == prompt["usage"]["prompt_tokens"]
+    refused = server.post("/v1/chat/completions", {**body, "stream": True})
+    assert refused.status_code == 422 and "stream with tools is not supported yet" in refused.text
+
+
 def test_streams_are_server_sent_events_that_add_up_to_the_response_and_end_with_done(server: Server) -> None:
     whole = server.post("/v1/completions", {"prompt": "9+9=", "max_tokens": 12, "temperature": 0}).json()
     stream = server.post("/v1/completions", {"prompt": "9+9=", "max_tokens": 12, "temperature": 0, "stream": True,

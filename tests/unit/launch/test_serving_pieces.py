@@ -150,3 +150,41 @@ def test_observations_show_up_under_their_labels_in_cumulative_buckets() -> None
     assert metrics.value("troupe_request_latency_seconds_count", endpoint="/generate") == 3
     assert metrics.value("troupe_requests_total", endpoint="/generate", status="200") == 1
     assert metrics.value("troupe_requests_total", endpoint="/generate", status="500") == 0
+
+# Tools in chat completions
+CALCULATOR = {"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}
+
+
+def test_an_answer_that_calls_tools_comes_back_as_openai_tool_calls():
+    from launch.serving.openai import assistant_message
+    from roles.agents.tool_calls import tool_call_format
+
+    hermes = tool_call_format("hermes")
+    text = 'Let me compute. <tool_call>{"name": "calculator", "arguments": {"expression": "12*7"}}</tool_call>'
+    choice = assistant_message(text, "stop", hermes)
+    [call] = choice["message"]["tool_calls"]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Let me compute."
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "calculator", "arguments": '{"expression": "12*7"}'}
+    # without tools, or with a call that cannot be read, the model's text is the answer
+    assert assistant_message(text, "stop", None) == {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    broken = '<tool_call>{"name": "calculator", "arguments": {</tool_call>'
+    assert assistant_message(broken, "stop", hermes)["message"] == {"role": "assistant", "content": broken}
+
+
+def test_chat_requests_take_tools_tool_messages_and_assistant_calls_and_refuse_what_openai_refuses():
+    conversation = [
+        {"role": "user", "content": "12*7?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "12*7"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "84"},
+    ]
+    request = ChatCompletionRequest(messages=conversation, tools=[CALCULATOR])
+    assert request.messages[1].text() == "" and request.messages[2].role == "tool"
+    with pytest.raises(pydantic.ValidationError, match="content may be null only in an assistant message with tool_calls"):
+        ChatCompletionRequest(messages=[{"role": "user", "content": None}])
+    with pytest.raises(pydantic.ValidationError, match="stream with tools is not supported yet"):
+        ChatCompletionRequest(messages=conversation, tools=[CALCULATOR], stream=True)
+    assert ChatCompletionRequest(messages=conversation, tools=[CALCULATOR], stream=True, tool_choice="none").stream
+    with pytest.raises(pydantic.ValidationError):
+        ChatCompletionRequest(messages=conversation, tools=[{"type": "function", "function": {"name": ""}}])
