@@ -13,10 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from roles.algorithms import AdvantageConfig, GRPOConfig, KLConfig, RecomputeLogprobs
 from roles.algorithms.rollout_correction import RolloutCorrectionConfig, rollout_correction_setting
-from roles.agents.tool_calls import tool_call_format
-from roles.agents.trajectory import TrajectoryLimits
 from roles.algorithms.overlong import OverlongConfig
 from roles.data import DataConfig
+from roles.episode_batch import EpisodesConfig
 from roles.evaluator import HeldoutConfig
 from roles.sampling import SamplingParams
 
@@ -40,34 +39,6 @@ class EvalConfig(HeldoutConfig):
         if self.evaluator and self.data is not None:
             raise ValueError("eval.evaluator is set: give the held-out data in the evaluator role's config, not here")
         return self
-
-
-class EpisodesConfig(BaseModel):
-    """Multi-turn episodes (roles.episodes, docs/agents.md): each sample is an episode the
-    generator plays with the environment role, scored by the environment's rewards."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    environment_role: str = "environment"
-    """The role that holds the episodes (roles.environment)."""
-    tool_format: str = "hermes"
-    """How the policy writes tool calls: ``hermes`` or ``json`` (roles.agents.tool_calls)."""
-    limits: TrajectoryLimits = Field(default_factory=TrajectoryLimits)
-    """Turns and tokens per episode (``sampling.max_new_tokens`` is not used: each turn
-    gets ``limits.max_new_tokens_per_turn``)."""
-    max_in_flight: int = Field(256, ge=1)
-    """Most episodes one generator runs at once."""
-    call_timeout_s: float = Field(60.0, gt=0)
-    """How long a generator waits for one environment call (keep the environment role's
-    ``step_timeout_s`` shorter, so that a stalled instance restarts first)."""
-    reward: Literal["sum", "last"] = "sum"
-    """An episode's score: the sum of its per-turn and final rewards, or the last one."""
-
-    @field_validator("tool_format")
-    @classmethod
-    def _a_known_format(cls, name: str) -> str:
-        tool_call_format(name)  # refuses an unknown name with the known ones
-        return name
 
 
 class DynamicSamplingConfig(BaseModel):
@@ -217,8 +188,8 @@ def needed_roles(config: ControllerConfig) -> dict[str, int]:
     """The roles a controller with `config` uses, and how many ready instances of each it
     waits for before the first step; `troupe validate` checks a topology has them."""
     needed = {"generator": 1, "trainer": config.trainer_ranks}
-    if config.episodes is None or config.eval.data is not None or config.eval.evaluator:
-        needed["reward"] = 1  # (training episodes are scored by their environments; held-out rows by the reward)
+    if config.episodes is None or (config.eval.data is not None and config.eval.episodes is None) or config.eval.evaluator:
+        needed["reward"] = 1  # (episodes are scored by their environments)
     if config.use_reference or config.kl.usage != "none":
         needed["reference"] = 1
     if config.use_critic or (config.use_critic is None and config.advantage.type == "gae"):

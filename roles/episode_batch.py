@@ -18,22 +18,50 @@ is the data row's own prompt with an empty response (nothing is trained on it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import PreTrainedTokenizerBase
 
 from protocols.batch import Batch
 from protocols.environments import EpisodeSettings
 from protocols.rl import Column
-from roles.agents.trajectory import EndReason
+from roles.agents.tool_calls import tool_call_format
+from roles.agents.trajectory import EndReason, TrajectoryLimits
 from roles.episodes import Episode
 
-if TYPE_CHECKING:
-    from roles.controller_config import EpisodesConfig
 
 INITIAL_VERSION = -1
 """The version of a row no turn was sampled for."""
+
+
+class EpisodesConfig(BaseModel):
+    """Multi-turn episodes (roles.episodes, docs/agents.md): each sample is an episode the
+    generator plays with the environment role, scored by the environment's rewards."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    environment_role: str = "environment"
+    """The role that holds the episodes (roles.environment)."""
+    tool_format: str = "hermes"
+    """How the policy writes tool calls: ``hermes`` or ``json`` (roles.agents.tool_calls)."""
+    limits: TrajectoryLimits = Field(default_factory=TrajectoryLimits)
+    """Turns and tokens per episode (``sampling.max_new_tokens`` is not used: each turn
+    gets ``limits.max_new_tokens_per_turn``)."""
+    max_in_flight: int = Field(256, ge=1)
+    """Most episodes one generator runs at once."""
+    call_timeout_s: float = Field(60.0, gt=0)
+    """How long a generator waits for one environment call (keep the environment role's
+    ``step_timeout_s`` shorter, so that a stalled instance restarts first)."""
+    reward: Literal["sum", "last"] = "sum"
+    """An episode's score: the sum of its per-turn and final rewards, or the last one."""
+
+    @field_validator("tool_format")
+    @classmethod
+    def _a_known_format(cls, name: str) -> str:
+        tool_call_format(name)  # refuses an unknown name with the known ones
+        return name
 
 
 def episode_score(rewards: Sequence[float], combine: Literal["sum", "last"]) -> float:
@@ -97,13 +125,14 @@ def episode_settings(config: EpisodesConfig) -> EpisodeSettings:
                            limits.max_new_tokens_per_turn, config.max_in_flight, config.call_timeout_s, config.reward)
 
 
-def episode_numbers(batch: Batch) -> dict[str, float]:
-    """A step's episode metrics (none for a batch of single responses): mean turns, tool
-    calls and tool errors per episode, and the share of episodes by end reason."""
+def episode_numbers(batch: Batch, prefix: str = "train") -> dict[str, float]:
+    """A batch's episode metrics (none for a batch of single responses): mean turns, tool
+    calls and tool errors per episode, and the share of episodes by end reason, as
+    ``<prefix>/episode_<name>``."""
     if "turns" not in batch.tensors:
         return {}
-    numbers = {f"train/episode_{name}": float(batch.tensors[name].mean()) for name in ("turns", "tool_calls", "tool_errors")}
+    numbers = {f"{prefix}/episode_{name}": float(batch.tensors[name].mean()) for name in ("turns", "tool_calls", "tool_errors")}
     reasons = batch.columns[Column.FINISH_REASON]
     for reason in get_args(EndReason):
-        numbers[f"train/episode_end_{reason}"] = reasons.count(reason) / len(reasons)
+        numbers[f"{prefix}/episode_end_{reason}"] = reasons.count(reason) / len(reasons)
     return numbers

@@ -32,10 +32,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocols.batch import Batch
 from protocols.rl import Evaluate, Evaluated, Generate, Rollouts, Score, Scores
 from roles.data import DataConfig, PromptDataset
+from roles.episode_batch import EpisodesConfig, episode_numbers, episode_settings
 from roles.evaluation.summary import EvalSample, summarize_samples
 from roles.metrics import MetricsLog
 from roles.sampling import SamplingParams
-from roles.rollout import generate_on, response_id_lists, sampling_message, score_on
+from roles.rollout import (
+    generate_episodes_on,
+    generate_on,
+    response_id_lists,
+    sampling_message,
+    score_on,
+    scores_of_episodes,
+)
 from runtime.actor import Actor, handler
 
 
@@ -121,16 +129,23 @@ class HeldoutConfig(BaseModel):
     """Hypotheses self-BLEU scores per set (None: all; it is quadratic)."""
     text_samples: int = Field(4, ge=0)
     """Responses shown in TensorBoard's text tab per evaluation."""
+    episodes: EpisodesConfig | None = None
+    """Multi-turn held-out episodes with the environment role (docs/agents.md), scored by
+    the environment: ``eval/accuracy`` is then the share of episodes that succeeded, and
+    ``eval/episode_*`` count turns, tool calls, tool errors and end reasons; None: one
+    response per sample, scored by the reward role."""
 
 
-def heldout_prompts(dataset: PromptDataset) -> Batch:
-    """Every held-out row as a prompt batch (``prompt_index`` groups each prompt's samples)."""
+def heldout_prompts(dataset: PromptDataset, episodes: bool = False) -> Batch:
+    """Every held-out row as a prompt batch (``prompt_index`` groups each prompt's
+    samples); with `episodes`, the rows as read too (``episode_row``)."""
     rows = list(dataset)
-    return Batch(columns={
+    columns = {
         "prompt_ids": [row.prompt_ids for row in rows], "prompt": [row.prompt for row in rows],
         "ground_truth": [row.ground_truth for row in rows], "data_source": [row.data_source for row in rows],
         "prompt_index": [row.index for row in rows],
-    })
+    }
+    return Batch(columns={**columns, "episode_row": [row.record for row in rows]} if episodes else columns)
 
 
 def scored_samples(batch: Batch, scores: Scores) -> list[EvalSample]:
@@ -182,10 +197,17 @@ async def run_heldout(actor: Actor, dataset: PromptDataset, config: HeldoutConfi
     """The built-in evaluation from a role: sample the held-out prompts on the live
     generators, score them with the reward role, dump the samples to
     ``eval/step_N.jsonl``, show a few in TensorBoard; returns the ``eval/`` numbers."""
-    tokenizer = actor.tokenizer
-    batch = await generate_on(actor, heldout_prompts(dataset), config.sampling, tokenizer.pad_token_id, timeout)
-    samples = scored_samples(batch, await score_on(actor, batch, timeout))
-    numbers = await asyncio.to_thread(evaluation_numbers, samples, config)
+    tokenizer, episodes = actor.tokenizer, config.episodes
+    prompts = heldout_prompts(dataset, episodes is not None)
+    if episodes is not None:  # multi-turn: scored by the environments
+        batch = await generate_episodes_on(actor, prompts, config.sampling, episode_settings(episodes),
+                                           tokenizer.pad_token_id, timeout)
+        scores = scores_of_episodes(batch)
+    else:
+        batch = await generate_on(actor, prompts, config.sampling, tokenizer.pad_token_id, timeout)
+        scores = await score_on(actor, batch, timeout)
+    samples = scored_samples(batch, scores)
+    numbers = {**await asyncio.to_thread(evaluation_numbers, samples, config), **episode_numbers(batch, "eval")}
     write_samples(metrics.files.eval_samples(step), samples)
     metrics.text("eval/samples", samples_markdown(samples, config.text_samples), step)
     return numbers
