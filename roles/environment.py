@@ -36,11 +36,12 @@ from roles.agents.environments import (
     NumberGuessingGame,
 )
 from roles.agents.tool_calls import MalformedToolCall, ToolCall
+from roles.sandbox.python_tool import PythonToolEnvironment
 from runtime.actor import Actor, handler
 from runtime.errors import ActorError
 
 BUILT_IN_ENVIRONMENTS: dict[str, type[Environment]] = {
-    "calculator": CalculatorEnvironment, "number_guessing": NumberGuessingGame,
+    "calculator": CalculatorEnvironment, "number_guessing": NumberGuessingGame, "python": PythonToolEnvironment,
 }
 """The environments named without an import path."""
 
@@ -51,7 +52,8 @@ class EnvironmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     environment: str = "calculator"
-    """A built-in (``calculator``, ``number_guessing``) or ``package.module:Class`` (a
+    """A built-in (``calculator``, ``number_guessing``, ``python``: code in the sandbox) or
+    ``package.module:Class`` (a
     subclass of roles.agents.environments.Environment)."""
     args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the class's constructor, one object per episode."""
