@@ -36,7 +36,7 @@ from roles.agents.environments import (
     NumberGuessingGame,
 )
 from roles.agents.tool_calls import MalformedToolCall, ToolCall
-from roles.sandbox.python_tool import PythonToolEnvironment
+from roles.python_tool import PythonToolEnvironment
 from runtime.actor import Actor, handler
 from runtime.errors import ActorError
 

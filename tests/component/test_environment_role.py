@@ -117,11 +117,20 @@ async def test_a_generator_runs_episodes_with_the_environment_role_into_a_rollou
     assert all(observed[row].any() for row in multi_turn)  # the game's replies sit between the turns, not trained on
     # one trace per trajectory: every call of an episode on the environment carries it
     import json
+    import time
 
-    received: dict[str, set[str]] = {}
-    for line in (tmp_path / "logs" / "environment-0.jsonl").read_text().splitlines():
-        event = json.loads(line)
-        if event.get("event") == "receive" and event.get("kind", "").startswith("env."):
-            received.setdefault(event.get("trace_id"), set()).add(event["kind"])
-    for trace, turns in zip(batch.columns["episode_trace"], t["turns"].tolist()):
-        assert "env.start" in received[trace] and ("env.step" in received[trace]) == (turns >= 1)
+    def received() -> dict[str, set[str]]:
+        kinds: dict[str, set[str]] = {}
+        for line in (tmp_path / "logs" / "environment-0.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "receive" and event.get("kind", "").startswith("env."):
+                kinds.setdefault(event.get("trace_id"), set()).add(event["kind"])
+        return kinds
+
+    expected = {trace: {"env.start", "env.step"} if turns > 1 else {"env.start"}  # a second turn followed a step
+                for trace, turns in zip(batch.columns["episode_trace"], t["turns"].tolist())}
+    deadline = time.monotonic() + 10  # the environment's log is written behind its work
+    while any(not kinds <= received().get(trace, set()) for trace, kinds in expected.items()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    logged = received()
+    assert all(kinds <= logged.get(trace, set()) for trace, kinds in expected.items()), (expected, logged)

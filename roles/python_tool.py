@@ -4,8 +4,8 @@ what the program printed, or how it failed.
 
 `PythonToolEnvironment` is a `ToolEnvironment` (roles.agents.environments) that offers
 the tool and scores the final answer like the arithmetic task; `run_python` is the tool
-itself, for environments of one's own. It lives here, not in the pure roles/agents, as
-it starts processes.
+itself, for environments of one's own. It lives here, not in the pure roles/agents (it
+starts processes) nor in roles/sandbox (which never imports the reward logic).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from roles.agents.environments import Action
 from roles.agents.tool_calls import ToolCall
-from roles.sandbox.python_tool import MAX_ANSWER_CHARACTERS, PythonToolEnvironment
+from roles.python_tool import MAX_ANSWER_CHARACTERS, PythonToolEnvironment
 from tests.unit.rewards.test_sandbox import uid_range  # noqa: F401 - an autouse fixture: no sandbox process is left
 
 
