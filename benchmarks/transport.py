@@ -3,7 +3,10 @@
 Measures, each between two OS processes on loopback tcp:
 
 * throughput of 1, 16, 64 and 256 MB tensor batches: actor `tell`s to a sink actor
-  versus raw pyzmq DEALER -> ROUTER with ``copy=False``;
+  (socket frames: shared memory off) versus raw pyzmq DEALER -> ROUTER with ``copy=False``;
+* the same-host shared-memory path (runtime.shm) at 16, 64 and 256 MB: actor `tell`s
+  through shared memory, versus the same actors over socket frames and versus one
+  in-process memcpy of the same bytes (a copy from one warm buffer to another), interleaved;
 * small-message round trip p50/p99: actor `ask` versus a raw pyzmq REQ/REP pair,
   with the runtime's event-loop socket layer alone (raw bytes, no protocol, no
   actor) as a third row, to show how much of the difference is the event loop;
@@ -12,10 +15,11 @@ Measures, each between two OS processes on loopback tcp:
   throughput with no authentication, the run's shared secret (the default) and CURVE.
 
 Prints a table and, last, one JSON line with the ratios (actor / raw for
-throughput, actor / raw for latency, logging on / off - 1 for the log cost,
-secret / none and curve / none for authentication).
+throughput, shm / memcpy and shm / socket for shared memory, actor / raw for latency,
+logging on / off - 1 for the log cost, secret / none and curve / none for
+authentication).
 
-    python benchmarks/transport.py [--quick] [--auth-only]
+    python benchmarks/transport.py [--quick] [--repeats N] [--auth-only | --shm-only]
 """
 
 from __future__ import annotations
@@ -239,18 +243,19 @@ async def with_sink(settings: RuntimeSettings, run_dir: str | None, body):  # ty
         await sink.stop()
 
 
-def actor_throughput(size_bytes: int, count: int, settings: RuntimeSettings) -> float:
+def actor_throughput(size_bytes: int, count: int, settings: RuntimeSettings, warm_up: int = WARM_UP) -> float:
     payload = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8)
 
     async def body(driver: Driver, sink: str) -> float:
-        for _ in range(WARM_UP):
+        await driver.ask(sink, Count())  # the first exchange tells each side the other shares its host
+        for _ in range(warm_up):
             await driver.tell(sink, Chunk(payload))
-        while (await driver.ask(sink, Count())).chunks < WARM_UP:
+        while (await driver.ask(sink, Count())).chunks < warm_up:
             pass
         start = time.perf_counter()
         for _ in range(count):
             await driver.tell(sink, Chunk(payload))
-        while (await driver.ask(sink, Count())).chunks < WARM_UP + count:
+        while (await driver.ask(sink, Count())).chunks < warm_up + count:
             pass
         return size_bytes * count / (time.perf_counter() - start)
 
@@ -271,6 +276,48 @@ def actor_round_trips(count: int, settings: RuntimeSettings, run_dir: str | None
     return run_event_loop(lambda: with_sink(settings, run_dir, body), settings)
 
 
+def memcpy_rate(size_bytes: int, count: int) -> float:
+    """Bytes per second of one in-process memcpy between two warm buffers of `size_bytes`."""
+    source = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8)
+    target = torch.empty_like(source)
+    source_view, target_view = memoryview(source.numpy()), memoryview(target.numpy())
+    target_view[:] = source_view  # both buffers touched before timing
+    start = time.perf_counter()
+    for _ in range(count):
+        target_view[:] = source_view
+    return size_bytes * count / (time.perf_counter() - start)
+
+
+def shared_memory_rates(repeats: int, sizes: list[tuple[int, int]]) -> dict[str, float]:
+    """Actor throughput through shared memory versus socket frames versus memcpy, interleaved.
+
+    Both actor paths warm up with a full credit window of messages first: a sender that
+    sends faster than the receiver frees needs that many segments in its pool (and the
+    socket path that many receive buffers), made once, so the timed messages measure the
+    steady state, as the memcpy between two warm buffers does.
+    """
+    shm = RuntimeSettings(log_messages=False)
+    socket_only = RuntimeSettings(log_messages=False, shared_memory=False)
+    ratios: dict[str, float] = {}
+    print(f"\n{'size':>8} {'memcpy GB/s':>12} {'socket GB/s':>12} {'shm GB/s':>9} {'shm/memcpy':>11} {'shm/socket':>11}")
+    for size_mb, count in sizes:
+        rates: dict[str, list[float]] = {"memcpy": [], "socket": [], "shm": []}
+        warm_up = min(shm.window_messages, shm.window_bytes // (size_mb * MB)) + WARM_UP
+        for repeat in range(repeats):
+            order = [("memcpy", None), ("socket", socket_only), ("shm", shm)]
+            for name, settings in order[repeat % 3:] + order[:repeat % 3]:  # rotated, so drift hits all alike
+                if settings is None:
+                    rates[name].append(memcpy_rate(size_mb * MB, count))
+                else:
+                    rates[name].append(actor_throughput(size_mb * MB, count, settings, warm_up))
+        memcpy, socket_rate, shm_rate = (statistics.median(rates[name]) for name in ("memcpy", "socket", "shm"))
+        ratios[f"shm_memcpy_ratio_{size_mb}mb"] = round(shm_rate / memcpy, 3)
+        ratios[f"shm_socket_ratio_{size_mb}mb"] = round(shm_rate / socket_rate, 3)
+        print(f"{size_mb:>6}MB {memcpy / 1e9:>12.2f} {socket_rate / 1e9:>12.2f} {shm_rate / 1e9:>9.2f} "
+              f"{shm_rate / memcpy:>11.2f} {shm_rate / socket_rate:>11.2f}")
+    return ratios
+
+
 def authentication_costs(repeats: int, round_trips: int) -> dict[str, float]:
     """Ask p50 and 16 MB throughput with each authentication mechanism, interleaved."""
     from runtime.security import generate_keys, generate_secret
@@ -278,10 +325,11 @@ def authentication_costs(repeats: int, round_trips: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as keys:
         generate_secret(Path(keys, "secret"))
         generate_keys(keys)
+        socket_only = {"log_messages": False, "shared_memory": False}  # what authentication costs on the socket
         mechanisms = {
-            "none": RuntimeSettings(log_messages=False),
-            "secret": RuntimeSettings(log_messages=False, secret_file=str(Path(keys, "secret"))),
-            "curve": RuntimeSettings(log_messages=False, curve_keys_dir=keys),
+            "none": RuntimeSettings(**socket_only),
+            "secret": RuntimeSettings(**socket_only, secret_file=str(Path(keys, "secret"))),
+            "curve": RuntimeSettings(**socket_only, curve_keys_dir=keys),
         }
         p50: dict[str, list[float]] = {name: [] for name in mechanisms}
         rate: dict[str, list[float]] = {name: [] for name in mechanisms}
@@ -306,19 +354,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one repetition and fewer round trips (a smoke run)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
     parser.add_argument("--auth-only", action="store_true", help="only the authentication rows")
+    parser.add_argument("--shm-only", action="store_true", help="only the shared-memory rows")
     args = parser.parse_args()
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     repeats = 1 if args.quick else args.repeats
     round_trips = 500 if args.quick else 3000
-    quiet = RuntimeSettings(log_messages=False)
-    logged = RuntimeSettings(log_messages=True)
+    quiet = RuntimeSettings(log_messages=False, shared_memory=False)  # the socket path, against raw pyzmq
+    logged = RuntimeSettings(log_messages=True, shared_memory=False)
+    shm_sizes = [(16, 60), (64, 24), (256, 8)]
     print(f"# transport benchmark  {time.strftime('%Y-%m-%d')}  {platform.node()}  {os.cpu_count()} cpus  "
           f"python {platform.python_version()}  torch {torch.__version__}  pyzmq {zmq.__version__} "
           f"(libzmq {zmq.zmq_version()})  repeats {repeats} (medians)")
 
     if args.auth_only:
         print(json.dumps(authentication_costs(repeats, round_trips)))
+        return
+    if args.shm_only:
+        print(json.dumps(shared_memory_rates(repeats, shm_sizes)))
         return
     ratios: dict[str, float] = {}
     print(f"\n{'size':>8} {'raw GB/s':>10} {'actor GB/s':>11} {'ratio':>7}")
@@ -332,6 +385,7 @@ def main() -> None:
         raw_rate, actor_rate = statistics.median(raw), statistics.median(actor)
         ratios[f"throughput_ratio_{size_mb}mb"] = round(actor_rate / raw_rate, 3)
         print(f"{size_mb:>6}MB {raw_rate / 1e9:>10.2f} {actor_rate / 1e9:>11.2f} {actor_rate / raw_rate:>7.2f}")
+    ratios.update(shared_memory_rates(repeats, shm_sizes))
 
     runs: dict[str, list[list[float]]] = {
         "raw REQ/REP": [], "loop transport only": [], "actor ask, log off": [], "actor ask, log on": [],

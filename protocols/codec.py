@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import gc
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
 import numpy as np
 import torch
 
 from protocols.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from protocols.shared_memory import SharedPlace
 
 TENSOR_EXT_CODE = 1
 """msgpack extension type code that marks "tensor number N of this message"."""
@@ -61,20 +64,21 @@ class TensorDescriptor(NamedTuple):
         dtype: wire name of the dtype (a key of `TORCH_DTYPES` for torch tensors,
             numpy's `dtype.str` such as ``"<f4"`` for numpy arrays).
         shape: the tensor's shape; ``()`` for a 0-d tensor.
-        frame: index of the frame that holds the bytes, counted in the whole
-            multipart message (frame 0 is the header). A descriptor names a place
-            rather than carrying bytes, so a transport can later point it at a
-            shared-memory segment instead of a frame.
+        frame: where the bytes are: the index of the frame that holds them, counted
+            in the whole multipart message (frame 0 is the header), or a
+            `protocols.shared_memory.SharedPlace` in a segment the sender lent (a
+            transport on one host puts large tensors there instead of in a frame).
         array: ``"torch"`` or ``"numpy"``: which type the receiver rebuilds.
     """
 
     dtype: str
     shape: tuple[int, ...]
-    frame: int
+    frame: int | SharedPlace
     array: str
 
     def to_wire(self) -> list[Any]:
-        return [self.dtype, list(self.shape), self.frame, self.array]
+        place = self.frame if type(self.frame) is int else self.frame.to_wire()
+        return [self.dtype, list(self.shape), place, self.array]
 
 
 def _element_size(descriptor: TensorDescriptor) -> int:

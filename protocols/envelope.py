@@ -13,12 +13,18 @@ A message is a list of frames. Frame 0 is a msgpack map, the header:
     expects_reply   bool      True for an ask, False for a tell or a reply
     credits         [int,int]|None  flow-control credit returned to the receiver
                                     (messages, bytes); see runtime.flow
+    shm_host        str|None  the sender's shared-memory identity (runtime.shm): a peer
+                              with the same identity may lend it tensors in shared
+                              memory; nil when the sender takes none
     payload         bytes     the msgpack-packed payload (protocols.codec)
-    tensors         list      one [dtype, shape, frame, array] per tensor
+    tensors         list      one [dtype, shape, place, array] per tensor
 
-Frames 1..n are the raw tensor bytes, one per descriptor, each used exactly once.
-Decoding checks every field, every descriptor against its frame, and the total
-size against a limit, and raises `ProtocolError` saying what was wrong.
+A tensor's place is a frame index or a shared-memory place
+``[segment, offset, length, lease]`` (protocols.shared_memory). Frames 1..n are the
+raw bytes of the tensors placed in frames, one per descriptor, each used exactly
+once. Decoding checks every field, every descriptor against its frame or place, and
+the total size against a limit, and raises `ProtocolError` saying what was wrong.
+Version 2 added `shm_host` and shared-memory places.
 """
 
 from __future__ import annotations
@@ -44,8 +50,9 @@ from protocols.codec import (
     unpack_limited,
 )
 from protocols.errors import ProtocolError
+from protocols.shared_memory import Lend, OpenShared, parse_place, place_shared
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 """Largest message (all frames together) a receiver accepts unless configured otherwise."""
 MAX_TENSOR_RANK = 64
@@ -66,7 +73,7 @@ hold."""
 _HEADER_FIELDS = frozenset(
     {
         "schema_version", "kind", "message_id", "correlation_id", "trace_id", "sender",
-        "sent_at", "deadline", "expects_reply", "credits", "payload", "tensors",
+        "sent_at", "deadline", "expects_reply", "credits", "shm_host", "payload", "tensors",
     }
 )
 
@@ -102,7 +109,8 @@ class Envelope:
     several times slower to build, and one is built for every message).
 
     `payload` holds plain Python values with tensors in place; `nbytes` is the size
-    on the wire, set by `encode_envelope` / `decode_envelope`.
+    of the message, set by `encode_envelope` / `decode_envelope`: its frames and the
+    bytes it placed in shared memory.
     """
 
     kind: str
@@ -115,12 +123,24 @@ class Envelope:
     deadline: float | None = None
     expects_reply: bool = False
     credits: tuple[int, int] | None = None
+    shm_host: str | None = None
     nbytes: int = 0
 
 
-def encode_envelope(envelope: Envelope) -> tuple[list[Any], int]:
-    """Frames ready for a multipart send, and their total size in bytes."""
+def encode_envelope(envelope: Envelope, lend: Lend | None = None) -> tuple[list[Any], int]:
+    """Frames ready for a multipart send, and the message's size in bytes.
+
+    Args:
+        envelope: the message.
+        lend: offered the tensor buffers when given (runtime.shm for a peer on this
+            host); those it places in shared memory travel as places, not frames.
+    """
     packed, descriptors, buffers = encode_payload(envelope.payload, first_frame=1)
+    tensor_bytes = sum(buffer.nbytes for buffer in buffers)
+    if lend is not None and buffers:
+        places = lend(buffers)
+        if places is not None:
+            descriptors, buffers = place_shared(descriptors, buffers, places)
     header = {
         "schema_version": SCHEMA_VERSION,
         "kind": envelope.kind,
@@ -132,12 +152,12 @@ def encode_envelope(envelope: Envelope) -> tuple[list[Any], int]:
         "deadline": envelope.deadline,
         "expects_reply": envelope.expects_reply,
         "credits": list(envelope.credits) if envelope.credits is not None else None,
+        "shm_host": envelope.shm_host,
         "payload": packed,
         "tensors": [descriptor.to_wire() for descriptor in descriptors],
     }
     header_bytes = msgpack.packb(header, use_bin_type=True)
-    nbytes = len(header_bytes) + sum(buffer.nbytes for buffer in buffers)
-    return [header_bytes, *buffers], nbytes
+    return [header_bytes, *buffers], len(header_bytes) + tensor_bytes
 
 
 _NONE = type(None)
@@ -153,6 +173,7 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "deadline": (*_NUMBER, _NONE),
     "expects_reply": (bool,),
     "credits": (list, _NONE),
+    "shm_host": (str, _NONE),
     "payload": (bytes,),
     "tensors": (list,),
 }
@@ -189,6 +210,11 @@ def _check_header(header: Any) -> None:
         raise ProtocolError("header field 'credits' must be nil or [messages, bytes] of non-negative integers")
 
 
+def _is_shared(raw: Any) -> bool:
+    """Whether a raw descriptor places its tensor in shared memory rather than a frame."""
+    return type(raw) is list and len(raw) == 4 and type(raw[2]) is list
+
+
 def _parse_descriptor(raw: Any, position: int, frame_count: int) -> TensorDescriptor:
     where = f"tensor descriptor {position}"
     if not (isinstance(raw, list) and len(raw) == 4):
@@ -212,6 +238,8 @@ def _parse_descriptor(raw: Any, position: int, frame_count: int) -> TensorDescri
         raise ProtocolError(f"{where}: shape must be a list of at most {MAX_TENSOR_RANK} non-negative integers, got {shape!r:.80}")
     if math.prod(max(d, 1) for d in shape) > MAX_TENSOR_ELEMENTS:
         raise ProtocolError(f"{where}: shape {shape!r:.80} claims more than {MAX_TENSOR_ELEMENTS} elements")
+    if type(frame) is list:
+        return TensorDescriptor(dtype, tuple(shape), parse_place(frame, where), array)
     if not (type(frame) is int and 1 <= frame < frame_count):
         raise ProtocolError(f"{where}: frame index {frame!r:.20} is outside 1..{frame_count - 1}")
     return TensorDescriptor(dtype, tuple(shape), frame, array)
@@ -256,15 +284,19 @@ def decode_envelope(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     max_header_objects: int = DEFAULT_MAX_HEADER_OBJECTS,
+    open_shared: OpenShared | None = None,
 ) -> Envelope:
     """Validate and decode a multipart message.
 
     Args:
         frames: the received frames; anything exposing the buffer protocol.
-        max_message_bytes: reject messages whose frames add up to more than this.
+        max_message_bytes: reject messages whose frames (and shared-memory places)
+            add up to more than this.
         max_header_bytes: reject messages whose header frame is larger than this.
         max_header_objects: reject messages whose header and payload decode to more
             msgpack values than this (checked while decoding, so the work stops there).
+        open_shared: maps the shared-memory places of a message (runtime.shm), called
+            once everything else has been checked; None refuses such messages.
 
     Raises:
         ProtocolError: saying what was wrong; never any other exception.
@@ -287,25 +319,9 @@ def decode_envelope(
     budget = ObjectBudget(max_header_objects)
     header = unpack_limited(views[0], budget=budget)
     _check_header(header)
-    raw_descriptors = header["tensors"]
-    if len(raw_descriptors) != len(views) - 1:
-        raise ProtocolError(
-            f"header describes {len(raw_descriptors)} tensors but the message has {len(views) - 1} tensor frames"
-        )
-    tensors = []
-    if raw_descriptors:
-        descriptors = [_parse_descriptor(raw, i, len(views)) for i, raw in enumerate(raw_descriptors)]
-        if len({descriptor.frame for descriptor in descriptors}) != len(descriptors):
-            raise ProtocolError("two tensor descriptors point at the same frame")
-        for position, descriptor in enumerate(descriptors):
-            view = views[descriptor.frame]
-            expected = expected_nbytes(descriptor)
-            if view.nbytes != expected:
-                raise ProtocolError(
-                    f"tensor descriptor {position} ({descriptor.dtype}{list(descriptor.shape)}) needs {expected} "
-                    f"bytes but frame {descriptor.frame} holds {view.nbytes}"
-                )
-            tensors.append(rebuild_tensor(descriptor, view))
+    tensors: list[Any] = []
+    if header["tensors"] or len(views) > 1:
+        tensors, nbytes = _tensors(header["tensors"], views, max_message_bytes, open_shared)
 
     credits = header["credits"]
     deadline = header["deadline"]
@@ -320,5 +336,60 @@ def decode_envelope(
         deadline=float(deadline) if deadline is not None else None,
         expects_reply=header["expects_reply"],
         credits=(credits[0], credits[1]) if credits is not None else None,
+        shm_host=header["shm_host"],
         nbytes=nbytes,
     )
+
+
+def _tensors(
+    raw_descriptors: list[Any], views: list[memoryview], max_message_bytes: int, open_shared: OpenShared | None
+) -> tuple[list[Any], int]:
+    """The message's tensors, in descriptor order, and the message's size (frames and places).
+
+    Shared memory is opened last, once every descriptor and the total size have been
+    checked, so a message refused for any other reason opens nothing.
+    """
+    shared_count = sum(1 for raw in raw_descriptors if _is_shared(raw))
+    if len(raw_descriptors) - shared_count != len(views) - 1:
+        in_memory = f" ({shared_count} more lie in shared memory)" if shared_count else ""
+        raise ProtocolError(
+            f"header describes {len(raw_descriptors) - shared_count} tensors{in_memory} but the message has "
+            f"{len(views) - 1} tensor frames"
+        )
+    descriptors = [_parse_descriptor(raw, i, len(views)) for i, raw in enumerate(raw_descriptors)]
+    framed = [descriptor.frame for descriptor in descriptors if type(descriptor.frame) is int]
+    if len(set(framed)) != len(framed):
+        raise ProtocolError("two tensor descriptors point at the same frame")
+    nbytes = sum(view.nbytes for view in views)
+    shared: list[int] = []
+    for position, descriptor in enumerate(descriptors):
+        expected = expected_nbytes(descriptor)
+        where = f"tensor descriptor {position} ({descriptor.dtype}{list(descriptor.shape)}) needs {expected} bytes"
+        if type(descriptor.frame) is int:
+            held = views[descriptor.frame].nbytes
+            if held != expected:
+                raise ProtocolError(f"{where} but frame {descriptor.frame} holds {held}")
+        else:
+            if descriptor.frame.length != expected:
+                raise ProtocolError(f"{where} but its shared-memory place holds {descriptor.frame.length}")
+            shared.append(position)
+            nbytes += expected
+    if nbytes > max_message_bytes:
+        raise ProtocolError(
+            f"message of {nbytes} bytes (shared memory included) exceeds the limit of {max_message_bytes} bytes"
+        )
+    buffers: list[memoryview | None] = [views[d.frame] if type(d.frame) is int else None for d in descriptors]
+    if shared:
+        if open_shared is None:
+            raise ProtocolError(
+                f"tensor descriptor {shared[0]} points at shared memory, which this receiver does not take "
+                "(it is on another host, or has shared memory turned off)"
+            )
+        try:
+            opened = open_shared([descriptors[position].frame for position in shared])  # type: ignore[misc]
+        except ProtocolError as error:
+            error.message_bytes = nbytes
+            raise
+        for position, view in zip(shared, opened):
+            buffers[position] = view
+    return [rebuild_tensor(d, buffer) for d, buffer in zip(descriptors, buffers)], nbytes  # type: ignore[arg-type]

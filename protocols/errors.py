@@ -10,3 +10,7 @@ class ProtocolError(ValueError):
     receiver can log it and a sender can fix it. Decoding never raises anything else:
     any malformed input, however random, ends in this error.
     """
+
+    message_bytes: int | None = None
+    """When decoding refused a message whose size it had already worked out: that size,
+    frames and shared memory together (what its sender spent in flow-control credit)."""

@@ -62,6 +62,7 @@ from runtime.routing import RoleRouter
 from runtime.run_dir import RunDir
 from runtime.security import load_keys
 from runtime.settings import RuntimeSettings
+from runtime.shm.exchange import SharedMemory
 from runtime.tasks import TaskSet
 from runtime.tracing import current_handling, current_trace_id
 
@@ -130,6 +131,7 @@ class Actor:
         self._inbox: Inbox | None = None
         self._outbox: Outbox | None = None
         self._dispatcher: Dispatcher | None = None
+        self._shared_memory: SharedMemory | None = None
         self._tasks = TaskSet(on_error=self._crash_with)
         self._running = False
         self._stop_requested = asyncio.Event()
@@ -192,6 +194,11 @@ class Actor:
         """Where this actor's asks and tells go out (only while running)."""
         return self._require_outbox()
 
+    @property
+    def shared_memory(self) -> SharedMemory | None:
+        """What this actor lends and borrows through shared memory (runtime.shm), while it runs."""
+        return self._shared_memory
+
     def _require_outbox(self) -> Outbox:
         if self._outbox is None:
             raise ActorError(f"{self.name} is not running: call ask/tell from a handler or on_start")
@@ -224,7 +231,8 @@ class Actor:
         # self._tasks, and none outlives run(), however run() ends.
         try:
             keys = load_keys(self.settings)
-            self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with, keys)
+            shared = self._shared_memory = SharedMemory(self.settings, self.run_name)
+            self._inbox = Inbox(self.name, self.settings, self.log, endpoint, pong, self._crash_with, keys, shared)
             self.endpoint = self._inbox.endpoint
             handlers = {kind: method.__get__(self) for kind, method in self._handlers.items()}
             dispatcher = self._dispatcher = Dispatcher(
@@ -237,7 +245,7 @@ class Actor:
                     self.ask, ActorRef("registry", registry), self.record(state="starting"), self.log,
                     self.settings.heartbeat_interval_s,
                 )
-            self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, self.membership, keys)
+            self._outbox = Outbox(self.name, self.settings, self.log, self._crash_with, self.membership, keys, shared)
             self.start_background(self.log.flush_periodically(self.settings.log_flush_interval_s), "log")
             consumers = [self.start_background(dispatcher.consume(), f"handler-{i}") for i in range(self.settings.concurrency)]
             await self._start(on_ready)
@@ -247,6 +255,8 @@ class Actor:
             self._running = False
             await self._tasks.close()
             self._close_sockets()
+            if self._shared_memory is not None:  # after the last replies were handed to ZeroMQ
+                await self._shared_memory.close(self.settings.stop_linger_s)
             self.compute.shutdown(wait=False)
             self.log.lifecycle("actor.stopped", crashed=self._crash is not None)
             self.log.close()
@@ -326,6 +336,8 @@ class Actor:
             self.membership.apply(event)
             if event.event == "left":  # asks pending on it fail at once with ActorDeadError
                 self.outbox.peer_gone(event.record.endpoint, f"left the registry ({event.reason})")
+                if self._shared_memory is not None:  # and what it held in replies is reclaimed
+                    self._shared_memory.reclaim_named(event.record.name)
         await self.on_membership(event)
 
 

@@ -19,6 +19,7 @@ from runtime.outbox import ActorRef, Outbox, Target
 from runtime.run_dir import RunDir
 from runtime.security import load_keys
 from runtime.settings import RuntimeSettings
+from runtime.shm.exchange import SharedMemory
 from runtime.tasks import TaskSet
 
 
@@ -35,18 +36,23 @@ class Client:
         run_dir: Path | str | None = None,
     ) -> None:
         self.name = name
+        self.run_name = run
         self.settings = settings or RuntimeSettings()
         self.registry = ActorRef("registry", registry) if registry is not None else None
         log_path = RunDir(run_dir).message_log(name) if run_dir is not None else None
         self.log = MessageLog(log_path, run, name, "client", enabled=self.settings.log_messages)
         self._outbox: Outbox | None = None
+        self._shared_memory: SharedMemory | None = None
         self._fault: BaseException | None = None
         self._tasks = TaskSet()
         """The client's own tasks (its log flushing), cancelled and awaited when it closes."""
 
     async def __aenter__(self) -> Client:
         names = Directory(self.ask, self.registry) if self.registry is not None else None
-        self._outbox = Outbox(self.name, self.settings, self.log, self._broken, names, load_keys(self.settings))
+        self._shared_memory = SharedMemory(self.settings, self.run_name)
+        self._outbox = Outbox(
+            self.name, self.settings, self.log, self._broken, names, load_keys(self.settings), self._shared_memory
+        )
         self._tasks.start(self.log.flush_periodically(self.settings.log_flush_interval_s), f"{self.name}-log")
         return self
 
@@ -54,6 +60,8 @@ class Client:
         await self._tasks.close()
         if self._outbox is not None:
             self._outbox.close()
+        if self._shared_memory is not None:
+            await self._shared_memory.close(self.settings.stop_linger_s)
         self.log.close()
 
     async def ask(self, target: Target, msg: Any, timeout: float | None = None, message_id: str | None = None) -> Any:

@@ -77,6 +77,9 @@ class Dispatcher:
             try:
                 await self.handle(delivery)
             finally:
+                # Free the message now, not when the next one arrives: its tensors may be
+                # a peer's shared-memory loan, given back once they are freed (runtime.shm).
+                del delivery
                 self._end()
 
     def handle_urgent(self, delivery: Delivery) -> None:

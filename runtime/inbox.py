@@ -6,6 +6,11 @@ kind, mailbox full, actor stopping) with a typed failure the asker sees, and put
 the rest in the mailbox. The actor's consumer tasks take deliveries from the
 mailbox, run handlers, and call `reply` / `finish`, which return flow-control
 credit to the sender.
+
+With shared memory on (runtime.shm), tensors a peer on this host lent arrive as
+views on its segments, and go back to it in a `SharedRelease` over this socket once
+freed; a reply to such a peer lends it its large tensors the same way, and the
+peer's releases arrive here, outside the mailbox.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -22,11 +27,13 @@ from protocols.control import Credit, Failure, Ping
 from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id, read_return_address
 from protocols.errors import ProtocolError
 from protocols.messages import from_payload, kind_of, to_payload
+from protocols.shared_memory import OpenShared, SharedRelease
 from runtime import transport
 from runtime.flow import CreditOwed
 from runtime.msglog import MessageLog
 from runtime.security import Credentials
 from runtime.settings import RuntimeSettings
+from runtime.shm.exchange import Lending, SharedMemory
 
 
 @dataclass
@@ -39,6 +46,16 @@ class Delivery:
     received_at: float  # time.monotonic()
 
 
+class ReplyRoute(NamedTuple):
+    """Where the releases of loans that arrived from one connection go: back to it."""
+
+    inbox: Inbox
+    routing_id: bytes
+
+    def send_release(self, release: SharedRelease) -> None:
+        self.inbox.send_release(self.routing_id, release)
+
+
 class Inbox:
     """An actor's receiving end.
 
@@ -47,6 +64,7 @@ class Inbox:
         endpoint: where to bind (``tcp://127.0.0.1:*`` picks a free port).
         pong: the reply to a `Ping`, answered without entering the mailbox.
         on_error: called if receiving fails (a bug, not bad input): the actor stops.
+        shared: the actor's shared memory (None: tensors travel only as frames).
     """
 
     def __init__(
@@ -58,12 +76,17 @@ class Inbox:
         pong: Any,
         on_error: Callable[[BaseException], None],
         keys: Credentials | None = None,
+        shared: SharedMemory | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.log = log
         self.pong = pong
         router, self.endpoint = transport.bind_router(endpoint, settings.max_message_bytes, keys)
+        on = shared is not None and shared.identity is not None and not self.endpoint.startswith("inproc://")
+        self.shared = shared if on else None
+        self.shm_host = self.shared.identity if self.shared is not None else None
+        """This actor's shared-memory identity, stamped on everything it sends (None: it takes none)."""
         self.socket = transport.LoopSocket(router, self._accept, on_error, queue_when_full=False)
         self.refusals: RefusalLog | None = None
         self._refusal_monitor: transport.LoopSocket | None = None
@@ -85,14 +108,21 @@ class Inbox:
         data = [frame.buffer for frame in frames[1:]]
         try:
             settings = self.settings
-            envelope = decode_envelope(data, settings.max_message_bytes, settings.max_header_bytes, settings.max_header_objects)
+            envelope = decode_envelope(
+                data, settings.max_message_bytes, settings.max_header_bytes, settings.max_header_objects,
+                self._open_shared(routing_id),
+            )
         except ProtocolError as error:
-            self._refuse_undecodable(routing_id, data, sum(view.nbytes for view in data), error)
+            size = error.message_bytes if error.message_bytes is not None else sum(view.nbytes for view in data)
+            self._refuse_undecodable(routing_id, data, size, error)
             return
         self.log.message_event(
             "receive", envelope.sender, envelope.kind, envelope.message_id, envelope.correlation_id,
             envelope.trace_id, envelope.nbytes,
         )
+        if envelope.kind == SharedRelease.KIND:
+            self._take_release(routing_id, envelope)
+            return
         if envelope.kind == Ping.KIND:
             self._send_now(routing_id, self._reply_envelope(envelope, self.pong, (1, envelope.nbytes)), envelope.sender)
             return
@@ -119,6 +149,23 @@ class Inbox:
             )
             return
         self.credit.setdefault(routing_id, CreditOwed()).held_messages += 1
+
+    def _open_shared(self, routing_id: bytes) -> OpenShared | None:
+        shared = self.shared
+        if shared is None:
+            return None
+        return lambda places: shared.open(ReplyRoute(self, routing_id), places)
+
+    def _take_release(self, routing_id: bytes, envelope: Envelope) -> None:
+        """A peer freed tensors this actor lent it in replies: the segments may be reused."""
+        try:
+            release = from_payload(envelope.kind, envelope.payload)
+        except ProtocolError as error:  # a malformed release frees nothing; the sender learns nothing either
+            self.log.message_event("failed", envelope.sender, envelope.kind, envelope.message_id, None, None,
+                                   envelope.nbytes, error=f"ProtocolError: {error}")
+            return
+        if self.shared is not None:
+            self.shared.release(routing_id, release)
 
     def _refuse_undecodable(self, routing_id: bytes, data: list[memoryview], wire_bytes: int, error: ProtocolError) -> None:
         self.log.message_event("failed", "?", "?", "?", None, None, wire_bytes, error=f"ProtocolError: {error}")
@@ -150,9 +197,21 @@ class Inbox:
     def reply(self, delivery: Delivery, message: Any) -> None:
         """Answer an ask; the reply carries back the credit owed to its sender."""
         self._done(delivery)
-        envelope = self._reply_envelope(delivery.envelope, message, self._take(delivery.routing_id))
-        self._send_now(delivery.routing_id, envelope, delivery.envelope.sender)
+        request = delivery.envelope
+        envelope = self._reply_envelope(request, message, self._take(delivery.routing_id))
+        lending = (
+            self.shared.lending(delivery.routing_id, request.sender, request.shm_host) if self.shared is not None else None
+        )
+        self._send_now(delivery.routing_id, envelope, request.sender, lending)
         self._return_credit_if_idle()
+
+    def send_release(self, routing_id: bytes, release: SharedRelease) -> None:
+        """Give loans back to the peer on connection `routing_id` (nothing if this inbox is closed)."""
+        if self.socket.closed:
+            return
+        envelope = Envelope(kind=SharedRelease.KIND, message_id=new_id(), sender=self.name, sent_at=time.time(),
+                            payload=to_payload(release), shm_host=self.shm_host)
+        self._send_now(routing_id, envelope, "?")
 
     def finish(self, delivery: Delivery) -> None:
         """A tell was handled: its credit goes back with the next batch (or now, if idle)."""
@@ -219,19 +278,23 @@ class Inbox:
             correlation_id=request.message_id if correlate else None,
             trace_id=request.trace_id,
             credits=credits,
+            shm_host=self.shm_host,
         )
 
     def _credit_envelope(self, credits: tuple[int, int]) -> Envelope:
-        return Envelope(kind=Credit.KIND, message_id=new_id(), sender=self.name, sent_at=time.time(), credits=credits)
+        return Envelope(kind=Credit.KIND, message_id=new_id(), sender=self.name, sent_at=time.time(), credits=credits,
+                        shm_host=self.shm_host)
 
-    def _send_now(self, routing_id: bytes, envelope: Envelope, peer: str) -> None:
+    def _send_now(self, routing_id: bytes, envelope: Envelope, peer: str, lending: Lending | None = None) -> None:
         """Send to one peer now. A peer that is gone (EHOSTUNREACH) or not reading what
         it is sent (EAGAIN: its queue is full) misses this message; its ask, if any,
         runs into its deadline, and nobody else waits behind it."""
-        frames, nbytes = encode_envelope(envelope)
+        frames, nbytes = encode_envelope(envelope, lending)
         try:
             self.socket.send([routing_id, *frames])
         except zmq.ZMQError as error:
+            if lending is not None:  # the message never left: its segment goes back to the pool
+                lending.cancel()
             if error.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             self._log_sent(envelope, peer, nbytes, error=f"{zmq.strerror(error.errno)}: not delivered")

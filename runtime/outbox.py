@@ -1,10 +1,14 @@
 """Sending: `ask` and `tell` over one DEALER link per peer.
 
-A `Link` is this process's connection to one peer endpoint. It carries requests
-out and replies and credit back, tracks the asks waiting for replies, and watches
-the connection: when the peer's process goes away (stopped or killed), the asks
+A `Link` (runtime.link) is this process's connection to one peer endpoint. It carries
+requests out and replies and credit back and tracks the asks waiting for replies; the
+outbox watches its connection: when the peer's process goes away (stopped or killed), the asks
 pending on it fail with `ActorDeadError` at once instead of waiting out their
 deadlines.
+
+With shared memory on (runtime.shm), a message to a peer that said it is on this
+host lends it the message's large tensors; the peer's releases come back on the
+link, and what a lost peer held is reclaimed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zmq
@@ -22,21 +25,15 @@ from protocols.control import Failure, Ok
 from protocols.envelope import Envelope, decode_envelope, encode_envelope
 from protocols.errors import ProtocolError
 from protocols.messages import from_payload, kind_of, to_payload
-from runtime import transport
+from protocols.shared_memory import SharedRelease
 from runtime.errors import ActorDeadError, AuthenticationError, DeadlineExceeded, RemoteError
 from runtime.flow import SendWindow
+from runtime.link import ActorRef, Link, PendingAsk
 from runtime.msglog import MessageLog
 from runtime.security import Credentials
 from runtime.settings import RuntimeSettings
+from runtime.shm.exchange import Lending, SharedMemory
 from runtime.tracing import message_id_for_send, trace_id_for_send
-
-
-@dataclass(frozen=True)
-class ActorRef:
-    """Where an actor listens. `name` is used in logs and errors."""
-
-    name: str
-    endpoint: str
 
 
 Target = ActorRef | str
@@ -61,65 +58,18 @@ _HANDSHAKE_FAILURES = {
 }
 
 
-def _refund_if_unsent(window: SendWindow, nbytes: int, sent: asyncio.Future[None]) -> None:
-    """A queued message that ZeroMQ finally refused never reaches the receiver: take its credit back."""
+def _refund_if_unsent(window: SendWindow, nbytes: int, lending: Lending | None, sent: asyncio.Future[None]) -> None:
+    """A queued message that ZeroMQ finally refused never reaches the receiver: take its
+    credit (and its shared-memory segment) back."""
     if sent.cancelled() or sent.exception() is not None:
         window.release(1, nbytes)
+        if lending is not None:
+            lending.cancel()
 
 
 def _expire(future: asyncio.Future[Envelope], kind: str, target: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(DeadlineExceeded(f"ask {kind} to {target}: no reply within {timeout:g} s"))
-
-
-@dataclass
-class _PendingAsk:
-    future: asyncio.Future[Envelope]
-    sent_at: float  # time.monotonic() when sent
-
-
-class Link:
-    """One DEALER connection to one peer, with its credit window and pending asks.
-
-    Args:
-        on_message: called with each message that comes back (replies, credit).
-        on_connection: called with each monitor event number (connected, disconnected).
-        on_error: called if servicing either socket fails.
-    """
-
-    def __init__(
-        self,
-        ref: ActorRef,
-        settings: RuntimeSettings,
-        on_message: Callable[[Link, list[zmq.Frame]], None],
-        on_connection: Callable[[Link, int], None],
-        on_error: Callable[[BaseException], None],
-        keys: Credentials | None = None,
-    ) -> None:
-        self.ref = ref
-        dealer = transport.connect_dealer(ref.endpoint, keys)
-        watcher = transport.monitor(dealer)
-        self.socket = transport.LoopSocket(dealer, lambda frames: on_message(self, frames), on_error)
-        self.monitor = transport.LoopSocket(
-            watcher, lambda frames: on_connection(self, transport.parse_event(frames)), on_error
-        )
-        self.window = SendWindow(settings.window_messages, settings.window_bytes)
-        self.pending: dict[str, _PendingAsk] = {}
-        self.connected: bool | None = None
-        """None until the first connection, then whether the peer is connected now."""
-        self.refused: str | None = None
-        """Why the peer refused the last handshake, if it did."""
-
-    def fail_pending(self, error: Exception, sent_before: float | None = None) -> None:
-        """Fail the asks waiting on this link (those sent before `sent_before`, if given)."""
-        for message_id, pending in list(self.pending.items()):
-            if sent_before is None or pending.sent_at <= sent_before:
-                self.pending.pop(message_id, None)
-                if not pending.future.done():
-                    pending.future.set_exception(error)
-
-    def close(self) -> None:
-        transport.close_monitored(self.socket, self.monitor)
 
 
 class Outbox:
@@ -135,6 +85,7 @@ class Outbox:
             name whose endpoint turned out dead (``forget(name)``); None: only refs
             and endpoints are accepted.
         keys: the run's credentials, when its sockets authenticate (runtime.security).
+        shared: the owner's shared memory (None: tensors travel only as frames).
     """
 
     def __init__(
@@ -145,6 +96,7 @@ class Outbox:
         on_error: Callable[[BaseException], None],
         names: NameResolver | None = None,
         keys: Credentials | None = None,
+        shared: SharedMemory | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -152,6 +104,8 @@ class Outbox:
         self.on_error = on_error
         self.names = names
         self.keys = keys
+        self.shared = shared if shared is not None and shared.identity is not None else None
+        self.shm_host = self.shared.identity if self.shared is not None else None
         self.links: dict[str, Link] = {}
         self.closed = False
 
@@ -170,15 +124,15 @@ class Outbox:
         """
         timeout = self.settings.ask_timeout_s if timeout is None else timeout
         started = time.monotonic()
-        ref, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, True, message_id)
+        ref, link, envelope, frames, nbytes, lending = await self._prepare(target, msg, timeout, True, message_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Envelope] = loop.create_future()
-        link.pending[envelope.message_id] = _PendingAsk(future, time.monotonic())
+        link.pending[envelope.message_id] = PendingAsk(future, time.monotonic())
         # A plain timer is several times cheaper than asyncio.timeout() on this path.
         remaining = max(0.0, timeout - (time.monotonic() - started))
         timer = loop.call_later(remaining, _expire, future, envelope.kind, ref.name, timeout)
         try:
-            waiter = self._send(link, envelope, frames, nbytes)
+            waiter = self._send(link, envelope, frames, nbytes, lending)
             if waiter is not None:
                 await waiter
             reply = await future
@@ -195,10 +149,14 @@ class Outbox:
             ActorDeadError: `target` is a name the registry does not know.
         """
         timeout = self.settings.send_timeout_s if timeout is None else timeout
-        _, link, envelope, frames, nbytes = await self._prepare(target, msg, timeout, False)
-        waiter = self._send(link, envelope, frames, nbytes)
+        _, link, envelope, frames, nbytes, lending = await self._prepare(target, msg, timeout, False)
+        waiter = self._send(link, envelope, frames, nbytes, lending)
         if waiter is not None:
             await waiter
+        elif lending is not None and lending.lease is not None:
+            # A burst of tells would not read the peer's releases until credit ran out,
+            # and each message would need a new segment; one turn of the loop lets them in.
+            await asyncio.sleep(0)
 
     def peer_gone(self, endpoint: str, reason: str) -> None:
         """The peer at `endpoint` is known to be dead: fail its asks and credit waits, drop the link."""
@@ -208,6 +166,8 @@ class Outbox:
             link.fail_pending(error)
             link.window.break_with(error)
             link.close()
+            if self.shared is not None:
+                self.shared.reclaim(link)
 
     def close(self) -> None:
         """Close every link; asks and sends still waiting fail with ActorDeadError."""
@@ -222,7 +182,7 @@ class Outbox:
     # ------------------------------------------------------------ internals
     async def _prepare(
         self, target: Target, msg: Any, timeout: float, expects_reply: bool, message_id: str | None = None
-    ) -> tuple[ActorRef, Link, Envelope, list[Any], int]:
+    ) -> tuple[ActorRef, Link, Envelope, list[Any], int, Lending | None]:
         if self.closed:
             raise ActorDeadError(f"{self.name} is stopped and cannot send")
         ref, link = await self._route(target)
@@ -238,28 +198,40 @@ class Outbox:
             # and a tell queued behind a long handler must still be handled.
             deadline=now + timeout if expects_reply else None,
             expects_reply=expects_reply,
+            shm_host=self.shm_host,
         )
-        frames, nbytes = encode_envelope(envelope)
+        lending = None
+        if self.shared is not None and not link.inproc:
+            lending = self.shared.lending(link, ref.name, link.peer_shm_host)
         try:
+            frames, nbytes = encode_envelope(envelope, lending)
             if not link.window.try_acquire(nbytes):
                 await link.window.acquire(nbytes, timeout)
-        except TimeoutError:
+        except BaseException as error:
+            if lending is not None:  # the message will not be sent: its segment goes back to the pool
+                lending.cancel()
+            if not isinstance(error, TimeoutError):
+                raise
             raise DeadlineExceeded(
                 f"{'ask' if expects_reply else 'tell'} {envelope.kind} to {ref.name}: no flow-control credit "
                 f"within {timeout:g} s ({link.window.messages} messages, {link.window.bytes} bytes in flight; "
                 "the receiver is slow or gone)"
             ) from None
-        return ref, link, envelope, frames, nbytes
+        return ref, link, envelope, frames, nbytes, lending
 
-    def _send(self, link: Link, envelope: Envelope, frames: list[Any], nbytes: int) -> asyncio.Future[None] | None:
+    def _send(
+        self, link: Link, envelope: Envelope, frames: list[Any], nbytes: int, lending: Lending | None = None
+    ) -> asyncio.Future[None] | None:
         """Send now; returns a future to await when ZeroMQ had to queue the message."""
         try:
             waiter = link.socket.send(frames)
         except BaseException:
             link.window.release(1, nbytes)
+            if lending is not None:
+                lending.cancel()
             raise
         if waiter is not None:
-            waiter.add_done_callback(functools.partial(_refund_if_unsent, link.window, nbytes))
+            waiter.add_done_callback(functools.partial(_refund_if_unsent, link.window, nbytes, lending))
         self.log.message_event(
             "send", link.ref.name, envelope.kind, envelope.message_id, None, envelope.trace_id, nbytes,
             ts=envelope.sent_at,
@@ -292,7 +264,10 @@ class Outbox:
     def _link(self, ref: ActorRef) -> Link:
         link = self.links.get(ref.endpoint)
         if link is None:
-            link = Link(ref, self.settings, self._accept_reply, self._connection_changed, self.on_error, self.keys)
+            link = Link(ref, self.settings, self._accept_reply, self._connection_changed, self.on_error, self.keys,
+                        self.name, self.shm_host)
+            if self.shared is not None and not link.inproc:
+                link.open_shared = functools.partial(self.shared.open, link)
             self.links[ref.endpoint] = link
         return link
 
@@ -309,7 +284,7 @@ class Outbox:
             settings = self.settings
             envelope = decode_envelope(
                 [frame.buffer for frame in frames], settings.max_message_bytes, settings.max_header_bytes,
-                settings.max_header_objects,
+                settings.max_header_objects, link.open_shared,
             )
         except ProtocolError as error:
             # A peer that sends garbage back must not take this actor down; the ask it
@@ -318,15 +293,30 @@ class Outbox:
             return
         if envelope.credits is not None:
             link.window.release(*envelope.credits)
+        link.peer_shm_host = envelope.shm_host
         self.log.message_event(
             "receive", link.ref.name, envelope.kind, envelope.message_id, envelope.correlation_id,
             envelope.trace_id, envelope.nbytes,
         )
+        if envelope.kind == SharedRelease.KIND:
+            self._take_release(link, envelope)
+            return
         if envelope.correlation_id is None:
             return  # credit only
         pending = link.pending.pop(envelope.correlation_id, None)
         if pending is not None and not pending.future.done():
             pending.future.set_result(envelope)
+
+    def _take_release(self, link: Link, envelope: Envelope) -> None:
+        """The peer freed tensors this sender lent it: the segments may be reused."""
+        try:
+            release = from_payload(envelope.kind, envelope.payload)
+        except ProtocolError as error:  # a malformed release frees nothing
+            self.log.message_event("failed", link.ref.name, envelope.kind, envelope.message_id, None, None,
+                                   envelope.nbytes, error=f"ProtocolError: {error}")
+            return
+        if self.shared is not None:
+            self.shared.release(link, release)
 
     def _connection_changed(self, link: Link, event: int) -> None:
         if event == zmq.EVENT_CONNECTED:
@@ -350,3 +340,5 @@ class Outbox:
             sent_before=lost_at,
         )
         link.window.reset()
+        if self.shared is not None:  # a dead peer never releases; a live one keeps what it mapped
+            self.shared.reclaim(link)

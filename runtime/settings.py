@@ -60,6 +60,22 @@ class RuntimeSettings(BaseModel):
     curve_keys_dir: str | None = None
     """Folder of the run's CURVE keys (runtime.security). When set, every socket encrypts
     and authenticates with them instead of the secret; required to bind beyond loopback."""
+    shared_memory: bool = True
+    """Send large tensors to actors on the same host through shared memory (/dev/shm):
+    the sender copies each into a pooled segment once, the receiver's tensor is a view
+    on it, and only a small place travels over the socket (runtime.shm). Across hosts,
+    over ``inproc://`` and without a usable /dev/shm, tensors travel as socket frames
+    whatever this says. False: always socket frames (and refuse shared-memory places)."""
+    shared_memory_threshold_bytes: int = Field(1 << 20, ge=4096)
+    """Tensors of at least this many bytes go through shared memory; smaller ones travel
+    in the message's frames, where a segment would cost more than it saves."""
+    shared_memory_max_lent_bytes_per_peer: int = Field(2 << 30, ge=1 << 20)
+    """Most bytes of segments one peer may hold at once (tensors it received and still
+    keeps). Past it, messages to that peer travel as socket frames until it frees some,
+    so a peer that keeps everything, or died without a word, pins a bounded amount."""
+    shared_memory_max_pooled_bytes: int = Field(1 << 30, ge=0)
+    """Most bytes of released segments an actor keeps for reuse; beyond it a released
+    segment is removed instead."""
     log_messages: bool = True
     """Write one JSON line per message event to logs/<instance>.jsonl in the run directory."""
     log_flush_interval_s: float = Field(0.2, gt=0)

@@ -91,6 +91,8 @@ def hostile_messages(rng: random.Random, count: int) -> Iterator[list[Any]]:
         lambda: forged_header(schema_version=99),
         lambda: forged_header(sent_at=float("nan")),
         lambda: forged_header(tensors=[["float32", [2**40], 1, "torch"]]),
+        lambda: forged_header(tensors=[["uint8", [16], ["../../../etc/passwd", 0, 16, 1], "torch"]]),  # shared
+        lambda: forged_header(tensors=[["uint8", [16], [f"troupe.hostile.1.{rng.randbytes(6).hex()}.1", 0, 16, 1], "torch"]]),
         lambda: forged_header(deadline=time.time() - 60),                                    # expired on arrival
         lambda: envelope("supervision.stop_instance", {"name": 7}),                          # control messages, malformed
         lambda: envelope("supervision.attach", {"role": "stage", "count": 10_000}),

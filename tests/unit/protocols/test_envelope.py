@@ -23,7 +23,7 @@ from protocols.errors import ProtocolError
 from tests.unit.protocols.payloads import encoded_frames, header_of, make_envelope, pack
 
 HEADER_FIELDS = ["schema_version", "kind", "message_id", "correlation_id", "trace_id", "sender", "sent_at",
-                 "deadline", "expects_reply", "credits", "payload", "tensors"]
+                 "deadline", "expects_reply", "credits", "shm_host", "payload", "tensors"]
 
 
 def decode_with_header(header: dict, *tensor_frames: bytes, **options) -> Envelope:
@@ -164,6 +164,7 @@ WRONG_TYPES = [
     ("deadline", "soon"), ("deadline", False),
     ("expects_reply", 1), ("expects_reply", None), ("expects_reply", "yes"),
     ("credits", {"messages": 1}), ("credits", 3), ("credits", True),
+    ("shm_host", 5), ("shm_host", b"host"),
     ("payload", "text"), ("payload", None), ("payload", [1]),
     ("tensors", None), ("tensors", {}), ("tensors", b""),
 ]
