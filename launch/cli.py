@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module under `launch/` (``launch/cmd_<name>.py``)
 and exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only
-wires them. Command modules keep heavy imports (torch, the runtime) inside
+wires them. A module that sets ``PASSES_UNKNOWN_OPTIONS = True`` (`troupe submit`) gets the
+options it does not know in ``args.passed_options`` instead of an error (they are sbatch's).
+Command modules keep heavy imports (torch, the runtime) inside
 ``run`` so that building the parser stays fast.
 """
 
@@ -16,6 +18,7 @@ from importlib import metadata
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("launch.cmd_validate", "check a topology file and list every problem"),
     "launch": ("launch.cmd_launch", "start a run from a topology file"),
+    "submit": ("launch.cmd_submit", "submit a run to Slurm as a batch job (troupe launch --slurm)"),
     "ps": ("launch.cmd_ps", "list the live actors of a run"),
     "attach": ("launch.cmd_attach", "add role processes to a running topology"),
     "stop": ("launch.cmd_stop", "stop one instance or the whole run"),
@@ -48,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text)
         command.set_defaults(module=module)
         try:
-            importlib.import_module(module).add_arguments(command)
+            loaded = importlib.import_module(module)
+            if getattr(loaded, "PASSES_UNKNOWN_OPTIONS", False):
+                command.allow_abbrev = False  # --node must reach sbatch, not be read as --nodes
+            loaded.add_arguments(command)
         except ModuleNotFoundError as error:
             if error.name != module:
                 raise
@@ -58,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command is None or not getattr(importlib.import_module(args.module), "PASSES_UNKNOWN_OPTIONS", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.passed_options = unknown
     if args.command is None:
         parser.print_help()
         return 0

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,16 @@ def prepare_run_dir(topology: Topology, configs: dict[str, Any], run_dir: Path) 
     return topology
 
 
-async def launch_run(topology: Topology, configs: dict[str, Any], run_dir: Path, view: StatusView) -> int:
-    """Run a prepared topology to its end; returns the exit code (0 finished or stopped, 1 failed)."""
+async def launch_run(topology: Topology, configs: dict[str, Any], run_dir: Path, view: StatusView,
+                     spawn: Callable[..., Awaitable[Any]] | None = None, on_stop: Callable[[], Any] | None = None) -> int:
+    """Run a prepared topology to its end; returns the exit code (0 finished or stopped, 1 failed).
+
+    Args:
+        spawn: how instances start (default: processes on this host, `runtime.spawn.spawn_actor`;
+            `launch.slurm_steps.SlurmSpawner`: job steps on the allocation's nodes).
+        on_stop: called when the run ends, before the roles stop (`troupe launch --slurm`
+            ends the jobs attached to the run there).
+    """
     run_dir = run_dir.resolve()
     settings = topology.runtime
     bind = f"tcp://{topology.network.host}:*"
@@ -62,7 +71,7 @@ async def launch_run(topology: Topology, configs: dict[str, Any], run_dir: Path,
     registry_task = await start_actor(registry, endpoint=bind)
     assert registry.endpoint is not None
     supervisor = Supervisor("supervisor", topology=topology, configs=configs, registry_endpoint=registry.endpoint,
-                            notify=view.notify, **common)
+                            notify=view.notify, **({"spawn": spawn} if spawn is not None else {}), **common)
     supervisor_task = await start_actor(supervisor, endpoint=bind, registry=registry.endpoint)
     await supervisor.watch_membership()
     info = RunInfo(
@@ -92,6 +101,8 @@ async def launch_run(topology: Topology, configs: dict[str, Any], run_dir: Path,
             outcome = supervisor.finished.result()
     finally:
         view.stop()
+        if on_stop is not None:
+            await asyncio.to_thread(on_stop)
         view.notify("stopping every role in order")
         await supervisor.stop_all()
         final = "failed" if outcome == "failed" or supervisor.failure else "finished"

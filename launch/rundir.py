@@ -24,7 +24,9 @@ def default_run_dir(name: str) -> Path:
 def launcher_alive(info: RunInfo) -> bool:
     """Whether the launcher process of a run on this host is still running."""
     if info.host != socket.gethostname():
-        return True  # another host's process: only asking it can tell
+        # another host's process (a Slurm batch host): it records its end in the shared
+        # registry.json as it exits; a launcher killed there leaves its job to Slurm, which ends it
+        return info.state in ("starting", "running")
     try:
         process = psutil.Process(info.launcher_pid)
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE

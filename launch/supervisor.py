@@ -8,6 +8,11 @@ name; the work it held is re-delivered by its senders (`runtime.routing`). An
 instance that cannot be restarted (policy ``never``, or out of restarts) stops
 the run as a whole, with a report naming it, its exit code and the last lines it
 printed. The ``troupe ps/stop/attach`` commands talk to it.
+
+Reaping an instance's process removes the shared-memory segments it owned
+(`runtime.spawn`), so one killed with SIGKILL leaves nothing in /dev/shm; and a run
+starts by removing those its own earlier processes left when they were killed
+together with their supervisor.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ from launch.topology import RoleSpec, Topology, apply_overrides
 from runtime.actor import Actor, handler
 from runtime.run_dir import RunDir
 from runtime.settings import RuntimeSettings
+from runtime.shm.segments import remove_orphaned_segments
 from runtime.spawn import ActorProcess, SpawnError, spawn_actor
 
 MAX_BACKOFF_S = 30.0
@@ -87,6 +93,7 @@ class Supervisor(Actor):
         configs: dict[str, Any],
         registry_endpoint: str,
         notify: Callable[[str], None] = print,
+        spawn: Callable[..., Awaitable[Any]] = spawn_actor,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -94,6 +101,9 @@ class Supervisor(Actor):
         self.configs = {role: (c.model_dump(mode="json") if c is not None else None) for role, c in configs.items()}
         self.registry_endpoint = registry_endpoint
         self.notify = notify
+        self.spawn = spawn
+        """How an instance's process starts: `runtime.spawn.spawn_actor` on this host, or a
+        strategy with its signature and handle (`launch.slurm_steps.SlurmSpawner`: job steps)."""
         self.instances: dict[str, Instance] = {}
         self.state = "starting"
         self.failure = ""
@@ -105,6 +115,7 @@ class Supervisor(Actor):
         """Start every instance; roles start last-listed first (drivers last), each role's
         instances together, or with ``start: together`` every role not ending the run at
         once, then the rest. Raises StartupError naming what did not come up."""
+        remove_orphaned_segments(self.topology.name)
         for wave in self._start_waves():
             instances = [
                 self._add(role, index, self.topology.roles[role], self.configs.get(role))
@@ -147,7 +158,7 @@ class Supervisor(Actor):
         stderr_path.parent.mkdir(parents=True, exist_ok=True)
         with open(stderr_path, "a") as marker:
             marker.write(f"--- {time.strftime('%H:%M:%S')} starting {instance.name} (restart {instance.restarts}) ---\n")
-        instance.process = await spawn_actor(
+        instance.process = await self.spawn(
             self.topology.entry_point(instance.role), instance.name, role=instance.role, instance=instance.index,
             bind=f"tcp://{self.topology.network.host}:*", registry=self.registry_endpoint, run=self.topology.name,
             run_dir=self.run_dir, config=instance.config, settings=settings, env=env, stderr_path=stderr_path,
@@ -157,7 +168,8 @@ class Supervisor(Actor):
         instance.started_at = time.time()
         instance.exit_code = None
         instance.watcher = self.start_background(self._watch(instance), f"watch-{instance.name}")
-        self.notify(f"{instance.name} running (pid {instance.process.pid})")
+        node = getattr(instance.process, "node", None)
+        self.notify(f"{instance.name} running (pid {instance.process.pid}{f' on {node}' if node else ''})")
 
     # -------------------------------------------------------------- watching
     async def _watch(self, instance: Instance) -> None:

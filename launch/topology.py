@@ -39,12 +39,14 @@ BUILTIN_ROLES: dict[str, str] = {
     "critic": "roles.critic:Critic",
     "reference": "roles.reference:Reference",
     "reward": "roles.reward:Reward",
+    "environment": "roles.environment:EnvironmentRole",
     "evaluator": "roles.evaluator:HeldoutEvaluator",
 }
 """Role entry points by built-in name."""
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda:\d+)$")
+NODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ENTRY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -75,6 +77,15 @@ class RoleSpec(Strict):
     placement: Literal["cpu"] | list[str | list[str]] = "cpu"
     """``cpu``, or one entry per instance: a device (``cuda:N`` or ``cpu``) or a list of
     ``cuda:N`` devices for an instance that uses several. Sets CUDA_VISIBLE_DEVICES."""
+    node: int | str | list[int | str] = "spread"
+    """Where the instances run on a Slurm cluster (`troupe launch --slurm`; local runs
+    ignore it): a node index within the allocation (0 is the first node), a node name,
+    or ``spread`` (instance k on node k modulo the allocation's size); or one index or
+    name per instance. `troupe validate --nodes N` checks it against N nodes."""
+    gpus: int = Field(0, ge=0)
+    """GPUs per instance on a Slurm cluster: each job step asks for this many
+    (``srun --gpus``) and Slurm sets CUDA_VISIBLE_DEVICES; 0 asks for none. Local
+    runs use ``placement`` instead."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment variables for this role's processes."""
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
@@ -110,6 +121,27 @@ class RoleSpec(Strict):
             if not isinstance(slot, str) and ("cpu" in slot or not slot):
                 raise ValueError(f"instance {position}: a device list names one or more 'cuda:N' devices")
         return placement
+
+    @field_validator("node")
+    @classmethod
+    def _known_node(cls, node: Any) -> Any:
+        for position, slot in enumerate(node if isinstance(node, list) else [node]):
+            where = f"instance {position}: " if isinstance(node, list) else ""
+            if isinstance(slot, int) and slot < 0:
+                raise ValueError(f"{where}node index {slot} is negative; indices count from 0")
+            if isinstance(slot, str) and not NODE_PATTERN.match(slot):
+                raise ValueError(f"{where}{slot!r} is not a node name; write a node index, a node name or 'spread'")
+            if isinstance(node, list) and slot == "spread":
+                raise ValueError(f"{where}'spread' is for the whole role: write node: spread, or a node per instance")
+        return node
+
+    @model_validator(mode="after")
+    def _one_node_per_instance(self) -> RoleSpec:
+        if isinstance(self.node, list) and len(self.node) != self.count:
+            raise ValueError(
+                f"node lists {len(self.node)} instances but count is {self.count}; give one node per instance"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_placement_per_instance(self) -> RoleSpec:

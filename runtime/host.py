@@ -2,13 +2,17 @@
 
     python -m runtime.host --actor package.module:ActorClass --name stage-0 \
         [--role stage] [--instance 0] [--bind tcp://127.0.0.1:*] [--registry ENDPOINT] \
-        [--run NAME] [--run-dir DIR] [--options JSON] [--settings JSON] [--ready-fd FD]
+        [--run NAME] [--run-dir DIR] [--options JSON] [--settings JSON] [--ready-fd FD] \
+        [--ready-file PATH] [--no-parent-death]
 
 It builds the actor, serves it until SIGTERM/SIGINT (a graceful stop) and exits
 0; a crashed actor (a failed tell handler) exits 1; bad arguments exit 2. Once
 the actor serves, one JSON line ``{"name", "endpoint", "pid"}`` is written to the
-ready file descriptor. The process asks the kernel to send it SIGTERM if its
-parent dies, so a killed launcher leaves no orphans.
+ready file descriptor, or to the ready file (written whole, then renamed into
+place: a process started on another node, as a Slurm job step, has no pipe to its
+launcher but shares the run directory). The process asks the kernel to send it
+SIGTERM if its parent dies, so a killed launcher leaves no orphans; a job step's
+parent is Slurm's step daemon, which ends the step itself (``--no-parent-death``).
 """
 
 from __future__ import annotations
@@ -76,15 +80,19 @@ def run_event_loop(main: Any, settings: RuntimeSettings) -> Any:
     return asyncio.run(main())
 
 
-def serve(actor: Actor, endpoint: str, registry: str | None, ready_fd: int | None) -> int:
+def serve(actor: Actor, endpoint: str, registry: str | None, ready_fd: int | None, ready_file: str | None = None) -> int:
     """Run `actor` in this process until a signal stops it; returns the exit code."""
 
     def announce(ready: Actor) -> None:
-        if ready_fd is None:
-            return
         line = json.dumps({"name": ready.name, "endpoint": ready.endpoint, "pid": os.getpid()}) + "\n"
-        os.write(ready_fd, line.encode())
-        os.close(ready_fd)
+        if ready_file is not None:
+            partial = f"{ready_file}.{os.getpid()}.partial"
+            with open(partial, "w") as file:
+                file.write(line)
+            os.replace(partial, ready_file)  # whole or absent, to a reader on another node too
+        if ready_fd is not None:
+            os.write(ready_fd, line.encode())
+            os.close(ready_fd)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -116,12 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--options", default="{}", help="JSON object of keyword arguments for the actor class")
     parser.add_argument("--settings", default="{}", help="JSON object of RuntimeSettings fields")
     parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--ready-file", default=None, help="write the ready line to this file (a job step)")
+    parser.add_argument("--no-parent-death", action="store_true",
+                        help="do not ask for SIGTERM when the parent exits (the parent is not the launcher)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    die_with_parent()
+    if not args.no_parent_death:
+        die_with_parent()
     try:
         cls = load_actor_class(args.actor)
         options = json.loads(args.options)
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # report any construction problem as bad arguments, with the reason
         print(f"runtime.host: cannot start {args.actor} as {args.name}: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
-    return serve(actor, args.bind, args.registry, args.ready_fd)
+    return serve(actor, args.bind, args.registry, args.ready_fd, args.ready_file)
 
 
 if __name__ == "__main__":

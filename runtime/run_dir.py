@@ -15,6 +15,12 @@ run directory::
       tb/                        TensorBoard events of the same numbers
       eval/step_N.jsonl          every held-out sample of the evaluation after step N
       checkpoints/step_N/        one checkpoint (roles.checkpoints: when it is complete)
+      slurm/submit.sbatch        the batch script `troupe submit` wrote and submitted
+      slurm/attach-<role>-<time>.sbatch  a batch script `troupe attach --slurm` submitted
+      slurm/job-<id>.out         what a Slurm job's batch script printed
+      slurm/attached-jobs        ids of the jobs `troupe attach --slurm` submitted (one a line)
+      slurm/ready/<instance>.json  written by an instance started as a job step once it serves
+      slurm/shared-check         a token every node must read (the run directory is shared)
 
 A run directory is a runtime idea, as the logs and `registry.json` in it are; the RL
 files (metrics, evaluations, checkpoints) are named here too so that one module holds
@@ -145,6 +151,40 @@ class RunDir:
     def checkpoint(self, step: int) -> Path:
         """The checkpoint folder of `step` (whether it is complete: roles.checkpoints)."""
         return self.checkpoints / f"{STEP_PREFIX}{step}"
+
+    # ------------------------------------------------------------------ slurm
+    @property
+    def slurm(self) -> Path:
+        """What running on a Slurm cluster keeps in the run directory (launch.slurm)."""
+        return self.path / "slurm"
+
+    @property
+    def sbatch_script(self) -> Path:
+        """The batch script `troupe submit` wrote (kept to be read, edited, resubmitted)."""
+        return self.slurm / "submit.sbatch"
+
+    def attach_script(self, role: str, stamp: str) -> Path:
+        """The batch script of one `troupe attach --slurm`."""
+        return self.slurm / f"attach-{role}-{stamp}.sbatch"
+
+    @property
+    def job_output(self) -> Path:
+        """A job's output file, as an sbatch ``--output`` pattern (``%j``: the job id)."""
+        return self.slurm / "job-%j.out"
+
+    @property
+    def attached_jobs(self) -> Path:
+        """Ids of the jobs `troupe attach --slurm` submitted; the launcher ends them last."""
+        return self.slurm / "attached-jobs"
+
+    def ready_file(self, instance: str) -> Path:
+        """Where an instance started as a job step says it serves (runtime.host --ready-file)."""
+        return self.slurm / "ready" / f"{instance}.json"
+
+    @property
+    def shared_check(self) -> Path:
+        """A token the launcher writes and every node of the allocation must read back."""
+        return self.slurm / "shared-check"
 
     def is_run_dir(self) -> bool:
         """Whether this looks like a run directory (a resolved topology in it)."""

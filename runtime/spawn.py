@@ -3,6 +3,10 @@
 `spawn_actor` runs ``python -m runtime.host`` for one actor and returns once the
 actor serves (its endpoint read from a ready pipe), or raises `SpawnError` with
 the exit code when it does not come up in time.
+
+Whoever reaps an actor process here (`ActorProcess.wait` and `stop`) also removes
+the shared-memory segments it owned (runtime.shm): a process that exits in order
+removes its own, one killed with SIGKILL cannot, and no one else would.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.settings import RuntimeSettings
+from runtime.shm.segments import remove_segments_of
 from runtime.transport import DEFAULT_ENDPOINT
 
 
@@ -32,6 +37,8 @@ class ActorProcess:
     endpoint: str
     process: asyncio.subprocess.Process
     _stderr: IO[bytes] | None = field(default=None, repr=False)
+    run: str = ""
+    """The run it belongs to (its shared-memory segments carry the name)."""
 
     @property
     def pid(self) -> int:
@@ -47,7 +54,10 @@ class ActorProcess:
             self.process.kill()
 
     async def wait(self, timeout: float | None = None) -> int:
-        return await asyncio.wait_for(self.process.wait(), timeout)
+        """Wait for the process to exit; then remove the shared-memory segments it left."""
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        remove_segments_of(self.pid, self.run)
+        return code
 
     async def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM (a graceful stop), then SIGKILL if it has not exited within `timeout`."""
@@ -58,6 +68,7 @@ class ActorProcess:
             except asyncio.TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        remove_segments_of(self.pid, self.run)
         if self._stderr is not None:
             self._stderr.close()
         return self.process.returncode  # type: ignore[return-value]
@@ -93,19 +104,10 @@ async def spawn_actor(
             (it is killed then).
     """
     read_fd, write_fd = os.pipe()
-    command = [
-        sys.executable, "-m", "runtime.host", "--actor", actor, "--name", name, "--instance", str(instance),
-        "--bind", bind, "--run", run, "--options", json.dumps(options or {}),
-        "--settings", (settings or RuntimeSettings()).model_dump_json(), "--ready-fd", str(write_fd),
-    ]
-    if role is not None:
-        command += ["--role", role]
-    if registry is not None:
-        command += ["--registry", registry]
-    if run_dir is not None:
-        command += ["--run-dir", str(run_dir)]
-    if config is not None:
-        command += ["--config", json.dumps(config)]
+    command = [sys.executable, *host_arguments(
+        actor, name, role=role, instance=instance, bind=bind, registry=registry, run=run, run_dir=run_dir,
+        options=options, config=config, settings=settings,
+    ), "--ready-fd", str(write_fd)]
     stderr = open(stderr_path, "ab") if stderr_path is not None else None  # noqa: SIM115 - closed in stop()
     try:
         process = await asyncio.create_subprocess_exec(
@@ -124,11 +126,44 @@ async def spawn_actor(
         if process.returncode is None:
             process.kill()
             await process.wait()
+        remove_segments_of(process.pid, run)
         if stderr is not None:
             stderr.close()
         raise
     ready = json.loads(line)
-    return ActorProcess(name=name, endpoint=ready["endpoint"], process=process, _stderr=stderr)
+    return ActorProcess(name=name, endpoint=ready["endpoint"], process=process, _stderr=stderr, run=run)
+
+
+def host_arguments(
+    actor: str,
+    name: str,
+    *,
+    role: str | None = None,
+    instance: int = 0,
+    bind: str = DEFAULT_ENDPOINT,
+    registry: str | None = None,
+    run: str = "",
+    run_dir: Path | str | None = None,
+    options: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    settings: RuntimeSettings | None = None,
+) -> list[str]:
+    """The arguments after the Python interpreter that run one actor (``-m runtime.host ...``),
+    without a way to say it is ready: a caller adds ``--ready-fd`` or ``--ready-file``."""
+    arguments = [
+        "-m", "runtime.host", "--actor", actor, "--name", name, "--instance", str(instance),
+        "--bind", bind, "--run", run, "--options", json.dumps(options or {}),
+        "--settings", (settings or RuntimeSettings()).model_dump_json(),
+    ]
+    if role is not None:
+        arguments += ["--role", role]
+    if registry is not None:
+        arguments += ["--registry", registry]
+    if run_dir is not None:
+        arguments += ["--run-dir", str(run_dir)]
+    if config is not None:
+        arguments += ["--config", json.dumps(config)]
+    return arguments
 
 
 async def _read_ready_line(read_fd: int, process: asyncio.subprocess.Process, timeout: float) -> str:
