@@ -23,7 +23,7 @@ Two loops on the same episodes, interleaved and repeated (medians):
 Target (issue 21): continue >= 2x the trajectories per second of lock-step at a delay
 spread of 10x. Prints a table and, last, one JSON line.
 
-    python benchmarks/multiturn.py [--episodes 96 --in-flight 32 --turns 4 --turn-tokens 8 --delay-ms 100
+    python benchmarks/multiturn.py [--episodes 256 --in-flight 32 --turns 4 --turn-tokens 8 --delay-ms 100
                                     --spread 10 --delays log-uniform|uniform --repeats 3]
 """
 
@@ -126,7 +126,7 @@ async def run_loop(continue_ready: bool, rows: list[dict[str, Any]], args: argpa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=96)
+    parser.add_argument("--episodes", type=int, default=256)
     parser.add_argument("--in-flight", type=int, default=32)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--turn-tokens", type=int, default=8)

@@ -9,9 +9,11 @@ turn is read for tool calls and sent to its environment, and the loop goes on wi
 whichever trajectories are ready next. With ``continue_ready`` (the default) a
 trajectory does not wait for the others' environments: a slow environment holds up its
 own episode only. A batch is sampled once half of the running episodes are ready, or
-once the first ready one has waited about one sampling call (a running mean of their
-durations), or when no answer is pending: a decoding step costs nearly the same for one
-row as for many, so batches of one would keep the generator busy for little. Without it every turn waits for the whole batch's answers (the
+once the first ready one has waited up to one sampling call (a running mean of their
+durations) times the share of the time the generator spends sampling, or when no answer
+is pending: a decoding step costs nearly the same for one row as for many, so while
+sampling is the bottleneck, batches of one would keep the generator busy for little;
+while environments are, waiting would only add to every turn. Without it every turn waits for the whole batch's answers (the
 lock-step loop `benchmarks/multiturn.py` compares against).
 
 A turn that reaches its token limit without ending (its end-of-sequence token or a stop
@@ -232,7 +234,10 @@ class EpisodeRunner:
         self.continue_ready = continue_ready
         self.max_in_flight = max_in_flight
         self._sampling_s = 0.0
-        """The recent mean seconds of one sampling call (how long a batch gathers)."""
+        """The recent mean seconds of one sampling call."""
+        self._busy_share = 0.0
+        """The recent share of the time the generator spends sampling (1: always busy)."""
+        self._last_started: float | None = None
         self._numbers = itertools.count()
 
     async def run(self, rows: Sequence[dict[str, Any]]) -> list[Episode]:
@@ -250,10 +255,15 @@ class EpisodeRunner:
                 while queue and in_flight < self.max_in_flight:
                     waiting.add(loop.create_task(self._start(*queue.popleft())))
                     in_flight += 1
-                gather_until = ready_since + self._sampling_s  # a batch gathers for about one sampling call
+                # a batch gathers for up to one sampling call, scaled by how busy sampling keeps the generator
+                gather_until = ready_since + self._sampling_s * self._busy_share
                 if ready and not (self.continue_ready and waiting and len(ready) < in_flight / 2
                                   and loop.time() < gather_until):
                     started = loop.time()
+                    if self._last_started is not None:
+                        share = min(1.0, self._sampling_s / max(started - self._last_started, 1e-9))
+                        self._busy_share += SAMPLING_SMOOTHING * (share - self._busy_share)
+                    self._last_started = started
                     for episode, turn in zip(ready, await self._sample_turns(ready)):
                         observing = self._take_turn(episode, turn)
                         if observing is None:
