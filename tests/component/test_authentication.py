@@ -20,6 +20,11 @@ from tests.component.test_curve import raw_ping
 ECHOER = "tests.component.actors:Echoer"
 
 
+ASK_S = 30
+"""Deadline of the asks here: they check what the answer is (or that a refusal is one), and a
+loaded 2-core machine has held a handshake for over 5 s."""
+
+
 @pytest.fixture
 def secret_settings(tmp_path):
     generate_secret(tmp_path / "keys" / "secret")
@@ -44,22 +49,22 @@ def test_a_secret_file_that_others_can_read_is_refused(tmp_path):
 async def test_only_peers_with_the_runs_secret_are_served_on_loopback(spawn, tmp_path, secret_settings):
     echo = await spawn(ECHOER, "echo-0", settings=secret_settings)
     async with Client("member", settings=secret_settings) as client:
-        assert (await client.ask(echo.endpoint, Echo("with the secret"), timeout=5)).value == "with the secret"
+        assert (await client.ask(echo.endpoint, Echo("with the secret"), timeout=ASK_S)).value == "with the secret"
 
     assert not raw_ping(echo.endpoint), "a peer without credentials must not be answered"
 
     async with Client("outsider", settings=RuntimeSettings()) as client:
         with pytest.raises(AuthenticationError, match="refused the connection: the security handshake failed"):
-            await client.ask(echo.endpoint, Echo("no secret"), timeout=5)
+            await client.ask(echo.endpoint, Echo("no secret"), timeout=ASK_S)
 
     generate_secret(tmp_path / "other" / "secret")
     other_run = RuntimeSettings(secret_file=str(tmp_path / "other" / "secret"))
     async with Client("other-run", settings=other_run) as client:
         with pytest.raises(AuthenticationError, match="authentication failed"):
-            await client.ask(echo.endpoint, Echo("wrong secret"), timeout=5)
+            await client.ask(echo.endpoint, Echo("wrong secret"), timeout=ASK_S)
 
     async with Client("member", settings=secret_settings) as client:
-        assert (await client.ask(echo.endpoint, Echo("still serving"), timeout=5)).value == "still serving"
+        assert (await client.ask(echo.endpoint, Echo("still serving"), timeout=ASK_S)).value == "still serving"
 
     await echo.stop(timeout=10)
     lines = [json.loads(line) for line in (tmp_path / "logs" / "echo-0.jsonl").read_text().splitlines()]
