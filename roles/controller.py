@@ -71,16 +71,8 @@ from roles.data import PromptDataset, PromptSampler, prompt_batch
 from roles.dynamic_sampling import sample_informative
 from roles.evaluation.summary import mean_terms
 from roles.evaluator import run_heldout
-from roles.metrics import (
-    MetricsLog,
-    final_metrics,
-    read_metrics,
-    rewind_metrics,
-    run_hyperparameters,
-    scheduled_evaluation_steps,
-    timed,
-    timed_call,
-)
+from roles.metrics import (MetricsLog, final_metrics, read_metrics, rewind_metrics, run_hyperparameters,
+                           scheduled_evaluation_steps, timed, timed_call)
 from roles.episode_batch import episode_numbers, episode_settings
 from roles.rollout import generate_episodes_on, generate_on, response_lengths, score_on, scores_of_episodes, wait_for_roles
 from roles.sampling import SamplingParams
@@ -249,8 +241,7 @@ class Controller(Actor):
     async def generate(self, prompts: Batch, sampling: SamplingParams) -> Batch:
         config, pad = self.config, self.tokenizer.pad_token_id
         if config.episodes is not None:  # multi-turn: each sample an episode with the environment role
-            return await generate_episodes_on(self, prompts, sampling, episode_settings(config.episodes), pad,
-                                              config.call_timeout_s)
+            return await generate_episodes_on(self, prompts, sampling, episode_settings(config.episodes), pad, config.call_timeout_s)
         return await generate_on(self, prompts, sampling, pad, config.call_timeout_s)
 
     def plan_for(self, batch: Batch) -> UpdatePlan:
