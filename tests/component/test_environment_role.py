@@ -75,6 +75,7 @@ async def test_a_stalled_environment_ends_its_episode_and_crashes_its_instance_f
 
 
 async def test_a_generator_runs_episodes_with_the_environment_role_into_a_rollout_batch(spawn, run_here, tmp_path):  # type: ignore[no-untyped-def]
+    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from protocols.batch import Batch
@@ -83,7 +84,7 @@ async def test_a_generator_runs_episodes_with_the_environment_role_into_a_rollou
     from roles.sampling import SamplingParams
 
     tokenizer = chat_tokenizer()
-    torch_seed = __import__("torch").manual_seed(0)  # noqa: F841 - a reproducible random model
+    torch.manual_seed(0)  # a reproducible random model
     Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path / "model")
