@@ -11,10 +11,16 @@ to two generator processes. For each model size, interleaved:
   same process group, timed from the trainer's call to the last generator's return.
 
 Prints a table (GB/s of each, their ratio, the trainer's packing time, the
-generators' pause) and, last, one JSON
-line with the ratios (channel GB/s / raw GB/s).
+generators' pause) with medians and, as "best", the fastest of the repeats of each
+(on a machine shared with other work, the least disturbed); then the real demo model
+(SmolLM2-135M, examples/smollm2/data/model) after real AdamW steps at the examples'
+learning rates, each version sent as a delta and again in full
+(benchmarks/weight_sync_real.py: bytes and seconds of each); and, last, one JSON line
+of ratios: channel GB/s / raw GB/s per size, and per real-model row the delta's bytes
+and seconds over the full version's.
 
     python benchmarks/weight_sync.py [--sizes-mb 100 500 1000] [--repeats 3] [--backend gloo|nccl]
+                                     [--real-steps 2] [--real-setups float32 float32->bfloat16 bfloat16]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import weight_sync_real as real
 from protocols.messages import message
 from protocols.weights import PublishReport, PublishWeights
 from runtime.actor import Actor, handler, start_actor
@@ -118,6 +125,7 @@ class BenchTrainer(PublishesWeights):
 
     @handler
     async def raw_broadcast(self, request: RawBroadcast) -> RawDone:
+        await self.compute.run(lambda: None)  # the kept copy, queued after the publication, is done: time alone
         return await groups.in_thread(self.raw.run, self.weights._main.group, request.nbytes, self.config.device)
 
 
@@ -178,7 +186,7 @@ async def measure(
             raw_s.append(max(d.finished for d in done) - done[0].started)
         return {"nbytes": nbytes, "buckets": warm.buckets, "channel_s": statistics.median(channel_s),
                 "raw_s": statistics.median(raw_s), "pause_s": statistics.median(pause_s),
-                "pack_s": statistics.median(pack_s)}
+                "pack_s": statistics.median(pack_s), "channel_best_s": min(channel_s), "raw_best_s": min(raw_s)}
     finally:
         if task is not None:
             driver.stop()
@@ -189,12 +197,14 @@ async def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--sizes-mb", type=int, nargs="*", default=[100, 500, 1000])
     parser.add_argument("--repeats", type=int, default=3, help="publications per size; medians are reported")
     parser.add_argument("--generators", type=int, default=2)
     parser.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
     parser.add_argument("--bucket-mb", type=float, default=WeightChannelConfig().bucket_mb)
     parser.add_argument("--copy-load", action="store_true", help="generators copy into their models instead of adopting the buckets")
+    parser.add_argument("--real-steps", type=int, default=2, help="optimizer steps per learning rate on the real model (0: skip)")
+    parser.add_argument("--real-setups", nargs="*", choices=list(real.SETUPS), default=list(real.SETUPS))
     args = parser.parse_args()
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
@@ -202,7 +212,7 @@ def main() -> None:
     print(f"# weight sync benchmark  {time.strftime('%Y-%m-%d')}  {platform.node()}  {os.cpu_count()} cpus  "
           f"torch {torch.__version__}  backend {args.backend}  1 trainer -> {args.generators} generators  "
           f"bucket {args.bucket_mb:g} MB  load {'copy' if args.copy_load else 'adopt'}  repeats {args.repeats} (medians)")
-    print(f"\n{'model':>8} {'buckets':>8} {'raw GB/s':>9} {'channel GB/s':>13} {'ratio':>6} {'pack s':>7} {'pause s':>8}")
+    print(f"\n{'model':>8} {'buckets':>8} {'raw GB/s':>9} {'channel GB/s':>13} {'ratio':>6} {'best':>6} {'pack s':>7} {'pause s':>8}")
     ratios: dict[str, float] = {}
     for size_mb in args.sizes_mb:
         layers = max(1, round(size_mb * MB / LAYER_BYTES))
@@ -211,11 +221,38 @@ def main() -> None:
                 layers, args.repeats, args.generators, args.backend, device, run_dir, not args.copy_load, args.bucket_mb,
             ))
         raw_rate, channel_rate = result["nbytes"] / result["raw_s"], result["nbytes"] / result["channel_s"]
-        ratio = channel_rate / raw_rate
+        ratio, best = channel_rate / raw_rate, result["raw_best_s"] / result["channel_best_s"]
         ratios[f"{args.backend}_ratio_{size_mb}mb"] = round(ratio, 3)
+        ratios[f"{args.backend}_best_ratio_{size_mb}mb"] = round(best, 3)
         print(f"{result['nbytes'] / MB:>6.0f}MB {result['buckets']:>8} {raw_rate / 1e9:>9.2f} {channel_rate / 1e9:>13.2f} "
-              f"{ratio:>6.2f} {result['pack_s']:>7.3f} {result['pause_s']:>8.3f}", flush=True)
+              f"{ratio:>6.2f} {best:>6.2f} {result['pack_s']:>7.3f} {result['pause_s']:>8.3f}", flush=True)
+    if args.real_steps > 0 and args.real_setups:
+        ratios.update(real_model_rows(args.real_setups, args.real_steps))
     print(json.dumps(ratios))
+
+
+def real_model_rows(setups: list[str], steps: int) -> dict[str, float]:
+    """Print the full-versus-delta table of the real model; returns its ratios."""
+    missing = real.real_model_missing()
+    if missing is not None:
+        print(f"\n{missing}")
+        return {}
+    print(f"\n# real model: SmolLM2-135M, AdamW on the arithmetic prompts, medians of {steps} steps per learning rate; "
+          "each version sent as a delta, then again in full")
+    print(f"{'setup':>18} {'lr':>7} {'model MB':>9} {'delta share':>12} {'full MB':>8} {'delta MB':>9} {'bytes':>6} "
+          f"{'full s':>7} {'delta s':>8} {'time':>6}")
+    ratios: dict[str, float] = {}
+    for setup in setups:
+        with tempfile.TemporaryDirectory() as run_dir:
+            rows = asyncio.run(real.measure_setup(setup, steps, run_dir, WeightChannelConfig().chunk_mb))
+        for row in rows:
+            key = f"{setup.replace('->', '_to_')}_lr{row['lr']:g}"
+            ratios[f"delta_bytes_{key}"] = round(row["delta_bytes"] / row["full_bytes"], 3)
+            ratios[f"delta_seconds_{key}"] = round(row["delta_s"] / row["full_s"], 3)
+            print(f"{setup:>18} {row['lr']:>7.0e} {row['nbytes'] / MB:>9.0f} {row['share']:>12.2f} {row['full_bytes'] / MB:>8.1f} "
+                  f"{row['delta_bytes'] / MB:>9.1f} {ratios[f'delta_bytes_{key}']:>6.2f} {row['full_s']:>7.3f} "
+                  f"{row['delta_s']:>8.3f} {ratios[f'delta_seconds_{key}']:>6.2f}", flush=True)
+    return ratios
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ One publication moves through four phases, each with its own deadline:
 
     trainer-0 --WeightsAnnounce--> generators          (version, group, bucket layout)
     generators --WeightsReady--> trainer-0             (joined the broadcast group)
-    trainer-0 ==torch.distributed broadcast==> generators   (the buckets, in layout order)
+    trainer-0 ==torch.distributed broadcast==> generators   (the buckets, piece by piece)
     trainer-0 --WeightsCommit--> generators --> WeightsLoaded(version)
+
+The commit is sent as the transfer starts: a generator answers it once it has received
+and loaded every piece, so acknowledging costs no round trip after the last piece.
 
 A generator that starts later asks trainer-0 with `WeightsJoin` and is caught up
 (the same four phases, to it alone) before it reports ready.
@@ -33,6 +36,14 @@ class BucketSpec:  # part of WeightsAnnounce: one flat buffer of one dtype
     tensors: list[TensorSpec]
 
 
+@message("weights.piece")
+class PieceSpec:  # part of WeightsAnnounce: one broadcast, elements [start, start + numel) of a bucket
+    bucket: int
+    """Index into the announcement's buckets."""
+    start: int
+    numel: int
+
+
 @message("weights.group")
 class GroupSpec:  # part of WeightsAnnounce: how to join the broadcast group
     group_id: int
@@ -51,6 +62,13 @@ class WeightsAnnounce:  # trainer-0 -> generator (ask; reply Ok once buffers are
     version: int
     group: GroupSpec
     buckets: list[BucketSpec]
+    pieces: list[PieceSpec]
+    """What travels, in order: every bucket cut into pieces, listed in the order trainer-0
+    finishes packing them."""
+    delta_base: int | None = None
+    """None: every piece travels whole. A version: each piece travels as a header (its
+    encoding and count) and a payload that patches the generator's exact copy of version
+    `delta_base` (runtime.weights.delta); every generator announced to holds it."""
 
 
 @message("weights.ready")
@@ -128,3 +146,9 @@ class PublishReport:  # trainer rank -> controller
     """The longest any generator stopped serving to load this version."""
     retried: bool = False
     """The first transfer failed and the survivors were caught up from the retained copy."""
+    sent_bytes: int = 0
+    """Bytes broadcast to the generators for this version (piece headers included; a retry
+    adds its own): `nbytes` for a full version, less for a delta."""
+    delta_share: float = 0.0
+    """The share of `nbytes` whose pieces travelled as deltas in the first delivery
+    (0.0: a full version)."""

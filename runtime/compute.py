@@ -39,6 +39,15 @@ class ComputeWorker:
         call = functools.partial(context.run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
+    def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
+        """Queue ``fn(*args, **kwargs)`` now (it runs before any call submitted later) and
+        return a future of its result, to await when it is needed."""
+        if self._closed:
+            raise RuntimeError("the compute worker is shut down")
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, fn, *args, **kwargs)
+        return asyncio.get_running_loop().run_in_executor(self._executor, call)
+
     def shutdown(self, wait: bool = True) -> None:
         """Stop accepting work; with `wait`, block until the running call finishes."""
         self._closed = True

@@ -5,6 +5,11 @@ out while the gathers run. Tensors are visited in the order the trainer gathers 
 each dtype has one open bucket, and a tensor that does not fit closes it. A bucket is
 complete when its last tensor is packed, so buckets are sent in the order of their
 last tensor: packing the next one overlaps sending this one.
+
+A bucket travels in pieces (`plan_pieces`): slices of at most a chunk's size, listed
+in the order the packer fills them, so the first piece goes out while the rest of its
+bucket is still being packed. The announcement carries both, so a generator needs no
+knowledge of the trainer's tensor order.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from protocols.weights import BucketSpec, TensorSpec
+from protocols.weights import BucketSpec, PieceSpec, TensorSpec
 
 
 class LayoutError(ValueError):
@@ -78,6 +83,39 @@ def plan_buckets(metas: Sequence[TensorMeta], bucket_bytes: int) -> list[BucketS
     return [bucket for _, bucket in closed]
 
 
+def plan_pieces(metas: Sequence[TensorMeta], buckets: Sequence[BucketSpec], piece_bytes: int) -> list[PieceSpec]:
+    """Cut every bucket into pieces of at most `piece_bytes` (at least one element each),
+    in the order a packer walking `metas` completes them: a piece is complete once its
+    bucket is filled up to the piece's end. Buckets of no elements have no pieces."""
+    if piece_bytes <= 0:
+        raise LayoutError(f"piece size must be positive, got {piece_bytes}")
+    where = slots(buckets)
+    cuts: list[list[PieceSpec]] = []
+    for index, bucket in enumerate(buckets):
+        step = max(1, piece_bytes // parse_dtype(bucket.dtype).itemsize)
+        cuts.append([PieceSpec(index, start, min(step, bucket.numel - start)) for start in range(0, bucket.numel, step)])
+    following = [0] * len(buckets)
+    order: list[PieceSpec] = []
+    for meta in metas:
+        slot = where[meta.name]
+        filled, pieces = slot.offset + slot.numel, cuts[slot.bucket]
+        while following[slot.bucket] < len(pieces) and _end(pieces[following[slot.bucket]]) <= filled:
+            order.append(pieces[following[slot.bucket]])
+            following[slot.bucket] += 1
+    if len(order) != sum(len(pieces) for pieces in cuts):
+        raise LayoutError("the tensors do not fill the buckets they were planned into")
+    return order
+
+
+def whole_buckets(buckets: Sequence[BucketSpec]) -> list[PieceSpec]:
+    """One piece per non-empty bucket, in bucket order (the order `plan_buckets` completes them)."""
+    return [PieceSpec(index, 0, bucket.numel) for index, bucket in enumerate(buckets) if bucket.numel]
+
+
+def _end(piece: PieceSpec) -> int:
+    return piece.start + piece.numel
+
+
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
@@ -110,6 +148,22 @@ def unpack(bucket: BucketSpec, flat: torch.Tensor) -> Iterator[tuple[str, torch.
     """The tensors of one received bucket, as views into it (no copy)."""
     for spec in bucket.tensors:
         yield spec.name, flat[spec.offset : spec.offset + _numel(spec.shape)].view(spec.shape)
+
+
+def check_pieces(buckets: Sequence[BucketSpec], pieces: Sequence[PieceSpec]) -> None:
+    """Raise LayoutError unless `pieces` cover every bucket exactly, each bucket's pieces in
+    increasing order and without gaps (the order across buckets is the sender's choice)."""
+    filled = [0] * len(buckets)
+    for piece in pieces:
+        if not 0 <= piece.bucket < len(buckets):
+            raise LayoutError(f"a piece names bucket {piece.bucket}, the announcement has {len(buckets)}")
+        if piece.numel < 1 or piece.start != filled[piece.bucket]:
+            raise LayoutError(f"piece [{piece.start}, {_end(piece)}) of bucket {piece.bucket} does not follow "
+                              f"the bucket's elements received so far ({filled[piece.bucket]})")
+        filled[piece.bucket] = _end(piece)
+    short = [f"bucket {index}: {filled[index]} of {bucket.numel}" for index, bucket in enumerate(buckets) if filled[index] != bucket.numel]
+    if short:
+        raise LayoutError(f"the pieces do not cover the buckets ({'; '.join(short[:5])})")
 
 
 def check_layout(buckets: Sequence[BucketSpec], expected: dict[str, tuple[int, ...]]) -> None:

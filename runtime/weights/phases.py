@@ -1,15 +1,19 @@
 """The phases that carry one version to a set of generators, run by trainer rank 0.
 
-announce (version, group spec, bucket layout) -> ready (a new broadcast group forms,
-only when the members changed) -> transfer (the buckets, broadcast in order) ->
+announce (version, group spec, bucket layout, pieces) -> ready (a new broadcast group
+forms, only when the members changed) -> transfer (the pieces, broadcast in order) ->
 commit (every member loads the version and acknowledges it), each under its
-deadline from `WeightChannelConfig`.
+deadline from `WeightChannelConfig`. The commits are asked as the transfer starts: a
+member answers once it has received and loaded every piece, so the acknowledgement
+costs no round trip after the last piece (its deadline is the transfer's plus the
+commit's).
 
 A member that fails the announcement is left out and the group is re-formed once
 without it; a member that fails a later phase is dropped from the channel and told
 so (it joins again by itself). When a transfer fails, the members still answering
 are the `Outcome`'s survivors: the publisher retries them from the retained buckets.
-What is sent comes from a ``take(index, deadline)`` function (runtime.weights.packing).
+What is sent comes from a ``take(index, deadline)`` function (runtime.weights.packing);
+how it travels is runtime.weights.transfer.
 """
 
 from __future__ import annotations
@@ -25,19 +29,26 @@ from urllib.parse import urlparse
 
 import torch
 
-from protocols.weights import BucketSpec, GroupSpec, WeightsAbort, WeightsAnnounce, WeightsCommit, WeightsLoaded, WeightsReady
+from protocols.weights import (
+    BucketSpec,
+    GroupSpec,
+    PieceSpec,
+    WeightsAbort,
+    WeightsAnnounce,
+    WeightsCommit,
+    WeightsLoaded,
+    WeightsReady,
+)
 from runtime.actor import Actor
 from runtime.errors import ActorError
 from runtime.outbox import ActorRef
+from runtime.tasks import TaskSet
 from runtime.weights import group as groups
 from runtime.weights.config import WeightChannelConfig
-from runtime.weights.packing import send_all
+from runtime.weights.transfer import SendStats, Take, send_pieces
 
 if TYPE_CHECKING:
     import torch.distributed as dist
-
-Take = Callable[[int, float], torch.Tensor]
-"""``take(index, deadline)``: bucket `index`, complete, by `deadline` (time.monotonic())."""
 
 
 @dataclass
@@ -61,6 +72,8 @@ class Outcome:
     dropped: dict[str, str] = field(default_factory=dict)
     survivors: dict[str, ActorRef] = field(default_factory=dict)
     """Members that are alive but did not get the version (the transfer failed)."""
+    sent: SendStats = field(default_factory=SendStats)
+    """What the transfer broadcast (as far as it got)."""
 
 
 class Phases:
@@ -95,17 +108,19 @@ class Phases:
         self._store = None
 
     async def deliver(
-        self, slot: Slot, version: int, buckets: list[BucketSpec], members: dict[str, ActorRef],
-        take: Take, device: torch.device,
+        self, slot: Slot, version: int, buckets: list[BucketSpec], pieces: list[PieceSpec], members: dict[str, ActorRef],
+        take: Take, device: torch.device, delta_base: int | None = None,
     ) -> Outcome:
-        """Carry `version` to `members` through every phase; never raises for a member's failure."""
+        """Carry `version` to `members` through every phase (as a delta of `delta_base`, which
+        every member holds, unless None); never raises for a member's failure."""
         outcome = Outcome()
         members = dict(members)
         # announce, re-forming the group once without whoever fails it
         for round_ in range(1, self.ANNOUNCE_ROUNDS + 1):
             spec, new_group = await self._group_spec(slot, members, device)
             failures = await self._ask_all(
-                members, lambda i, spec=spec: WeightsAnnounce(version, dataclasses.replace(spec, rank=i), buckets),
+                members,
+                lambda i, spec=spec: WeightsAnnounce(version, dataclasses.replace(spec, rank=i), buckets, pieces, delta_base),
                 self.config.announce_timeout_s,
             )
             if not failures:
@@ -139,22 +154,25 @@ class Phases:
             self._ready.pop(spec.group_id, None)
             slot.group, slot.key = formed, _key(members)
         assert slot.group is not None
-        # transfer
+        # transfer, with the commits already asked
         deadline = time.monotonic() + self.config.transfer_timeout_s
-        try:
-            await asyncio.wait_for(
-                groups.in_thread(send_all, slot.group, len(buckets), take, deadline, name="weights-send"),
-                self.config.transfer_timeout_s + 1.0,
-            )
-        except Exception as error:  # noqa: BLE001 - a member died or stalled; the survivors are found below
-            failure = f"transfer failed: {_short(error)}"
-        else:
-            failure = None
+        replies: dict[str, Any] = {}
+        async with TaskSet(on_error=lambda error: None) as tasks:  # a failed send reaches us through wait_for
+            sending = tasks.start(groups.in_thread(send_pieces, slot.group, len(pieces), take, deadline, name="weights-send"))
+            committing = tasks.start(self._ask_all(  # started second: the sending thread starts first
+                members, lambda i: WeightsCommit(version), self.config.transfer_timeout_s + self.config.commit_timeout_s, replies,
+            ))
+            try:
+                outcome.sent = await asyncio.wait_for(sending, self.config.transfer_timeout_s + 1.0)
+            except Exception as error:  # noqa: BLE001 - a member died or stalled; the survivors are found below
+                failure = f"transfer failed: {_short(error)}"
+            else:
+                failure = None
+                failures = await committing
+            # leaving the block cancels the commits of a failed transfer: the aborts below settle them
         if failure is not None:  # out of the except block: the traceback holding the group is gone
             return await self._fail_transfer(slot, version, members, outcome, {}, failure)
         # commit
-        replies: dict[str, Any] = {}
-        failures = await self._ask_all(members, lambda i: WeightsCommit(version), self.config.commit_timeout_s, replies)
         for name, reply in replies.items():
             if isinstance(reply, WeightsLoaded) and reply.version == version:
                 outcome.committed[name] = reply

@@ -5,8 +5,14 @@ controller sends `PublishWeights` to all of them). Each rank walks the model's
 tensors in the same order and gathers FSDP2 shards to full tensors one at a time on
 its compute thread, so every rank takes part in every gather and the gathers run in
 the same order everywhere. Rank 0 packs the full tensors into per-dtype buckets and a
-sender thread broadcasts each bucket as soon as it is complete, on the broadcast
-group (never the FSDP group), while packing goes on.
+sender thread broadcasts each piece of a bucket as soon as it is packed, on the
+broadcast group (never the FSDP group), while packing goes on.
+
+With ``delta``, a version travels as a sparse delta of the previous one when every
+generator of the publication is known to hold that one (it acknowledged it, or was
+caught up to it): the publisher keeps, per member, the version it last confirmed, and
+forgets it whenever a delivery to that member does not end in its acknowledgement.
+Catch-ups and retries always send the full version.
 
 Rank 0 runs the phases against the generators that joined (`WeightsJoin`):
 announce -> ready (a new group forms only when the members changed) -> transfer ->
@@ -27,19 +33,17 @@ import time
 
 import torch
 
-from protocols.weights import PublishReport, PublishWeights, WeightsJoin, WeightsJoined, WeightsReady
+from protocols.weights import BucketSpec, PieceSpec, PublishReport, PublishWeights, WeightsJoin, WeightsJoined, WeightsReady
 from runtime.actor import Actor, handler
 from runtime.errors import ActorError
 from runtime.outbox import ActorRef
 from runtime.tasks import TaskSet
 from runtime.weights.actor import ChannelActor
 from runtime.weights.config import WeightChannelConfig
-from runtime.weights.layout import plan_buckets, total_bytes
+from runtime.weights.layout import parse_dtype, plan_buckets, plan_pieces, total_bytes
 from runtime.weights.packing import (
     BucketStream,
-    BufferPool,
     NameMap,
-    Retained,
     WeightsError,
     device_of,
     gather,
@@ -49,10 +53,11 @@ from runtime.weights.packing import (
     tensor_metas,
 )
 from runtime.weights.phases import Outcome, Phases, Slot
+from runtime.weights.retention import Plan, Retained, Retention
 
 __all__ = [
     "BucketStream", "NameMap", "PublishesWeights", "WeightPublisher", "WeightsError",
-    "gather", "named_tensors", "pack", "send_all", "tensor_metas",
+    "gather", "named_tensors", "pack", "publish_metrics", "send_all", "tensor_metas",
 ]
 
 
@@ -78,8 +83,9 @@ class WeightPublisher:
         self._lock = asyncio.Lock()
         self._phases = Phases(actor, self.config, self.members)
         self._main = Slot()
-        self._retained: Retained | None = None
-        self._pool = BufferPool()
+        self._retention = Retention(self.config.keep_last, self.config.delta, self.config.send_in_place)
+        self._held: dict[str, int] = {}
+        """Member -> the version it confirmed holding (the base a delta may patch)."""
 
     ANNOUNCE_ROUNDS = Phases.ANNOUNCE_ROUNDS
 
@@ -105,11 +111,14 @@ class WeightPublisher:
                                    "load a checkpoint first, or publish without republish")
             version = self.version if republish else self.version + 1
             named = named_tensors(model, self.name_map)
-            buckets = plan_buckets(tensor_metas(named), int(self.config.bucket_mb * (1 << 20)))
+            send_dtype = parse_dtype(self.config.send_dtype) if self.config.send_dtype else None
+            metas = tensor_metas(named, send_dtype)
+            buckets = plan_buckets(metas, int(self.config.bucket_mb * (1 << 20)))
+            pieces = plan_pieces(metas, buckets, int(self.config.chunk_mb * (1 << 20)))
             device = device_of(named)
             nbytes = total_bytes(buckets)
             if self.rank != 0:
-                gather_s = await self.actor.compute.run(pack, named, buckets, None, None, device)
+                gather_s, _ = await self.actor.compute.run(pack, named, buckets, None, None, device)
                 self.version = version
                 return PublishReport(version, self.rank, [], {}, [], nbytes, len(buckets), gather_s, time.monotonic() - started)
             try:
@@ -117,43 +126,75 @@ class WeightPublisher:
             except ActorError as error:  # the registry is unreachable: still gather, the other ranks wait on us
                 self.actor.log.lifecycle("weights.members_unknown", error=str(error))
                 members = {}
-            keep = self.config.keep_last
-            buffers = self._pool.buffers_for(buckets, device) if keep else None
-            stream = BucketStream(None if keep else 2) if members else None
-            self._retained = None  # the retained buffers are being overwritten
+            plan = self._retention.plan(model, self.name_map, buckets, device, self.version) if self._retention.retains else None
+            delta_base = self._delta_base(plan, members, republish)
+            if plan is not None and delta_base is not None:
+                self._retention.patching(plan)
+            buffers = plan.buffers if plan is not None else None
+            stream = BucketStream(None if buffers is not None else _capacity(buckets, pieces)) if members else None
             # Packing always runs to its end (the other ranks' gathers wait on ours), and
             # never outlives publish: if the wait for it is cancelled, so is it.
             async with TaskSet() as packing_tasks:
-                packing = packing_tasks.start(self.actor.compute.run(pack, named, buckets, buffers, stream, device))
+                packing = packing_tasks.start(self.actor.compute.run(
+                    pack, named, buckets, buffers, stream, device, pieces, delta_base is not None,
+                    plan.previous if plan is not None and delta_base is not None else None,
+                    plan.in_place if plan is not None else None,
+                ))
                 outcome = Outcome()
                 try:
                     if members:
                         assert stream is not None
-                        outcome = await self._phases.deliver(self._main, version, buckets, members, stream.take, device)
+                        outcome = await self._phases.deliver(
+                            self._main, version, buckets, pieces, members, stream.take, device, delta_base,
+                        )
                 finally:
                     if stream is not None:
                         stream.close()
-                    gather_s = await packing
-            if buffers is not None:
-                self._retained = Retained(version, buckets, buffers, device)
+                    gather_s, copied = await packing
             retried = False
-            if outcome.survivors and self._retained is not None:
+            if outcome.survivors and self.config.keep_last and plan is not None:
                 retried = True
-                again = await self._phases.deliver(self._main, version, buckets, outcome.survivors, self._retained.take, device)
+                again = await self._phases.deliver(
+                    self._main, version, buckets, pieces, outcome.survivors, self._retention.live(version, pieces).take, device,
+                )
                 outcome.committed.update(again.committed)
                 outcome.dropped.update(again.dropped)
                 outcome.survivors = again.survivors
+                outcome.sent.sent_bytes += again.sent.sent_bytes
+            if plan is not None:
+                self._retention.published(plan, version, pieces, delta_base is not None, self.actor.compute)
+            self._remember(members, outcome, version)
             self.version = version
             report = PublishReport(
                 version, 0, sorted(outcome.committed), outcome.dropped, sorted(outcome.survivors), nbytes, len(buckets),
                 gather_s, time.monotonic() - started, max((loaded.load_s for loaded in outcome.committed.values()), default=0.0),
-                retried,
+                retried, outcome.sent.sent_bytes, outcome.sent.delta_bytes / nbytes if nbytes else 0.0,
             )
             self.actor.log.lifecycle(
                 "weights.published", version=version, committed=report.committed, dropped=report.dropped,
                 missed=report.missed, nbytes=nbytes, buckets=len(buckets), total_s=round(report.total_s, 4), retried=retried,
+                sent_bytes=report.sent_bytes, delta_base=delta_base, delta_share=round(report.delta_share, 4), copied=copied,
             )
             return report
+
+    def _delta_base(self, plan: Plan | None, members: dict[str, ActorRef], republish: bool) -> int | None:
+        """The version this publication can be a delta of: the last published, if trainer
+        rank 0 still holds its exact bytes and every member confirmed holding it."""
+        base = plan.base if plan is not None else None
+        if republish or base is None or base != self.version or not members:
+            return None
+        return base if all(self._held.get(name) == base for name in members) else None
+
+    def _remember(self, members: dict[str, ActorRef], outcome: Outcome, version: int) -> None:
+        """Who now holds `version`; a member the delivery did not confirm holds nothing known."""
+        for name in members:
+            if name in outcome.committed:
+                self._held[name] = version
+            else:
+                self._held.pop(name, None)
+        for name in list(self._held):
+            if name not in self.members:
+                del self._held[name]
 
     async def join(self, request: WeightsJoin) -> WeightsJoined:
         """A generator joins: catch it up to the retained version, then count it a member.
@@ -168,25 +209,32 @@ class WeightPublisher:
         ref = ActorRef(request.name, request.endpoint)
         async with self._lock:
             self.members.pop(request.name, None)  # an older process under the same name is gone
+            self._held.pop(request.name, None)
         caught_up: int | None = None
         for _ in range(3):
             async with self._lock:
-                retained = self._retained
+                retained = self._retention.retained
                 if retained is None or retained.version == caught_up:
                     self.members[request.name] = ref
+                    if caught_up is not None:
+                        self._held[request.name] = caught_up
                     return WeightsJoined(version=caught_up, current=self.version)
-                self._pool.hold(retained.buffers)  # no publication packs into them meanwhile
+                self._retention.hold(retained.buffers)  # no publication writes into them meanwhile
             try:
+                if retained.ready is not None:
+                    await retained.ready  # the snapshot copy, queued on the compute thread
                 await self._catch_up(ref, retained)
             finally:
-                self._pool.release(retained.buffers)
+                self._retention.release(retained.buffers)
             caught_up = retained.version
         raise WeightsError(f"{request.name} could not be caught up: a newer version was published during each of 3 catch-ups")
 
     async def _catch_up(self, ref: ActorRef, retained: Retained) -> None:
         slot = Slot()
         try:
-            outcome = await self._phases.deliver(slot, retained.version, retained.buckets, {ref.name: ref}, retained.take, retained.device)
+            outcome = await self._phases.deliver(
+                slot, retained.version, retained.buckets, retained.pieces, {ref.name: ref}, retained.take, retained.device,
+            )
         finally:
             slot.forget()
         if ref.name not in outcome.committed:
@@ -214,8 +262,29 @@ class WeightPublisher:
         """Let the group and the store go (the trainer is stopping)."""
         self._main.forget()
         self._phases.close()
-        self._retained = None
-        self._pool.clear()
+        self._retention.clear()
+        self._held.clear()
+
+
+def _capacity(buckets: list[BucketSpec], pieces: list[PieceSpec]) -> int:
+    """Pieces the packer may have waiting when it packs into fresh buckets: about two
+    buckets' worth (double buffering), whatever the piece size."""
+    per_bucket = [0] * len(buckets)
+    for piece in pieces:
+        per_bucket[piece.bucket] += 1
+    return max(2, 2 * max(per_bucket, default=1))
+
+
+def publish_metrics(report: PublishReport) -> dict[str, float]:
+    """A publication's numbers under their metric names (``weights/<name>``)."""
+    return {
+        "weights/version": float(report.version),
+        "weights/sync_s": report.total_s,
+        "weights/generators": float(len(report.committed)),
+        "weights/sent_bytes": float(report.sent_bytes),
+        "weights/delta_share": report.delta_share,
+        "weights/pause_s": report.pause_s,
+    }
 
 
 # -------------------------------------------------------------------------- the mixin

@@ -7,6 +7,12 @@ the old weights, and switching its version all run as one call on its compute
 thread, between two generation calls. So a rollout is never produced with weights
 older than the version the generator reports, and the pause it sees is the load alone.
 
+A version announced as a delta of the one the generator loaded last is received into
+its staging buffers as patches of that version's exact bytes (runtime.weights.staging,
+runtime.weights.transfer), so the loader is handed the same full tensors either way.
+The commit may arrive while the pieces still do: it waits for them (up to the transfer's
+deadline plus its own).
+
 A starting generator joins the publisher from its ``on_start`` and stays unroutable
 (state ``starting``) until it holds the current version. A generator the publisher
 dropped, or whose publisher restarted, joins again by itself.
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +32,7 @@ import torch
 from protocols.membership import MembershipEvent
 from protocols.weights import (
     BucketSpec,
+    PieceSpec,
     WeightsAbort,
     WeightsAnnounce,
     WeightsCommit,
@@ -39,51 +46,12 @@ from runtime.errors import ActorDeadError, ActorError
 from runtime.weights import group as groups
 from runtime.weights.actor import ChannelActor
 from runtime.weights.config import WeightChannelConfig
-from runtime.weights.layout import allocate, check_layout, unpack
+from runtime.weights.layout import check_layout, check_pieces, unpack
+from runtime.weights.loader import ModelLoader, Named
+from runtime.weights.staging import Staging
+from runtime.weights.transfer import Scratch, receive_pieces
 
-Named = Iterable[tuple[str, torch.Tensor]]
-
-
-class ModelLoader:
-    """Loads received tensors into a torch model by state-dict name.
-
-    By default it copies into the model's parameters and buffers (casting to their
-    dtype and device). With ``adopt=True`` the parameters become views of the received
-    buckets instead: no copy, so the generator's pause is a pointer swap. The receiver
-    then keeps two sets of staging buckets and never receives into the set the model
-    is using. A tensor whose dtype or device differs from the model's is still copied.
-
-    Attributes:
-        expected: the names and shapes it accepts (for `WeightReceiver`'s check).
-    """
-
-    def __init__(self, model: torch.nn.Module, adopt: bool = False) -> None:
-        self.model = model
-        self.adopt = adopt
-        self.targets = model.state_dict(keep_vars=True)
-        self.expected = {name: tuple(tensor.shape) for name, tensor in self.targets.items()}
-
-    @property
-    def adopts_buffers(self) -> bool:
-        return self.adopt
-
-    def __call__(self, named: Named) -> None:
-        with torch.no_grad():
-            for name, tensor in named:
-                target = self.targets[name]
-                if self.adopt and tensor.dtype == target.dtype and tensor.device == target.device:
-                    self._rebind(name, target, tensor)
-                else:
-                    target.copy_(tensor)
-
-    def _rebind(self, name: str, target: torch.Tensor, tensor: torch.Tensor) -> None:
-        if isinstance(target, torch.nn.Parameter):
-            target.data = tensor  # the Parameter object stays: tied weights stay tied
-            return
-        owner, _, leaf = name.rpartition(".")
-        module = self.model.get_submodule(owner)
-        module._buffers[leaf] = tensor
-        self.targets[name] = tensor
+__all__ = ["ModelLoader", "Named", "ReceivesWeights", "WeightReceiver"]
 
 
 @dataclass
@@ -91,9 +59,17 @@ class _Incoming:
     version: int
     group_id: int
     buckets: list[BucketSpec]
+    pieces: list[PieceSpec]
     buffers: list[torch.Tensor]
     started: float
     staging: int
+    writing: threading.Event
+    transfer_timeout_s: float
+    is_delta: bool = False
+    base: list[torch.Tensor] | None = None
+    """The base version's buffers, when a delta is received into another set."""
+    scratch: Scratch = field(default_factory=Scratch)
+    """Where delta payloads land (shared with earlier receives that have stopped)."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
     received_s: float | None = None
     error: str | None = None
@@ -134,12 +110,8 @@ class WeightReceiver:
         self._incoming: _Incoming | None = None
         self._group: groups.BroadcastGroup | None = None
         self._stores: dict[tuple[str, int], Any] = {}
-        self._staging: list[tuple[list[BucketSpec], list[torch.Tensor], torch.device] | None] = [None, None]
-        self._in_use: int | None = None
-        """The staging set the model's tensors are views of (adopting loaders only)."""
-        self._writing: list[threading.Event | None] = [None, None]
-        """Per staging set: cleared while a receiving thread may still write into it (one
-        whose receive was cancelled runs on until its group fails or times out)."""
+        self._staging = Staging()
+        self._scratch: tuple[Scratch, threading.Event] | None = None
         self._publisher_endpoint: str | None = None
         self._current = 0
         self._caught_up = asyncio.Event()
@@ -218,16 +190,29 @@ class WeightReceiver:
     async def announce(self, notice: WeightsAnnounce) -> None:
         if self.expected is not None:
             check_layout(notice.buckets, self.expected)
+        check_pieces(notice.buckets, notice.pieces)
         self._cancel_incoming()
-        index, buffers = self._staging_for(notice.buckets, self._staging_device(notice.group.backend))
-        incoming = _Incoming(notice.version, notice.group.group_id, notice.buckets, buffers, time.monotonic(), index)
+        device = self._staging_device(notice.group.backend)
+        base: tuple[int, list[torch.Tensor]] | None = None
+        if notice.delta_base is not None:
+            base = self._staging.base_buffers(notice.delta_base, notice.buckets, device)
+        index, buffers = self._staging.target(notice.buckets, device)
+        writing = self._staging.start_writing(index)
+        incoming = _Incoming(
+            notice.version, notice.group.group_id, notice.buckets, notice.pieces, buffers, time.monotonic(), index, writing,
+            notice.group.timeout_s, is_delta=base is not None, base=base[1] if base is not None and base[0] != index else None,
+        )
+        if self._scratch is not None and self._scratch[1].is_set():  # no earlier receiving thread still writes into it
+            incoming.scratch = self._scratch[0]
+        self._scratch = (incoming.scratch, writing)
         self._incoming = incoming
         incoming.task = self.actor.start_background(self._receive(notice, incoming), f"weights-receive-{notice.version}")
 
     async def _receive(self, notice: WeightsAnnounce, incoming: _Incoming) -> None:
-        """Join the group if it is new, then receive every bucket (never raises: the
+        """Join the group if it is new, then receive every piece (never raises: the
         outcome is recorded for the commit)."""
         spec = notice.group
+        receiving = False
         try:
             if self._group is None or self._group.spec != spec:  # a new group, or a restarted publisher's
                 self._drop_group()
@@ -242,8 +227,8 @@ class WeightReceiver:
                     self.actor.log.lifecycle("weights.ready_not_sent", error=str(error))
             group = self._group
             deadline = time.monotonic() + spec.timeout_s
-            writing = self._writing[incoming.staging] = threading.Event()
-            await groups.in_thread(self._receive_all, group, incoming.buffers, deadline, writing, name="weights-recv")
+            receiving = True
+            await groups.in_thread(self._receive_all, group, incoming, deadline, name="weights-recv")
             incoming.received_s = time.monotonic() - incoming.started
         except asyncio.CancelledError:
             incoming.error = "aborted"
@@ -252,6 +237,8 @@ class WeightReceiver:
             incoming.error = f"{type(error).__name__}: {error}"
             self._drop_group()
         finally:
+            if not receiving:
+                incoming.writing.set()  # no thread ever wrote into the buffers
             incoming.done.set()
 
     async def commit(self, request: WeightsCommit) -> WeightsLoaded:
@@ -259,12 +246,15 @@ class WeightReceiver:
         if incoming is None or incoming.version != request.version:
             have = "nothing" if incoming is None else f"version {incoming.version}"
             raise ActorError(f"{self.actor.name} was asked to commit version {request.version} but is receiving {have}")
+        # the commit is asked as the transfer starts: wait for the transfer, then load
+        waited = incoming.transfer_timeout_s + self.config.commit_timeout_s
         try:
-            await asyncio.wait_for(incoming.done.wait(), self.config.commit_timeout_s)
+            await asyncio.wait_for(incoming.done.wait(), waited)
         except asyncio.TimeoutError as error:
-            raise ActorError(f"version {request.version} was not fully received within {self.config.commit_timeout_s:g} s") from error
+            raise ActorError(f"version {request.version} was not fully received within {waited:g} s") from error
         if incoming.error is not None:
-            self._incoming = None
+            if self._incoming is incoming:  # an abort may have been followed by a new announcement: keep that one
+                self._incoming = None
             raise ActorError(f"receiving version {request.version} failed: {incoming.error}")
         load_s = await self.actor.compute.run(self._load, incoming)
         if self._incoming is incoming:  # a newer announcement may have arrived meanwhile: keep it
@@ -287,8 +277,7 @@ class WeightReceiver:
             pair for bucket, flat in zip(incoming.buckets, incoming.buffers) for pair in unpack(bucket, flat)
         )
         self.load(named)
-        if getattr(self.load, "adopts_buffers", False):
-            self._in_use = incoming.staging
+        self._staging.loaded(incoming.staging, incoming.version, adopted=getattr(self.load, "adopts_buffers", False))
         if self.clear_caches is not None:
             self.clear_caches()
         self.version = incoming.version
@@ -303,18 +292,18 @@ class WeightReceiver:
         if notice.rejoin:
             self.rejoin(f"dropped from the channel: {notice.reason}")
 
-    def receive_bucket(self, group: groups.BroadcastGroup, index: int, flat: torch.Tensor, deadline: float) -> None:
-        """Receive bucket `index` into `flat` (on the receiving thread); a subclass may
-        override it to watch progress."""
-        group.broadcast(flat, max(0.001, deadline - time.monotonic()))
+    def received_piece(self, index: int) -> None:
+        """Piece `index` of the version being received is in place (called on the receiving
+        thread); a subclass may override it to watch progress."""
 
-    def _receive_all(self, group: groups.BroadcastGroup, buffers: list[torch.Tensor], deadline: float, done: threading.Event) -> None:
+    def _receive_all(self, group: groups.BroadcastGroup, incoming: _Incoming, deadline: float) -> None:
         try:
-            for index, flat in enumerate(buffers):
-                if flat.numel():
-                    self.receive_bucket(group, index, flat, deadline)
+            receive_pieces(
+                group, incoming.pieces, incoming.buffers, deadline, is_delta=incoming.is_delta, base=incoming.base,
+                scratch=incoming.scratch, on_piece=self.received_piece,
+            )
         finally:
-            done.set()
+            incoming.writing.set()
 
     # ------------------------------------------------------------------- internals
     def _cancel_incoming(self) -> None:
@@ -329,17 +318,6 @@ class WeightReceiver:
 
     def _staging_device(self, backend: str) -> torch.device:
         return self.device if backend == "nccl" else torch.device("cpu")
-
-    def _staging_for(self, buckets: list[BucketSpec], device: torch.device) -> tuple[int, list[torch.Tensor]]:
-        """A set of staging buffers the model is not using, reused while the layout and
-        device stay the same."""
-        index = 1 if self._in_use == 0 else 0
-        staged = self._staging[index]
-        writing = self._writing[index]
-        if staged is None or staged[0] != buckets or staged[2] != device or (writing is not None and not writing.is_set()):
-            self._staging[index] = None  # let the old ones go before allocating the new
-            staged = self._staging[index] = (buckets, [allocate(bucket, device) for bucket in buckets], device)
-        return index, staged[1]
 
     def close(self) -> None:
         """Let the group and the store go (the generator is stopping)."""

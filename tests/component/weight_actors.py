@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict
 from protocols.messages import message
 from runtime.actor import handler
 from runtime.weights.config import WeightChannelConfig
-from runtime.weights.group import BroadcastGroup
 from runtime.weights.publisher import PublishesWeights, WeightPublisher, gather
 from runtime.weights.receiver import ModelLoader, ReceivesWeights, WeightReceiver
 
@@ -139,9 +138,10 @@ class GeneratorConfig(BaseModel):
     adopt: bool = False
     """Load by making the model's tensors views of the received buckets (no copy)."""
     kill_after_buckets: int | None = None
-    """SIGKILL this process after receiving this many buckets of a transfer."""
+    """SIGKILL this process after receiving this many pieces of a transfer (one piece per
+    bucket at the tests' bucket sizes)."""
     stall_after_buckets: int | None = None
-    """SIGSTOP this process after receiving this many buckets of a transfer."""
+    """SIGSTOP this process after receiving this many pieces of a transfer."""
     faults_on_catch_up: bool = False
     """Strike in the first transfer (the catch-up at start) instead of the later ones."""
 
@@ -153,8 +153,7 @@ class FaultyReceiver(WeightReceiver):
         self.stall_after = stall_after
         self.on_catch_up = on_catch_up
 
-    def receive_bucket(self, group: BroadcastGroup, index: int, flat: torch.Tensor, deadline: float) -> None:
-        super().receive_bucket(group, index, flat, deadline)
+    def received_piece(self, index: int) -> None:
         strikes = (self.version is None) if self.on_catch_up else (self.version is not None)
         if self.kill_after is not None and index + 1 >= self.kill_after and strikes:
             os.kill(os.getpid(), signal.SIGKILL)
