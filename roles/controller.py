@@ -80,6 +80,7 @@ from roles.subscribers import Subscribers
 from runtime.actor import Actor, handler
 from runtime.errors import ActorError
 from runtime.tasks import TaskSet
+from runtime.weights.publisher import publish_metrics
 from runtime.tracing import current_trace_id
 
 INITIAL_VERSION = -1
@@ -305,9 +306,7 @@ class Controller(Actor):
         self.version = report.version
         step_s = time.monotonic() - started
         numbers.update({
-            "weights/version": float(report.version),
-            "weights/sync_s": report.total_s,
-            "weights/generators": float(len(report.committed)),
+            **publish_metrics(report),
             "perf/tokens_per_s": numbers.pop("perf/tokens_generated") / max(timings["generate"], 1e-9),
             "perf/samples_per_s": batch.size / step_s,
             "perf/rollout_version_min": float(batch.tensors[Column.VERSION].min()),
