@@ -1,4 +1,5 @@
-"""`troupe ps RUN_DIR [--json]`: every live actor of a run (`Run.status`)."""
+"""`troupe ps RUN_DIR [--json]`: every live actor of a run (`Run.status`), with the host
+(on a cluster, the node) each one registered from."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+COLUMNS = ("name", "role", "state", "pid", "host", "uptime", "msgs in", "msgs out", "weights", "restarts")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from launch.rundir import RunDirError
     from launch.run import Run
-    from launch.status import uptime
 
     try:
         rows = Run.attach(args.run_dir).status()
@@ -30,17 +35,27 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    Console(width=None if sys.stdout.isatty() else 160).print(ps_table(rows))
+    return 0
+
+
+def ps_table(rows: list[dict[str, Any]]) -> Table:
+    """`Run.status` rows as the ``troupe ps`` table, by role then name; "-" where a value is
+    unknown (an instance that has not registered yet has no host)."""
+    from rich.table import Table
+
+    from launch.status import uptime
+
+    def cell(value: Any) -> str:
+        return "-" if value is None or value == "" else str(value)
+
     table = Table()
-    for column in ("name", "role", "state", "pid", "host", "uptime", "msgs in", "msgs out", "weights", "restarts"):
+    for column in COLUMNS:
         table.add_column(column)
     for row in sorted(rows, key=lambda r: (r["role"], r["name"])):
         table.add_row(
-            row["name"], row["role"], row["state"], str(row["pid"] or "-"), row["host"] or "-",
+            row["name"], row["role"], row["state"], cell(row["pid"] or None), cell(row["host"]),
             uptime(time.time() - row["uptime_s"]) if row["uptime_s"] is not None else "-",
-            str(row["messages_in"] if row["messages_in"] is not None else "-"),
-            str(row["messages_out"] if row["messages_out"] is not None else "-"),
-            str(row["weights_version"] if row["weights_version"] is not None else "-"),
-            str(row["restarts"] if row["restarts"] is not None else "-"),
+            cell(row["messages_in"]), cell(row["messages_out"]), cell(row["weights_version"]), cell(row["restarts"]),
         )
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-    return 0
+    return table

@@ -30,14 +30,16 @@ def uptime(started_at: float) -> str:
 
 
 def instances_table(supervisor: Supervisor, registry: Registry) -> Table:
+    """One row per instance: what the supervisor knows (pid, restarts, uptime) joined with
+    what the instance registered (the host it runs on, its state, its message counts)."""
     table = Table(title=f"run {supervisor.topology.name}: {supervisor.state}", title_justify="left")
-    for column in ("instance", "role", "pid", "state", "restarts", "uptime", "msgs in", "msgs out"):
+    for column in ("instance", "role", "host", "pid", "state", "restarts", "uptime", "msgs in", "msgs out"):
         table.add_column(column, justify="right" if column in ("pid", "restarts", "msgs in", "msgs out") else "left")
     for instance in supervisor.instances.values():
         record = registry.records.get(instance.name)
         status = instance.status()
         table.add_row(
-            instance.name, instance.role, str(status.pid or "-"),
+            instance.name, instance.role, record.host if record is not None else "-", str(status.pid or "-"),
             (record.state if record is not None and instance.state == "running" else instance.state),
             str(instance.restarts), uptime(instance.started_at),
             str(record.messages_in if record else "-"), str(record.messages_out if record else "-"),

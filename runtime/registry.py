@@ -5,11 +5,18 @@ heartbeat, and deregister when they stop. An actor whose heartbeats stop for
 `heartbeat_timeout_s` is declared left. Watchers receive a `MembershipEvent` for
 every join, leave and update; each change bumps the membership epoch, which later
 stages (the weight channel) use to re-form groups.
+
+The registry's own log says who joined and left, from which host, with which
+capabilities (``registry.joined``, ``registry.left``): `troupe logs` shows each
+actor's host from these lines. An actor hands out an address of its own (trainer rank
+0's rendezvous store, roles.rendezvous) by registering again with it in its record's
+``capabilities``; the others find it with a `Lookup`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import replace
 
@@ -71,6 +78,7 @@ class Registry(Actor):
         self.epoch = 0
 
     async def on_start(self) -> None:
+        self.log.lifecycle("registry.serving", host=socket.gethostname(), endpoint=self.endpoint)
         self.start_background(self._expire_silent_actors(), "expiry")
 
     # ----------------------------------------------------------- handlers
@@ -82,6 +90,10 @@ class Registry(Actor):
         if previous is not None and previous.endpoint != record.endpoint:
             self._forget(previous, "replaced")
         self.records[record.name] = record
+        self.log.lifecycle(  # who runs where, for `troupe logs` (launch.logs.Names)
+            "registry.joined", name=record.name, instance=record.instance, host=record.host, pid=record.pid,
+            endpoint=record.endpoint, capabilities=record.capabilities,
+        )
         self._publish("joined", record)
         return Registered(
             epoch=self.epoch,
@@ -146,6 +158,7 @@ class Registry(Actor):
 
     def _forget(self, record: ActorRecord, reason: str) -> None:
         del self.records[record.name]
+        self.log.lifecycle("registry.left", name=record.name, host=record.host, pid=record.pid, reason=reason)
         watcher = self.watchers.get(record.name)
         if watcher is not None and watcher.ref.endpoint == record.endpoint:
             self.drop_watcher(record.name, f"its actor left ({reason})")

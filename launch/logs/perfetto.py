@@ -12,7 +12,8 @@ _MARK_US = 1.0  # send and receive are drawn as 1 us slices, so flow arrows have
 def perfetto_trace(events: list[Event], names: Names | None = None) -> dict[str, Any]:
     """A Chrome trace-event document (ui.perfetto.dev, chrome://tracing) of `events`.
 
-    One process per role, one thread per actor. ``handled``/``failed`` are slices
+    One process per role, one thread per actor (named ``actor@host`` when the logs say
+    where it runs). ``handled``/``failed`` are slices
     ``[ts - handle_s, ts]`` (the line is written when the handler returns); each
     send and receive is a short slice, and a joined pair (same ``message_id``) is a
     flow arrow (``s`` -> ``f``); lifecycle lines are instants. Times are
@@ -30,7 +31,7 @@ def perfetto_trace(events: list[Event], names: Names | None = None) -> dict[str,
     trace: list[dict[str, Any]] = [
         {"ph": "M", "name": "process_name", "pid": pids[role], "args": {"name": role}} for role in roles
     ] + [
-        {"ph": "M", "name": "thread_name", "pid": pids[role], "tid": tids[actor], "args": {"name": actor}}
+        {"ph": "M", "name": "thread_name", "pid": pids[role], "tid": tids[actor], "args": {"name": names.located(actor)}}
         for role, actor in actors
     ]
     received = {e.get("message_id") for e in events if e["event"] == "receive"}

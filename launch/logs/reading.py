@@ -22,6 +22,8 @@ Event = dict[str, Any]
 """One log line: a message event (keys in `runtime.msglog.MESSAGE_EVENT_KEYS`) or a lifecycle line."""
 
 MESSAGE_EVENTS = ("send", "receive", "handled", "failed")
+REGISTRY_EVENTS = ("registry.joined", "registry.left")
+"""The registry's lines about an actor that registered or left: its ``name``, ``host``, ``pid`` (and ``endpoint``)."""
 RECORD_KEYS = frozenset({"ts", "run", "actor", "role", "event"})
 """What every line carries; the other keys are the event's own."""
 
@@ -112,14 +114,19 @@ def merge(events: list[Event]) -> list[Event]:
 # -------------------------------------------------------------------- names
 @dataclass
 class Names:
-    """Who is who, learnt from the events: actor -> role, endpoint -> actor.
+    """Who is who, learnt from the events: actor -> role, endpoint -> actor, actor -> host.
 
     A ``peer`` is an actor name, or an endpoint when the sender addressed the
-    actor by endpoint; ``actor.started`` lines map endpoints back to names.
+    actor by endpoint; ``actor.started`` and ``registry.joined`` lines map endpoints
+    back to names. Hosts come from the registry's ``registry.joined`` lines (the host
+    an actor registered from: on a cluster, its node) and from any line that states
+    its writer's own ``host`` (the registry's ``registry.serving``); an actor that
+    registered again (a restart) has the host it registered from last.
     """
 
     roles: dict[str, str] = field(default_factory=dict)
     endpoints: dict[str, str] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_events(cls, events: list[Event]) -> Names:
@@ -129,12 +136,18 @@ class Names:
 
     def learn(self, events: list[Event]) -> None:
         for event in events:
-            actor, role = event.get("actor"), event.get("role")
-            if isinstance(actor, str) and isinstance(role, str):
-                self.roles[actor] = role
-            endpoint = event.get("endpoint")
-            if isinstance(actor, str) and isinstance(endpoint, str):
-                self.endpoints[endpoint] = actor
+            writer, role = event.get("actor"), event.get("role")
+            if isinstance(writer, str) and isinstance(role, str):
+                self.roles[writer] = role
+            # the registry's lines are about the actor that joined or left (`name`); others about their writer
+            subject = event.get("name") if event.get("event") in REGISTRY_EVENTS else writer
+            if not isinstance(subject, str):
+                continue
+            endpoint, host = event.get("endpoint"), event.get("host")
+            if isinstance(endpoint, str):
+                self.endpoints[endpoint] = subject
+            if isinstance(host, str) and host:
+                self.hosts[subject] = host
 
     def actor(self, peer: str) -> str:
         """The actor name of a peer (unchanged when unknown)."""
@@ -144,3 +157,12 @@ class Names:
         """The role of a peer; its name when no log says (e.g. a client without a run directory)."""
         actor = self.actor(peer)
         return self.roles.get(actor, actor)
+
+    def host(self, peer: str) -> str | None:
+        """The host (node) a peer runs on; None when no log says (a client, a run from before hosts were logged)."""
+        return self.hosts.get(self.actor(peer))
+
+    def located(self, peer: str) -> str:
+        """``actor@host``, or the actor's name alone when its host is unknown."""
+        actor, host = self.actor(peer), self.host(peer)
+        return f"{actor}@{host}" if host else actor

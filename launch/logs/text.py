@@ -8,6 +8,7 @@ import orjson
 
 from launch.logs.reading import MESSAGE_EVENTS, RECORD_KEYS, Event, Names
 
+
 def human_bytes(count: int) -> str:
     """``207 B``, ``1.5 KiB``, ``12.0 MiB``: binary units, one decimal above bytes."""
     if count < 1024:
@@ -34,7 +35,9 @@ def short_trace(trace_id: str | None) -> str:
 def event_cells(event: Event, names: Names) -> tuple[str, ...]:
     """One event as text cells: time, actor, event, kind, peer, bytes, timing, trace, detail.
 
-    The peer cell shows direction: ``-> B`` for a send to B, ``<- A`` for a receive from A.
+    The actor cell says where the actor runs when the logs say it: ``trainer-0@node1``
+    (its host, from `Names`). The peer cell shows direction: ``-> B`` for a send to B,
+    ``<- A`` for a receive from A.
     The detail is a message event's error, or a lifecycle line's own fields as ``key=value``.
     """
     name = event["event"]
@@ -51,5 +54,6 @@ def event_cells(event: Event, names: Names) -> tuple[str, ...]:
             f"{key}={value if isinstance(value, str) else orjson.dumps(value).decode()}"
             for key, value in event.items() if key not in RECORD_KEYS
         )
-    return (clock(event["ts"]), str(event.get("actor", "?")), name, str(event.get("kind") or ""),
+    actor = event.get("actor")
+    return (clock(event["ts"]), names.located(actor) if isinstance(actor, str) else "?", name, str(event.get("kind") or ""),
             arrow + peer, size, timing, short_trace(event.get("trace_id")), detail)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -61,17 +61,35 @@ def timeout(seconds: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+DEFAULT_ROUTE_PROBE = "192.0.2.1"
+"""An address no packet goes to (TEST-NET-1): the interface that would reach it is the
+interface of the default route."""
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::"})
+
+
+def bound_host(endpoint: str | None) -> str:
+    """The address peers reach an actor bound to `endpoint` at: the endpoint's own host
+    (on a cluster, the node's address the actor registered), or for a wildcard bind
+    (``tcp://0.0.0.0:*``) the address of the default route's interface.
+
+    Rendezvous stores listen there, so they are exactly as reachable as the actor.
+
+    Raises:
+        ValueError: the endpoint is not a tcp:// endpoint (an ``ipc://`` socket has no
+            address another process can connect a store to).
+    """
+    parts = urlsplit(endpoint or "")
+    host = (parts.hostname or "") if parts.scheme == "tcp" else ""
+    if not host:
+        raise ValueError(f"a rendezvous store needs an actor bound to a tcp:// address, not {endpoint!r}")
+    if host in WILDCARD_HOSTS:
+        return local_address_towards(DEFAULT_ROUTE_PROBE)
+    return host
 
 
 def local_address_towards(host: str) -> str:
-    """The address of this machine's interface that reaches `host` (no packet is sent)."""
-    if is_loopback(host):
-        return "127.0.0.1"
+    """The address of this machine's interface that reaches `host` (no packet is sent):
+    a loopback address for a loopback `host`, the node's own address for another node's."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((host, 9))
         return probe.getsockname()[0]

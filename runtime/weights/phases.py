@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import torch
 
@@ -249,23 +248,18 @@ class Phases:
         return spec, True
 
     async def _ensure_store(self) -> dist.TCPStore:
+        """The rendezvous store of the broadcast groups, opened on first use on the address
+        trainer rank 0 is bound to (the one the registry hands out for its endpoint, so
+        every generator that reaches the trainer reaches the store), unless `store_host` says."""
         if self._store is None:
-            self._store_host = self.config.store_host or _host_of(self.actor.endpoint)
+            self._store_host = self.config.store_host or groups.bound_host(self.actor.endpoint)
             self._store = await groups.in_thread(groups.start_store, self._store_host, self.config.ready_timeout_s)
+            self.actor.log.lifecycle("weights.store_opened", address=f"tcp://{self._store_host}:{self._store.port}")
         return self._store
 
 
 def _key(members: dict[str, ActorRef]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((name, ref.endpoint) for name, ref in members.items()))
-
-
-def _host_of(endpoint: str | None) -> str:
-    host = urlparse(endpoint or "").hostname or ""
-    if not host or endpoint is None or endpoint.startswith("ipc://"):
-        return "127.0.0.1"
-    if host in ("0.0.0.0", "*"):
-        return groups.local_address_towards("192.0.2.1")  # the interface of the default route
-    return host
 
 
 def _short(error: BaseException | str) -> str:

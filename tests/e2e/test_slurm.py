@@ -10,9 +10,12 @@ which both nodes share. Two launches are shared by the tests:
   new job (`troupe attach --slurm`) and gets work, and `troupe stop` ends every step
   and every job;
 * arithmetic GRPO with two FSDP trainer ranks, one on each node (they rendezvous
-  through the shared run directory and gloo on the nodes' addresses), and the generator
-  on the node trainer-0 is not on, so every weight version crosses nodes. It is
-  submitted first and trains while the pipeline's tests run.
+  through the registry, at the store trainer-0 opens on node1's address, and gloo on
+  the nodes' addresses), and the generator on the node trainer-0 is not on, so every
+  weight version crosses nodes. It is submitted first and trains while the pipeline's
+  tests run.
+
+`troupe ps` and `troupe logs` name each actor's node, on both runs.
 
 A third job is refused: its run directory is on a disk each node has of its own.
 
@@ -36,6 +39,7 @@ import pytest
 import yaml
 
 from examples.arith.build import build
+from launch.logs import read_logs
 from roles.metrics import read_metrics
 from runtime.security import is_loopback_endpoint
 from tests.e2e.cli import TROUPE, run_processes, stored_indices, wait_for, write_topology
@@ -72,6 +76,11 @@ def troupe_on(cluster: SlurmCluster, *args: str, timeout: float = 120) -> subpro
 def actors(cluster: SlurmCluster, run_dir: Path) -> dict[str, dict[str, Any]]:
     listed = troupe_on(cluster, "ps", str(run_dir), "--json")
     return {row["name"]: row for row in json.loads(listed.stdout)} if listed.returncode == 0 else {}
+
+
+def table_rows(table: str) -> list[list[str]]:
+    """The cells of a rich table's rows (`troupe ps`)."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
 
 
 def job_of(submitted: subprocess.CompletedProcess[str]) -> str:
@@ -154,6 +163,10 @@ def test_instances_run_on_the_nodes_their_placement_names_bound_beyond_loopback(
         assert row["endpoint"].startswith(f"tcp://{cluster.address(row['host'])}:")
     info = json.loads((pipeline / "registry.json").read_text())
     assert info["curve_keys_dir"] and info["registry"].startswith(f"tcp://{cluster.address('node1')}:")
+    table = troupe_on(cluster, "ps", str(pipeline)).stdout  # the host column is each actor's node
+    assert {(row[0], row[4]) for row in table_rows(table)} >= {("producer-0", "node1"), ("sink-0", "node2")}, table
+    listing = troupe_on(cluster, "logs", str(pipeline), "--kind", "actor.started").stdout
+    assert "producer-0@node1 " in listing and "sink-0@node2 " in listing, listing
 
 
 def test_a_role_killed_on_its_node_is_restarted_by_policy_as_a_new_step(cluster: SlurmCluster, pipeline: Path) -> None:
@@ -242,7 +255,17 @@ def test_grpo_trains_with_trainer_ranks_on_both_nodes_and_weights_crossing_to_th
     assert "--- trainer-0 runs on node1 " in (run_dir / "logs" / "trainer-0.stderr").read_text()
     assert "--- trainer-1 runs on node2 " in (run_dir / "logs" / "trainer-1.stderr").read_text()
     assert "--- generator-0 runs on node2 " in (run_dir / "logs" / "generator-0.stderr").read_text()
+    listing = troupe_on(cluster, "logs", str(run_dir), "--kind", "actor.started").stdout
+    for located in ("trainer-0@node1 ", "trainer-1@node2 ", "generator-0@node2 "):
+        assert located in listing, listing
     # node2's namespace has its own loopback: a rendezvous at 127.0.0.1 could not have reached trainer-0
     loaded = (run_dir / "logs" / "generator-0.jsonl").read_text().count('"event":"weights.loaded"')
     assert loaded == 1, "the weights crossed from node1 to node2"
+    events, _ = read_logs(run_dir / "logs")
+    node1 = f"tcp://{cluster.address('node1')}:"
+    published = [e["capabilities"]["trainer_store"] for e in events
+                 if e["event"] == "registry.joined" and e["name"] == "trainer-0" and e["capabilities"]]
+    assert published and all(address.startswith(node1) for address in published), published  # the ranks' store
+    opened = [e["address"] for e in events if e["event"] == "weights.store_opened"]
+    assert opened and all(address.startswith(node1) for address in opened), opened  # the weight channel's store
     assert_nothing_left(cluster, run_dir, job)
