@@ -45,7 +45,7 @@ def cross_role_problems(roles: dict[str, Any], configs: dict[str, Any]) -> list[
     """
     configs = {name: config for name, config in configs.items() if config is not None}
     return (_role_name_problems(roles, configs) + _needed_role_problems(roles, configs)
-            + _channel_problems(configs) + _reward_problems(configs))
+            + _channel_problems(configs) + _lora_problems(configs) + _reward_problems(configs))
 
 
 # ------------------------------------------------------------------ roles named in configs
@@ -165,6 +165,35 @@ def _channel_problems(configs: dict[str, Any]) -> list[Problem]:
                     f"roles.{publisher} publishes the weights to this role over one channel: make them the same"
                 )))
     return problems
+
+
+def _lora_problems(configs: dict[str, Any]) -> list[Problem]:
+    """A LoRA trainer's generators without the same adapter settings (the channel sends
+    them the adapter alone, which they apply to their base weights), and a controller
+    that takes reference log-probs from a trainer with no adapter to disable."""
+    problems = []
+    for publisher, config in configs.items():
+        channel = getattr(config, "channel", None)
+        receiver = getattr(channel, "generator_role", None)
+        if "lora" not in type(config).model_fields or receiver in (None, publisher) or receiver not in configs:
+            continue
+        theirs = getattr(configs[receiver], "lora", None)
+        if getattr(configs[receiver], "join_channel", True) is not False and theirs != config.lora:
+            problems.append(Problem(path=f"roles.{receiver}.config.lora", message=(
+                f"{_lora_text(theirs)}, but roles.{publisher}.config.lora is {_lora_text(config.lora)}; the channel sends "
+                f"{'the adapter alone' if config.lora else 'every weight'}: give both roles the same lora settings"
+            )))
+    for name, config in configs.items():
+        if getattr(config, "reference_from", None) == "trainer" and getattr(configs.get("trainer"), "lora", None) is None:
+            problems.append(Problem(path=f"roles.{name}.config.reference_from", message=(
+                "'trainer', but roles.trainer.config has no lora: the reference from the trainer is its base model "
+                "with the adapter disabled; set roles.trainer.config.lora, or reference_from: reference with a reference role"
+            )))
+    return problems
+
+
+def _lora_text(settings: BaseModel | None) -> str:
+    return "not set" if settings is None else repr(settings.model_dump())
 
 
 # ------------------------------------------------------------------ rewards per data source

@@ -127,6 +127,8 @@ class ComputeLogProbs:  # controller -> reference / trainer ranks
     batch: Annotated[Batch, SEQUENCES_BATCH]
     temperature: float
     """The sampling temperature: log-probs are of softmax(logits / temperature)."""
+    base: bool = False
+    """A LoRA trainer's base model (its adapter disabled): the reference policy."""
 
 
 @message("rl.logprobs.result")

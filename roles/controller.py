@@ -260,12 +260,14 @@ class Controller(Actor):
         if config.episodes is not None:  # scored by their environments
             scores = scores_of_episodes(batch)
         calls: dict[str, Awaitable[Any]] = {} if scores is not None else {"reward": score_on(self, batch, config.call_timeout_s)}
-        if self.use_reference:
-            calls["reference"] = self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
+        if self.use_reference:  # the reference role's, or a LoRA trainer's base model's (ranks: same gathers either order)
+            calls["reference"] = (self.ask_role("reference", ComputeLogProbs(batch, temperature), config.call_timeout_s)
+                                  if config.reference_from == "reference"
+                                  else self.ask_trainers(ComputeLogProbs(batch, temperature, base=True), first=True))
         if self.use_critic:
             calls["values"] = self.ask_role("critic", ComputeValues(batch), config.call_timeout_s)
         if plan.old_logprobs == "recomputed":
-            calls["old_logprobs"] = self.ask_trainers(ComputeLogProbs(batch, temperature))
+            calls["old_logprobs"] = self.ask_trainers(ComputeLogProbs(batch, temperature), first=True)
         result = dict(zip(calls, await asyncio.gather(*(timed_call(timings, name, call) for name, call in calls.items()))))
         scores = result["reward"] if scores is None else scores
         columns: dict[str, Any] = {Column.SCORE: torch.tensor(scores.scores, dtype=torch.float32),
@@ -275,7 +277,7 @@ class Controller(Actor):
         if "values" in result:
             columns[Column.VALUES] = result["values"].values
         if "old_logprobs" in result:
-            columns[Column.OLD_LOGPROBS] = result["old_logprobs"][0].logprobs
+            columns[Column.OLD_LOGPROBS] = result["old_logprobs"].logprobs
         generated = float(batch.tensors[Column.RESPONSE_MASK].sum())  # before overlong.mask_truncated zeroes rows
         async with timed(timings, "advantages"):
             batch, numbers = prepare_training_batch(batch.with_columns(**columns), plan, config.advantage, config.kl,
@@ -320,12 +322,13 @@ class Controller(Actor):
                                             "advantages": batch.tensors[Column.ADVANTAGES][valid]})
         return await self.subscribers.publish(self.metrics.write(self.step, numbers))
 
-    async def ask_trainers(self, request: Any) -> list[Any]:
+    async def ask_trainers(self, request: Any, first: bool = False) -> Any:
         """The same message to every trainer rank, in the same order (their collectives
-        pair up); rank 0's answer first."""
-        return list(await asyncio.gather(*(
+        pair up): the list of their answers, rank 0's first (with `first`, rank 0's alone)."""
+        answers = list(await asyncio.gather(*(
             self.ask(f"trainer-{rank}", request, timeout=self.config.call_timeout_s) for rank in range(self.config.trainer_ranks)
         )))
+        return answers[0] if first else answers
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_due(self) -> bool:

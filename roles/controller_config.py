@@ -117,7 +117,11 @@ class ControllerConfig(BaseModel):
     use_critic: bool | None = None
     """Ask a critic for values (default: when the estimator is gae)."""
     use_reference: bool = True
-    """Ask the reference role for log-probs (the KL is logged even at coefficient 0)."""
+    """Ask for reference log-probs (the KL is logged even at coefficient 0)."""
+    reference_from: Literal["reference", "trainer"] = "reference"
+    """Where reference log-probs come from: the ``reference`` role, or the ``trainer``
+    when it trains a LoRA adapter: its base model with the adapter disabled, so the
+    topology needs no reference process (roles.lora)."""
     checkpoint_every: int = Field(0, ge=0)
     """Save a checkpoint every N steps (0: only after the last step)."""
     resume: bool = True
@@ -190,7 +194,7 @@ def needed_roles(config: ControllerConfig) -> dict[str, int]:
     needed = {"generator": 1, "trainer": config.trainer_ranks}
     if config.episodes is None or (config.eval.data is not None and config.eval.episodes is None) or config.eval.evaluator:
         needed["reward"] = 1  # (episodes are scored by their environments)
-    if config.use_reference or config.kl.usage != "none":
+    if (config.use_reference or config.kl.usage != "none") and config.reference_from == "reference":
         needed["reference"] = 1
     if config.use_critic or (config.use_critic is None and config.advantage.type == "gae"):
         needed["critic"] = 1

@@ -28,6 +28,8 @@ from roles.episode_batch import episode_batch
 from roles.episode_sampling import backend_sampler
 from roles.episodes import EpisodeRunner, RemoteEnvironments
 from roles.generation import HFBackend
+from roles.lora import LoraSettings
+from roles.lora_loading import AdapterLoader, MergingLoader
 from roles.model_settings import AutocastDtype, ModelSettings
 from roles.models import autocast_for, limit_cpu_threads, load_causal_lm
 from roles.rollout import sampling_params
@@ -61,6 +63,14 @@ class GeneratorConfig(ModelSettings):
     """Join the weight channel at start (False: serve the initial weights only)."""
     vllm: dict[str, Any] = Field(default_factory=dict)
     """Extra `vllm.LLM` arguments (gpu_memory_utilization, tensor_parallel_size, ...)."""
+    lora: LoraSettings | None = None
+    """The trainer's LoRA settings, when it trains an adapter (``troupe validate`` checks
+    they are the same): the channel then brings the adapter alone, applied to the base
+    weights this generator loaded from ``model`` (roles.lora_loading)."""
+    lora_mode: Literal["merge", "unmerged"] = "merge"
+    """How the transformers backend applies an adapter: ``merge`` it into the weights it
+    adapts (from a kept copy of their base values: generation at full speed), or run it
+    ``unmerged`` beside them (no copy; each forward computes the adapter too)."""
 
 
 class Generator(ReceivesWeights):
@@ -137,10 +147,22 @@ def _build_backend(config: GeneratorConfig) -> tuple[GenerationBackend, Any, dic
     if config.backend == "vllm":
         from roles.vllm_backend import VllmBackend
 
-        backend = VllmBackend(config.model, dtype=config.dtype, **config.vllm)
+        backend = VllmBackend(config.model, dtype=config.dtype, lora=config.lora, **config.vllm)
+        if config.lora is not None:  # the adapter, through vLLM's LoRA API (roles.vllm_lora)
+            from roles.vllm_lora import VllmAdapterLoader
+
+            adapter_loader = VllmAdapterLoader(backend)
+            return backend, adapter_loader, adapter_loader.expected
         return backend, backend.load_weights, None  # vLLM's own loader fuses and slices full tensors
     model, tokenizer = load_causal_lm(config.model, config.dtype, config.device)
-    loader = ModelLoader(model)
+    loader: ModelLoader | MergingLoader | AdapterLoader
+    if config.lora is None:
+        loader = ModelLoader(model)
+    elif config.lora_mode == "merge":
+        loader = MergingLoader(model, config.lora)
+    else:
+        loader = AdapterLoader(model, config.lora)
+        model = loader.model  # the peft model, which computes the adapter
     return HFBackend(model, tokenizer, config.device, config.micro_batch), loader, loader.expected
 
 

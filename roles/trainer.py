@@ -22,16 +22,20 @@ function), a chunk of tokens at a time, optionally under bfloat16 autocast
 (`autocast`). Checkpoints use torch.distributed.checkpoint, read back through
 an allow-listed index reader (runtime.checkpoint_reader), and only in a step folder of
 the run's checkpoints/ (roles.checkpoints.confine_checkpoint_path).
+
+With ``lora`` the policy is a peft LoRA adapter on a frozen base (roles.lora): the
+same loop trains the adapter alone, checkpoints and the weight channel carry it alone,
+and `compute_logprobs` with ``base`` gives the base model's log-probs (the adapter
+disabled), which makes a separate reference process unnecessary.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
-
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, Field
@@ -66,16 +70,16 @@ from roles.algorithms.policy_loss_registry import PolicyLossChoice
 from roles.algorithms.rollout_correction import needs_old_logprobs_before_update, sequence_share
 from roles.checkpoints import confine_checkpoint_path
 from roles.logprobs import batch_logprobs, by_length, rollout_logprobs
+from roles.lora import LoraSettings, base_model, channel_name, wrap_model
 from roles.model_settings import AutocastDtype, ModelSettings
 from roles.models import autocast_for, limit_cpu_threads, load_causal_lm
+from roles.rendezvous import trainer_rendezvous
 from roles.rollout import without_rows_weight
 from roles.update import MicroBatch, MicroBatchLoss, OptimConfig, Optimization, UpdateConfig, run_update
 from runtime.actor import handler
 from runtime.errors import ActorError
 from runtime.files import write_atomically
-from runtime.run_info import read_run_info
 from runtime.weights.config import WeightChannelConfig
-from runtime.weights.group import start_store
 from runtime.weights.publisher import PublishesWeights, WeightPublisher
 
 
@@ -87,7 +91,9 @@ class TrainerConfig(ModelSettings):
     """Trainer processes in the FSDP group. Derived: the launcher sets it to the trainer
     role's `count` for every instance, and a topology does not write it."""
     init_method: str | None = None
-    """Rendezvous of the trainers' group; default: a file store in the run directory."""
+    """Rendezvous of the trainers' group: ``tcp://HOST:PORT`` (rank 0 serves a store
+    there) or any torch init method; default: rank 0's store on its own address, found
+    through the registry (roles.rendezvous)."""
     autocast: AutocastDtype | None = None
     """Run forward and backward under torch.autocast in this dtype (the weights,
     gradients and optimizer stay in `dtype`; log-softmax arithmetic stays float32).
@@ -104,6 +110,12 @@ class TrainerConfig(ModelSettings):
     """Weight of the entropy bonus (0: entropy is logged only)."""
     channel: WeightChannelConfig = Field(default_factory=WeightChannelConfig)
     """The weight channel to the generators."""
+    lora: LoraSettings | None = None
+    """Train a LoRA adapter (roles.lora) instead of every weight: the base stays frozen,
+    AdamW keeps state for the adapter only, checkpoints hold the adapter, and the weight
+    channel sends the adapter alone (generators need the same ``lora``). The trainer
+    can then also serve the reference log-probs: the base model's, with the adapter
+    disabled (the controller's ``reference_from: trainer``). None: full fine-tuning."""
     seed: int = 0
     """Seed of torch's generator, set before the model loads."""
 
@@ -128,7 +140,8 @@ class Trainer(PublishesWeights):
         self.rank = self.instance
         if self.rank >= config.ranks:
             raise ActorError(f"{name} is rank {self.rank} but the trainer config says ranks: {config.ranks}; set it to the role's count")
-        self.weights = WeightPublisher(self, self.rank, config.channel)
+        # with an adapter, the channel carries the adapter's tensors alone (roles.lora's names)
+        self.weights = WeightPublisher(self, self.rank, config.channel, name_map=channel_name if config.lora else None)
         self.optimizer_steps = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -144,39 +157,18 @@ class Trainer(PublishesWeights):
         )
         self.model, self.tokenizer = load_causal_lm(config.model, config.dtype, config.device)
         limit_cpu_threads(config.device, config.cpu_threads, self.model)
+        if config.lora is not None:
+            self.model = wrap_model(self.model, config.lora)
         self.model.train()
         if config.ranks > 1:
-            shard_model(self.model, config.device, config.ranks)
+            shard_model(base_model(self.model), config.device, config.ranks)
         self.optimization = Optimization.build(self.model, config.optim)
 
     def _rendezvous(self) -> dict[str, Any]:
-        """How the trainer ranks find each other: ``store=`` or ``init_method=``.
-
-        One rank needs no rendezvous (an in-process store: no port opened). A ``tcp://``
-        init method gets a store that rank 0 serves on that address only (torch's own
-        listens on every interface). Otherwise a file store in the run directory.
-        """
-        init_method = self.config.init_method
-        if init_method is None and self.config.ranks == 1:
-            return {"store": dist.HashStore()}
-        if init_method is not None and init_method.startswith("tcp://"):
-            parts = urlsplit(init_method)
-            if parts.hostname is None or parts.port is None:
-                raise ActorError(f"trainer config init_method {init_method!r} needs tcp://HOST:PORT")
-            if self.rank == 0:
-                return {"store": start_store(parts.hostname, 600, parts.port)}
-            return {"store": dist.TCPStore(parts.hostname, parts.port, is_master=False, timeout=datetime.timedelta(seconds=600))}
-        return {"init_method": self._init_method()}
-
-    def _init_method(self) -> str:
-        if self.config.init_method:
-            return self.config.init_method
-        if self.run_dir is None:
-            raise ActorError("trainer ranks > 1 need init_method (or a run directory for a file store)")
-        launch = read_run_info(self.run_dir).started_at  # a new launch (a resume) gets a new store
-        path = self.run_dir / ".rendezvous" / f"trainers-{launch:.0f}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"file://{path}"
+        """How the trainer ranks find each other: ``store=`` or ``init_method=``
+        (roles.rendezvous: rank 0's store on its bound address, found through the
+        registry, unless the config's ``init_method`` says otherwise)."""
+        return trainer_rendezvous(self, self.rank, self.config.ranks, self.config.init_method)
 
     async def on_stop(self) -> None:
         await super().on_stop()
@@ -191,7 +183,10 @@ class Trainer(PublishesWeights):
     async def compute_logprobs(self, request: ComputeLogProbs) -> LogProbs:
         """The current policy's log-probs of the rollouts ("old" log-probs for PPO); every
         rank computes them (the FSDP gathers need all), rank 0 answers with them."""
-        logprobs = await self.compute.run(self._logprobs, request.batch, request.temperature)
+        if request.base and self.config.lora is None:
+            raise ActorError(f"{self.name} has no adapter to disable: base-model log-probs (the controller's "
+                             "reference_from: trainer) need the trainer's lora settings")
+        logprobs = await self.compute.run(self._logprobs, request.batch, request.temperature, request.base)
         return LogProbs(logprobs if self.rank == 0 else torch.zeros(0))
 
     @handler
@@ -217,11 +212,13 @@ class Trainer(PublishesWeights):
         return CheckpointDone(request.path, self.weights.version)
 
     # ------------------------------------------------------------------ compute
-    def _logprobs(self, batch: Batch, temperature: float) -> torch.Tensor:
-        """[N, R] float32 on the CPU: the current policy's log-probs of `batch`."""
+    def _logprobs(self, batch: Batch, temperature: float, base: bool = False) -> torch.Tensor:
+        """[N, R] float32 on the CPU: the current policy's log-probs of `batch` (with
+        `base`, the base model's: the adapter disabled)."""
         config = self.config
-        return rollout_logprobs(self.model, batch, temperature, config.update.micro_batch_size, config.device,
-                                config.autocast, config.update.max_tokens_per_micro_batch)
+        with self.model.disable_adapter() if base else nullcontext():  # type: ignore[operator]
+            return rollout_logprobs(self.model, batch, temperature, config.update.micro_batch_size, config.device,
+                                    config.autocast, config.update.max_tokens_per_micro_batch)
 
     def _train(self, request: Train) -> dict[str, float]:
         config, update = self.config, self.config.update
@@ -300,11 +297,24 @@ class Trainer(PublishesWeights):
         })
         return MicroBatchLoss(loss, loss_weight, stats)
 
+    def _checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        """(model state, optimizer state, the options to set them back with). With an
+        adapter, the model state is the adapter alone (torch keeps a tied output head
+        among the "unfrozen" entries; it is frozen here) and the base is not loaded back."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        adapter = self.config.lora is not None
+        options = StateDictOptions(ignore_frozen_params=adapter, strict=not adapter)
+        model_state, optim_state = get_state_dict(self.model, self.optimization.optimizer, options=options)
+        if adapter:
+            trainable = {name for name, parameter in self.model.named_parameters() if parameter.requires_grad}
+            model_state = {name: tensor for name, tensor in model_state.items() if name in trainable}
+        return model_state, optim_state, options
+
     def _save(self, path: Path) -> None:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_state, optim_state = get_state_dict(self.model, self.optimization.optimizer)
+        model_state, optim_state, _ = self._checkpoint_state()
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path / "trainer"))
         if self.rank == 0:
             meta = {"version": self.weights.version, "optimizer_steps": self.optimizer_steps,
@@ -312,15 +322,15 @@ class Trainer(PublishesWeights):
             write_atomically(path / "trainer_meta.json", json.dumps(meta))
 
     def _load(self, path: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
         from runtime.checkpoint_reader import load_distributed_checkpoint
 
-        optimizer = self.optimization.optimizer
-        model_state, optim_state = get_state_dict(self.model, optimizer)
+        model_state, optim_state, options = self._checkpoint_state()
         state = {"model": model_state, "optim": optim_state}
         load_distributed_checkpoint(state, path / "trainer")
-        set_state_dict(self.model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(self.model, self.optimization.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"], options=options)
         meta = json.loads((path / "trainer_meta.json").read_text())
         self.weights.version = meta["version"]
         self.optimizer_steps = meta["optimizer_steps"]

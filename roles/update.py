@@ -115,8 +115,10 @@ class Optimization:
 
     @classmethod
     def build(cls, model: torch.nn.Module, optim: OptimConfig) -> Optimization:
-        """AdamW over every parameter of `model`, with `lr_factor`'s schedule."""
-        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
+        """AdamW over the parameters of `model` that train (all of them, but for a
+        frozen base under a LoRA adapter), with `lr_factor`'s schedule."""
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=optim.lr, betas=optim.betas,
                                       weight_decay=optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(optim, step))
         return cls(model, optimizer, scheduler, optim.grad_clip)

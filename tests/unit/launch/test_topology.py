@@ -368,3 +368,26 @@ def test_a_file_that_is_not_utf8_is_one_problem_not_a_traceback(tmp_path):
     assert [str(problem) for problem in caught.value.problems] == [
         f"{path}: line 1 is not UTF-8 text (byte 0xe9); save the file as UTF-8"
     ]
+
+
+def test_a_lora_example_validates_and_its_generator_must_carry_the_trainers_adapter_settings():
+    raw = example("arith-grpo-lora.yaml")
+    assert problems_of(raw) == []
+    raw["roles"]["generator"]["config"]["lora"] = {"r": 8}
+    assert [p for p in problems_of(raw) if p.startswith("roles.generator.config.lora")] == [
+        "roles.generator.config.lora: {'r': 8, 'alpha': 32.0, 'dropout': 0.0, 'target_modules': 'all-linear'}, but "
+        "roles.trainer.config.lora is {'r': 16, 'alpha': 32.0, 'dropout': 0.0, 'target_modules': 'all-linear'}; the "
+        "channel sends the adapter alone: give both roles the same lora settings"
+    ]
+    del raw["roles"]["generator"]["config"]["lora"]
+    assert any(p.startswith("roles.generator.config.lora: not set, but roles.trainer.config.lora") for p in problems_of(raw))
+
+
+def test_the_reference_from_the_trainer_needs_a_lora_trainer():
+    raw = example("arith-grpo-lora.yaml")
+    del raw["roles"]["trainer"]["config"]["lora"], raw["roles"]["generator"]["config"]["lora"]
+    assert problems_of(raw) == [
+        "roles.controller.config.reference_from: 'trainer', but roles.trainer.config has no lora: the reference from "
+        "the trainer is its base model with the adapter disabled; set roles.trainer.config.lora, or reference_from: "
+        "reference with a reference role"
+    ]
