@@ -1,8 +1,11 @@
-"""`troupe export RUN_DIR OUT_DIR [--step N]`: a run's policy as a Hugging Face directory.
+"""`troupe export RUN_DIR OUT_DIR [--step N] [--adapter]`: a run's policy as a Hugging
+Face directory.
 
 Gathers the trainer's (possibly sharded) checkpoint into safetensors, config, generation
 config and the tokenizer with its chat template (`launch.export.export_checkpoint`, the
-same as ``Run.export``). ``troupe serve OUT_DIR`` serves the result.
+same as ``Run.export``); a LoRA run's adapter is merged into the base weights, or with
+``--adapter`` written as a peft adapter directory on the base. ``troupe serve OUT_DIR``
+serves either.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=None, metavar="N",
                         help="export checkpoints/step_N (default: the newest complete checkpoint)")
     parser.add_argument("--overwrite", action="store_true", help="write into OUT_DIR even if it is not empty")
+    parser.add_argument("--adapter", action="store_true",
+                        help="a LoRA run: write its adapter as a peft adapter directory on the trainer's base model "
+                             "(default: merge it into the base weights and write the whole model)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,10 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     transformers_logging.disable_progress_bar()  # one small model: the bars are noise
     try:
-        out = export_checkpoint(args.run_dir, args.out_dir, args.step)
-    except ExportError as error:  # e.g. the topology has no trainer role
+        out = export_checkpoint(args.run_dir, args.out_dir, args.step, adapter=args.adapter)
+    except ExportError as error:  # e.g. the topology has no trainer role, or --adapter for a run without LoRA
         return _fail(str(error))
-    print(f"exported {args.run_dir} ({_checkpoint_name(out)}) to {out}")
+    what = "the adapter of " if args.adapter else ""
+    print(f"exported {what}{args.run_dir} ({_checkpoint_name(out)}) to {out}")
     print(f"  serve it: troupe serve {out}")
     return 0
 

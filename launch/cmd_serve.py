@@ -1,5 +1,8 @@
 """`troupe serve MODEL_DIR`: serve a model over HTTP (FastAPI, dynamic batching).
 
+MODEL_DIR is a Hugging Face model directory or a peft adapter directory, served on the
+base model its adapter_config.json names (or ``--base-model``).
+
 See docs/serving.md for the routes and launch/serving/ for how it is built.
 """
 
@@ -14,7 +17,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_DIR", type=Path,
-                        help="a Hugging Face model directory (troupe export writes one)")
+                        help="a Hugging Face model directory, or a peft adapter directory (troupe export [--adapter] "
+                             "writes either)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one")
     batching = parser.add_argument_group("batching")
@@ -38,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                        help="default: float32 on a CPU, bfloat16 on a GPU")
     model.add_argument("--threads", type=int, default=None, help="torch threads on a CPU (default: one per core)")
+    model.add_argument("--base-model", type=Path, default=None, metavar="DIR",
+                       help="an adapter's base model directory (default: the one its adapter_config.json names)")
     model.add_argument("--served-model-name", default=None,
                        help="the name the OpenAI endpoints report (default: the directory's name)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -45,9 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not (args.model / "config.json").is_file():
-        print(f"troupe serve: {args.model} is not a Hugging Face model directory (no config.json); "
-              f"troupe export RUN_DIR OUT_DIR writes one", file=sys.stderr)
+    from roles.lora import ADAPTER_CONFIG_FILE
+
+    if not (args.model / "config.json").is_file() and not (args.model / ADAPTER_CONFIG_FILE).is_file():
+        print(f"troupe serve: {args.model} is neither a Hugging Face model directory (config.json) nor a peft adapter "
+              f"directory ({ADAPTER_CONFIG_FILE}); troupe export RUN_DIR OUT_DIR writes one", file=sys.stderr)
         return 2
     if args.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         print("troupe serve: --engine vllm needs vLLM, an optional extra: pip install 'troupe-rl[vllm]' "
@@ -57,14 +65,19 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from launch.serving.server import open_listener, serve
-    from launch.serving.service import ServeConfig
+    from launch.serving.service import ServeConfig, adapter_base
 
     try:
+        adapter_base(args.model, args.base_model)  # an adapter whose base is missing fails here, not after startup
+    except ValueError as error:
+        print(f"troupe serve: {error}", file=sys.stderr)
+        return 2
+    try:
         config = ServeConfig(
-            model=args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-            max_queue=args.max_queue, request_timeout_s=args.request_timeout_s, engine=args.engine,
-            device=args.device, dtype=args.dtype, threads=args.threads, served_model_name=args.served_model_name,
-            tool_format=args.tool_format,
+            model=args.model, base_model=args.base_model, host=args.host, port=args.port, max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, request_timeout_s=args.request_timeout_s,
+            engine=args.engine, device=args.device, dtype=args.dtype, threads=args.threads,
+            served_model_name=args.served_model_name, tool_format=args.tool_format,
         )
     except ValidationError as error:
         for problem in error.errors():

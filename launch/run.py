@@ -268,12 +268,13 @@ class Run:
         """The launcher is dead: stop the role processes it left here (all, or `instance`)."""
         return stop_left_behind(self.run_dir, instance, timeout)
 
-    def export(self, out_dir: str | Path, step: int | None = None) -> Path:
+    def export(self, out_dir: str | Path, step: int | None = None, adapter: bool = False) -> Path:
         """The policy of the run's newest checkpoint (or `step`'s) as a Hugging Face
-        directory: safetensors, config, generation config, tokenizer."""
+        directory: safetensors, config, generation config, tokenizer (a LoRA run's with
+        the adapter merged); with `adapter`, a LoRA run's adapter as a peft directory."""
         from launch.export import export_checkpoint
 
-        return export_checkpoint(self.run_dir, Path(out_dir), step)
+        return export_checkpoint(self.run_dir, Path(out_dir), step, adapter=adapter)
 
     # ------------------------------------------------------------------ internals
     def _prepare(self) -> Any:

@@ -3,12 +3,14 @@ is built, so this module imports (and its helpers test) without it.
 
 `VllmBackend` answers the `roles.sampling.GenerationBackend` calls, with the rows and
 columns of `roles.sampling.GenerationOutput`, and loads new weights from the trainer
-into the running engine (roles.weight_loaders.VllmLoader).
+into the running engine (roles.weight_loaders.VllmLoader), or, built with ``lora``, new
+versions of a LoRA adapter through vLLM's LoRA API (roles.vllm_lora).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 
+from roles.lora import LoraSettings
 from roles.sampling import (
     DecodingStep,
     GenerationOutput,
@@ -25,6 +28,7 @@ from roles.sampling import (
     collate,
     token_list,
 )
+from roles.vllm_lora import AdapterVersions, lora_engine_arguments
 from roles.weight_loaders import VllmLoader
 
 
@@ -38,10 +42,16 @@ class VllmBackend:
 
     The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless set
     otherwise), so `load_weights` hands tensors to the model without serialising them.
+
+    With ``lora`` the engine runs one LoRA adapter of those settings beside the base
+    weights: `load_adapter` (a version from the trainer) or `use_adapter` (a peft
+    directory) sets the adapter every later request is sampled with; until then the
+    base model alone samples, which is what a fresh adapter computes (B = 0).
     """
 
     def __init__(self, path: str | Path, dtype: str = "bfloat16", enforce_eager: bool = False,
-                 gpu_memory_utilization: float = 0.9, **engine_kwargs: Any) -> None:
+                 gpu_memory_utilization: float = 0.9, lora: LoraSettings | None = None,
+                 **engine_kwargs: Any) -> None:
         try:
             import vllm
         except ImportError as error:
@@ -51,16 +61,24 @@ class VllmBackend:
                               "VllmBackend needs vLLM >= 0.10.2 (logprobs_mode)")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._vllm = vllm
+        self.path = Path(path)
+        self.lora = lora
+        if lora is not None:
+            engine_kwargs = {**lora_engine_arguments(lora), **engine_kwargs}
         self.llm = vllm.LLM(model=str(path), dtype=dtype, enforce_eager=enforce_eager,
                             gpu_memory_utilization=gpu_memory_utilization,
                             **{"logprobs_mode": "processed_logprobs", **engine_kwargs})
         tokenizer = self.llm.get_tokenizer()
         self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self.adapter: Any = None
+        """The ``vllm.lora.request.LoRARequest`` requests are sampled with (None: the base alone)."""
+        self._adapter_ids = itertools.count(1)  # vLLM caches adapters by id: each load gets a new one
+        self._adapter_versions = AdapterVersions(lora, self.path) if lora is not None else None
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> GenerationOutput:
         sampling = self._vllm.SamplingParams(**vllm_sampling_arguments(params))
         requests = [{"prompt_token_ids": token_list(prompt)} for prompt in prompts]
-        request_outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        request_outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self.adapter)
         return outputs_from_vllm(prompts, request_outputs, self.pad_token_id)
 
     def generate_requests(self, requests: Sequence[GenerationRequest],
@@ -75,7 +93,7 @@ class VllmBackend:
         sampling = [self._vllm.SamplingParams(**vllm_sampling_arguments(request.params))
                     for request in requests for _ in request.prompts]
         request_outputs = self.llm.generate([{"prompt_token_ids": prompt} for prompt in prompts], sampling,
-                                            use_tqdm=False)
+                                            use_tqdm=False, lora_request=self.adapter)
         outputs, start = [], 0
         for request in requests:
             end = start + len(request.prompts)
@@ -93,6 +111,36 @@ class VllmBackend:
             self.llm.apply_model(lambda model: VllmLoader(model)(weights))
         else:  # vLLM before apply_model: the V0 engine keeps the model on its driver worker, in this process
             VllmLoader(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)(weights)
+
+    def load_adapter(self, named: Iterable[tuple[str, torch.Tensor]], version: int | None = None) -> None:
+        """Samples every later request with this adapter: the whole adapter, by adapter
+        name (roles.lora), written as a peft directory and loaded through vLLM's LoRA API;
+        the previous version leaves the engine and the disk. `version` only labels it."""
+        if self._adapter_versions is None:
+            raise RuntimeError("this VllmBackend was built without lora: pass lora=LoraSettings(...) to load adapters")
+        directory = self._adapter_versions.write(named, version)
+        self.use_adapter(directory, name=f"troupe-{directory.name}")
+        self._adapter_versions.keep_only(directory)
+
+    def use_adapter(self, directory: str | Path, name: str | None = None) -> None:
+        """Samples every later request with the peft adapter in `directory` (a rank of at
+        most the engine's ``max_lora_rank``); the adapter used before leaves the engine.
+
+        vLLM tells adapters apart by name and caches them by id, so each call registers a
+        new id and, unless `name` is given, a new name."""
+        if self.lora is None:
+            raise RuntimeError("this VllmBackend was built without lora (vLLM's enable_lora): pass lora=LoraSettings(...)")
+        from vllm.lora.request import LoRARequest
+
+        identifier = next(self._adapter_ids)
+        request = LoRARequest(name or f"troupe-adapter-{identifier}", identifier, str(Path(directory).resolve()))
+        engine = self.llm.llm_engine
+        if self.adapter is not None:
+            engine.remove_lora(self.adapter.lora_int_id)
+            self.adapter = None
+        if engine.add_lora(request) is False:  # a fresh id is always added; False means vLLM kept an old one
+            raise RuntimeError(f"vLLM did not load the adapter in {directory} (id {identifier} was taken)")
+        self.adapter = request
 
     def clear_caches(self) -> None:
         self.llm.reset_prefix_cache()

@@ -7,6 +7,11 @@ both numbers, and a request that leaves the budget out gets what the context lea
 up to a default. Sampling settings that mean the same as another are sent as that one
 (`sampling_params`): a near-zero temperature as greedy decoding, a ``top_k`` beyond the
 vocabulary as none.
+
+The model is a Hugging Face directory, or a peft LoRA adapter directory (``troupe export
+--adapter`` writes one; `adapter_base` finds its base). The hf engine merges the adapter
+into the base weights once at load (`load_adapter_model`), so it generates as fast as
+the base; the vllm engine runs it through vLLM's LoRA API (roles.vllm_lora).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from launch.serving.schemas import ChatMessage, SamplingFields, ToolSchema
 from roles.agents.chat_tokens import takes_tools, with_tools
 from roles.agents.tool_calls import ToolCall, ToolCallFormat, tool_call_format
 from roles.generation import SamplingParams
+from roles.lora import ADAPTER_CONFIG_FILE, LoraSettings
 
 log = logging.getLogger("troupe.serve")
 
@@ -42,7 +48,11 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     model: Path
-    """A Hugging Face model directory (``troupe export`` writes one)."""
+    """A Hugging Face model directory, or a peft adapter directory (``adapter_config.json``)
+    served on its base model (``troupe export [--adapter]`` writes either)."""
+    base_model: Path | None = None
+    """An adapter's base model directory; default: the one its ``adapter_config.json``
+    names (``base_model_name_or_path``)."""
     host: str = "127.0.0.1"
     """Address to listen on; 0.0.0.0 for every interface."""
     port: int = Field(8000, ge=0, le=65535)
@@ -105,7 +115,8 @@ class LoadedModel:
 
 
 def load_model(config: ServeConfig) -> LoadedModel:
-    """Loads the model and tokenizer of ``config.model`` for the configured engine."""
+    """Loads the model and tokenizer of ``config.model`` for the configured engine (an
+    adapter directory: its base with the adapter)."""
     import torch
 
     from roles.generation import HFBackend, VllmBackend, limit_cpu_threads, load_causal_lm
@@ -113,21 +124,76 @@ def load_model(config: ServeConfig) -> LoadedModel:
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = config.dtype or ("float32" if device == "cpu" else "bfloat16")
     name = config.served_model_name or config.model.resolve().name
+    base = adapter_base(config.model, config.base_model)
     if config.engine == "vllm":
         if not device.startswith("cuda"):
             raise ValueError("the vllm engine runs on a GPU: drop --engine vllm to serve on the CPU")
-        backend = VllmBackend(config.model, dtype=dtype)
+        if base is None:
+            backend = VllmBackend(config.model, dtype=dtype)
+        else:
+            backend = VllmBackend(base, dtype=dtype, lora=_adapter_settings(config.model))
+            backend.use_adapter(config.model)
         tokenizer = backend.llm.get_tokenizer()
         context_length = int(backend.llm.llm_engine.model_config.max_model_len)
-        configured = _generation_config_max_new_tokens(config.model)
+        configured = _generation_config_max_new_tokens(base or config.model)
     else:
         limit_cpu_threads(device, config.threads)
-        model, tokenizer = load_causal_lm(config.model, dtype, device)
+        if base is None:
+            model, tokenizer = load_causal_lm(config.model, dtype, device)
+        else:
+            model, tokenizer = load_adapter_model(config.model, base, dtype, device)
         context_length = _context_length(model.config)
         backend = HFBackend(model, tokenizer, device, micro_batch=config.max_batch)
         configured = getattr(model.generation_config, "max_new_tokens", None)
     return LoadedModel(backend, tokenizer, context_length, int(configured or FALLBACK_MAX_NEW_TOKENS), name, device,
                        len(tokenizer))
+
+
+def adapter_base(directory: Path, base_model: Path | None = None) -> Path | None:
+    """The base model directory of a peft adapter directory: `base_model` when given,
+    else the one its ``adapter_config.json`` names (``base_model_name_or_path``; a
+    relative path is taken from the working directory, as peft takes it). None when
+    `directory` is not an adapter directory (it has no ``adapter_config.json``).
+
+    Raises:
+        ValueError: the base is not a local Hugging Face model directory (the message
+            names it and how to give another), or `base_model` is given for a directory
+            that is not an adapter.
+    """
+    config_path = directory / ADAPTER_CONFIG_FILE
+    if not config_path.is_file():
+        if base_model is not None:
+            raise ValueError(f"--base-model is for a peft adapter directory; {directory} has no {ADAPTER_CONFIG_FILE}: "
+                             "drop --base-model to serve it as a model")
+        return None
+    given = base_model or json.loads(config_path.read_text()).get("base_model_name_or_path")
+    source = "--base-model" if base_model is not None else f"base_model_name_or_path in {config_path}"
+    if not given:
+        raise ValueError(f"{config_path} names no base model (base_model_name_or_path is empty): give the base model "
+                         "directory with --base-model DIR")
+    base = Path(given).expanduser().resolve()
+    if not (base / "config.json").is_file():
+        problem = "does not exist" if not base.exists() else "is not a Hugging Face model directory (no config.json)"
+        raise ValueError(f"the adapter's base model {base} ({source}) {problem}: give the local directory of the model "
+                         "the adapter was trained on with --base-model DIR")
+    return base
+
+
+def load_adapter_model(adapter: Path, base: Path, dtype: str, device: str) -> tuple[Any, PreTrainedTokenizerBase]:
+    """The base model with the peft adapter in `adapter` merged into its weights (a
+    plain transformers model, in eval mode), and the base's tokenizer."""
+    from peft import PeftModel
+
+    from roles.generation import load_causal_lm
+
+    model, tokenizer = load_causal_lm(base, dtype, device)
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval(), tokenizer
+
+
+def _adapter_settings(adapter: Path) -> LoraSettings:
+    """The `roles.lora.LoraSettings` of an adapter directory, as far as vLLM needs them (its rank)."""
+    config = json.loads((adapter / ADAPTER_CONFIG_FILE).read_text())
+    return LoraSettings(r=config["r"], alpha=config.get("lora_alpha", config["r"]))
 
 
 def _context_length(model_config: object) -> int:
