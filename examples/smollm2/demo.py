@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: `roles` and `examples` live at the repository root
@@ -81,17 +81,41 @@ def paired_rise(before: Path, after: Path) -> PairedDifference:
     return paired_bootstrap([first[p] for p in prompts], [second[p] for p in prompts], resamples=10_000)
 
 
-def report(run_dir: Path, build_minutes: float, run_minutes: float) -> int:
+class BeforeAndAfter(NamedTuple):
+    """A finished run's records, as the demos report them."""
+
+    files: RunDir
+    evaluations: list[dict[str, Any]]
+    """Every held-out evaluation, by step."""
+    steps: list[dict[str, Any]]
+    """Every training step's record."""
+    rise: PairedDifference
+    """The first evaluation to the last, paired by prompt."""
+    significant: str
+    """Whether `rise`'s interval is above zero, in words."""
+
+
+def before_and_after(run_dir: Path) -> BeforeAndAfter | None:
+    """The run's records and the paired rise of held-out accuracy; None (said on stderr)
+    without two evaluations and a step."""
     files = RunDir(run_dir)
     records: list[dict[str, Any]] = read_metrics(run_dir)
     evaluations = sorted((r for r in records if "eval/accuracy" in r), key=lambda r: r["step"])
     steps = [r for r in records if "train/reward" in r]
     if len(evaluations) < 2 or not steps:
         print(f"no before/after evaluation in {files.metrics}", file=sys.stderr)
-        return 1
-    before, after = evaluations[0], evaluations[-1]
-    rise = paired_rise(files.eval_samples(before["step"]), files.eval_samples(after["step"]))
+        return None
+    rise = paired_rise(files.eval_samples(evaluations[0]["step"]), files.eval_samples(evaluations[-1]["step"]))
     significant = "significant: the interval is above zero" if rise.low > 0 else "NOT significant: the interval reaches zero"
+    return BeforeAndAfter(files, evaluations, steps, rise, significant)
+
+
+def report(run_dir: Path, build_minutes: float, run_minutes: float) -> int:
+    found = before_and_after(run_dir)
+    if found is None:
+        return 1
+    files, evaluations, steps, rise, significant = found
+    before, after = evaluations[0], evaluations[-1]
     print()
     print(f"run directory: {run_dir}")
     print(f"model: SmolLM2-135M-Instruct; task: reasoning-gym basic_arithmetic, {rise.pairs} held-out prompts "

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from roles.agents.tool_calls import MalformedToolCall, ToolCall
 from roles.rewards.arithmetic import score_arithmetic
+from roles.rewards.final_answer import score_final_number
 
 Message = dict[str, Any]
 """A chat message: ``{"role": ..., "content": ...}`` (tool messages also name the tool)."""
@@ -179,19 +180,31 @@ def evaluate_arithmetic(expression: str) -> int | float:
     return int(result) if isinstance(result, float) and result.is_integer() else result
 
 
+ANSWER_GRADERS: dict[str, Callable[..., Any]] = {"leading": score_arithmetic, "final_number": score_final_number}
+"""How `CalculatorEnvironment` reads a final answer: the number it starts with (a tiny
+model's bare ``3108``), or the answer a chat model writes in a sentence
+(``The product is 3,108.``, roles.rewards.final_answer)."""
+
+
 class CalculatorEnvironment(ToolEnvironment):
-    """The arithmetic task with a calculator: the row's ``prompt`` and ``ground_truth``
-    (as examples/arith/data rows); the final answer is scored as `score_arithmetic`
-    scores a response."""
+    """The arithmetic task with a calculator: the row's ``prompt`` (or ``messages``) and
+    ``ground_truth`` (as examples/arith/data rows); the final answer is scored by
+    `answer`, one of `ANSWER_GRADERS` (an environment's ``args: {answer: final_number}``)."""
 
     tools = [CALCULATOR_SCHEMA]
+
+    def __init__(self, answer: str = "leading") -> None:
+        super().__init__()
+        if answer not in ANSWER_GRADERS:
+            raise ValueError(f"answer must be one of {sorted(ANSWER_GRADERS)}, not {answer!r}")
+        self.grade = ANSWER_GRADERS[answer]
 
     @property
     def functions(self) -> dict[str, Tool]:
         return {"calculator": lambda expression: evaluate_arithmetic(str(expression))}
 
     def final_reward(self, action: Action) -> float:
-        return score_arithmetic(self.row.get("prompt", ""), action.content, self.row["ground_truth"]).score
+        return self.grade(self.row.get("prompt", ""), action.content, self.row["ground_truth"]).score
 
 
 class NumberGuessingGame(Environment):

@@ -103,7 +103,7 @@ async def test_a_generator_runs_episodes_with_the_environment_role_into_a_rollou
                                max_in_flight=8, call_timeout_s=20, reward="last")
     prompts = Batch(columns={"prompt_ids": [[5, 6], [7, 8]], "episode_row": [{"secret": 4, "max_guesses": 3},
                                                                              {"secret": 9, "max_guesses": 3}],
-                             "uid": ["g-0", "g-1"]})
+                             "uid": ["g-0", "g-1"], "prompt": ["the row's own text", "the row's own text"]})
     rollouts = await caller.ask(generator.endpoint, GenerateEpisodes(prompts, sampling, settings), timeout=120)
     batch = rollouts.batch
     assert batch.size == 4 and batch.columns["uid"] == ["g-0", "g-0", "g-1", "g-1"] and rollouts.version == -1
@@ -112,6 +112,9 @@ async def test_a_generator_runs_episodes_with_the_environment_role_into_a_rollou
     assert (t["behavior_logprobs"][t["response_mask"] == 0] == 0).all() and (t["behavior_logprobs"] <= 0).all()
     assert set(batch.columns["finish_reason"]) <= {"done", "max_turns", "truncated", "max_tokens"}
     assert all(score in (0.0, 1.0) for score in t["score"].tolist())
+    for row in range(4):  # the prompt text is the one each episode started from: the game's first message
+        started = tokenizer.decode(t["prompt_ids"][row][t["prompt_mask"][row] > 0].tolist(), skip_special_tokens=False)
+        assert batch.columns["prompt"][row] == started and "Guess" in started
     observed = (t["response_attention_mask"] > 0) & (t["response_mask"] == 0)
     multi_turn = [row for row in range(4) if t["turns"][row] > 1]
     assert multi_turn, "a random model whose turns end at vowels should play more than one turn"

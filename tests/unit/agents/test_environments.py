@@ -41,6 +41,18 @@ def test_the_turn_without_a_call_ends_the_episode_with_the_answers_score():
     assert calculator().step(action("85")).reward == 0.0
 
 
+def test_a_chat_models_sentence_is_graded_by_its_final_number_when_the_calculator_is_told_so():
+    sentence = action("The product of 37 and 84 is 3,108.", turn=2)
+    chat = CalculatorEnvironment(answer="final_number")
+    chat.reset({"messages": [{"role": "user", "content": "What is 37 * 84?"}], "ground_truth": "3108"})
+    assert chat.step(sentence) == Observation([], 1.0, True)
+    leading = CalculatorEnvironment()  # the default reads the number a reply starts with: a sentence scores 0
+    leading.reset({"prompt": "37*84=", "ground_truth": "3108"})
+    assert leading.step(sentence).reward == 0.0
+    with pytest.raises(ValueError, match="answer must be one of"):
+        CalculatorEnvironment(answer="first")
+
+
 @pytest.mark.parametrize(("turn", "error"), [
     ('<tool_call>{"name": "calculator", "arguments": {"expression": "12*7"</tool_call>', "could not be read: the call is not valid JSON"),
     ('<tool_call>{"name": "search", "arguments": {"q": "x"}}</tool_call>', "there is no tool named 'search'; the tools are ['calculator']"),

@@ -189,3 +189,24 @@ async def test_the_backend_sampler_samples_each_trajectory_with_its_own_token_li
     assert all(len(turn.logprobs) == len(turn.tokens) and turn.version == 5 for turn in turns)
     assert all(logprob <= 0.0 for turn in turns for logprob in turn.logprobs)
     assert turns[0].text == backend.tokenizer.decode(turns[0].tokens, skip_special_tokens=True)
+
+
+async def test_a_seeded_sampler_draws_each_trajectory_and_turn_apart_and_repeats_them_exactly():
+    from roles.episode_sampling import backend_sampler
+    from roles.generation import HFBackend
+    from roles.sampling import SamplingParams
+    from tests.unit.test_generation import tiny_model, tiny_tokenizer
+
+    backend = HFBackend(tiny_model().eval(), tiny_tokenizer())
+
+    async def run(function, *args):  # type: ignore[no-untyped-def]
+        return function(*args)
+
+    sample = backend_sampler(backend, SamplingParams(temperature=1.0, seed=11), lambda: 0, run)
+    # the same context at eight rows: one seed for every request would sample one answer eight times
+    requests = [TurnRequest([5, 6, 7], 12, index, 0) for index in range(8)]
+    first = [turn.tokens for turn in await sample(requests)]
+    assert len({tuple(tokens) for tokens in first}) > 1
+    assert [turn.tokens for turn in await sample(requests)] == first  # repeatable
+    later = [turn.tokens for turn in await sample([TurnRequest([5, 6, 7], 12, index, 1) for index in range(8)])]
+    assert later != first  # a later turn of the same rows draws anew
