@@ -2,7 +2,8 @@
 publishes its adapter to LoRA generators (roles.generator), one merging it into its
 weights and one, started late, running it unmerged. Both sample with exactly the
 policy the trainer holds: base weights from the model directory plus the adapter of
-the newest version."""
+the newest version. The trainer's log-probs with the adapter disabled are a separate
+reference process's (roles.reference on the same base)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ async def test_generators_merging_or_not_and_a_late_joiner_sample_with_the_train
         "optim": {"lr": 0.05, "warmup_steps": 0}, "update": {"mini_batch_size": 8, "micro_batch_size": 8}})
     generator = {"model": str(model_dir), "lora": LORA, "channel": CHANNEL}
     await spawn("roles.generator:Generator", "generator-0", **common, config=generator)
+    await spawn("roles.reference:Reference", "reference-0", **common, config={"model": str(model_dir)})
 
     batch = training_batch(tiny_model().config.vocab_size)
     for step in (1, 2):
@@ -74,3 +76,5 @@ async def test_generators_merging_or_not_and_a_late_joiner_sample_with_the_train
         behavior = rollouts.batch.tensors["behavior_logprobs"]
         torch.testing.assert_close(behavior * mask, policy.logprobs * mask, rtol=0, atol=1e-4)
         assert (behavior - base.logprobs).mul(mask).abs().max() > 1e-3  # it is not the base model's
+        reference: LogProbs = await driver.ask("reference-0", ComputeLogProbs(rollouts.batch, 1.0), timeout=120)
+        torch.testing.assert_close(base.logprobs * mask, reference.logprobs * mask, rtol=0, atol=1e-5)
