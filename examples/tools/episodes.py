@@ -25,7 +25,7 @@ from roles.generation import HFBackend
 from roles.sampling import SamplingParams
 
 LIMITS = TrajectoryLimits(max_turns=3, max_total_tokens=192, max_new_tokens_per_turn=48)
-"""As examples/tools-grpo.yaml: a call turn is 36 tokens, an answer five."""
+"""As examples/tools-grpo.yaml: a call turn is 36 tokens with its eos, an answer five."""
 
 
 def episode_numbers(episodes: Sequence[Episode]) -> dict[str, float]:
