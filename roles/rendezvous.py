@@ -126,13 +126,24 @@ def rank0_address(records: list[ActorRecord], role: str) -> str | None:
 def pin_gloo_interface(host: str) -> str | None:
     """Make gloo listen on the interface that has `host` (the rank's bound address), unless
     ``GLOO_SOCKET_IFNAME`` already says where; returns the interface it chose, if any.
+    A ``GLOO_SOCKET_IFNAME`` that names an interface this machine lacks is refused with
+    `RendezvousError`, naming the ones it has.
 
     Left to itself, gloo listens on whatever address the machine's host name resolves to
     and hands that to the other ranks: on many machines a loopback address (Debian's
     /etc/hosts says ``127.0.1.1 HOSTNAME``), which no other node can reach. A loopback
     `host` (a one-machine run) changes nothing.
     """
-    if os.environ.get("GLOO_SOCKET_IFNAME") or is_loopback_endpoint(f"tcp://{host}:1"):
+    chosen = os.environ.get("GLOO_SOCKET_IFNAME")
+    if chosen:
+        missing = [name for name in chosen.split(",") if name not in psutil.net_if_addrs()]
+        if missing:  # gloo would fail later with "Unable to find address for: eth0" and no hint
+            raise RendezvousError(
+                f"GLOO_SOCKET_IFNAME={chosen} names no interface of {socket.gethostname()} ({', '.join(missing)}; "
+                f"it has {', '.join(sorted(psutil.net_if_addrs()))}); srun passes the submitting shell's environment "
+                "to every node: unset it there to let each rank use the interface of its bound address")
+        return None
+    if is_loopback_endpoint(f"tcp://{host}:1"):
         return None
     try:
         address = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]

@@ -39,8 +39,13 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @pytest.fixture
-def exposed(tmp_path):
-    """(this machine's address beyond loopback, settings with the run's CURVE keys)."""
+def exposed(tmp_path, monkeypatch):
+    """(this machine's address beyond loopback, settings with the run's CURVE keys).
+
+    The ranks run in this process and pin gloo's interface in its environment; the
+    variable is undone after the test, or every process the suite starts later (Slurm
+    steps on other network namespaces among them) would inherit this machine's name."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "")
     generate_keys(tmp_path / "keys")
     return exposed_address(), RuntimeSettings(curve_keys_dir=str(tmp_path / "keys"), heartbeat_interval_s=0.2)
 

@@ -86,8 +86,15 @@ def test_gloo_is_pinned_to_the_interface_of_the_bound_address(monkeypatch):
     interface = pin_gloo_interface(address)
     assert interface is not None and any(item.address == address for item in psutil.net_if_addrs()[interface])
     assert os.environ["GLOO_SOCKET_IFNAME"] == interface
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "mine")
-    assert pin_gloo_interface(address) is None and os.environ["GLOO_SOCKET_IFNAME"] == "mine"  # the user's choice stands
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", interface)
+    assert pin_gloo_interface(address) is None and os.environ["GLOO_SOCKET_IFNAME"] == interface  # the user's choice stands
+
+
+def test_an_inherited_interface_this_machine_lacks_is_refused_naming_the_ones_it_has(monkeypatch):
+    # srun hands every step the submitting shell's environment, another machine's interface names included
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "ib-elsewhere0")
+    with pytest.raises(RendezvousError, match="names no interface of .*ib-elsewhere0.*it has .*lo"):
+        pin_gloo_interface(this_machines_exposed_addresses()[0])
 
 
 def test_no_rendezvous_module_names_a_loopback_address():
