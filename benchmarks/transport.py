@@ -1,15 +1,18 @@
 """Actor messaging versus raw pyzmq, in one run, on this machine.
 
-Measures, each between two OS processes on loopback tcp:
+Measures, between two OS processes on loopback tcp unless a row says otherwise:
 
 * throughput of 1, 16, 64 and 256 MB tensor batches: actor `tell`s to a sink actor
   (socket frames: shared memory off) versus raw pyzmq DEALER -> ROUTER with ``copy=False``;
 * the same-host shared-memory path (runtime.shm) at 16, 64 and 256 MB: actor `tell`s
   through shared memory, versus the same actors over socket frames and versus one
   in-process memcpy of the same bytes (a copy from one warm buffer to another), interleaved;
-* small-message round trip p50/p99: actor `ask` versus a raw pyzmq REQ/REP pair,
-  with the runtime's event-loop socket layer alone (raw bytes, no protocol, no
-  actor) as a third row, to show how much of the difference is the event loop;
+* small-message round trip p50/p99, stage by stage, so the rows show where an ask's
+  time goes: a raw pyzmq REQ/REP pair; the runtime's event-loop socket layer alone
+  (raw bytes, no protocol, no actor); the codec alone (encoding and decoding the
+  request's and the reply's envelopes and typed messages, in one process, no
+  socket); an actor `ask` between two actors in one process over ``inproc://`` (all
+  of both sides' Python, no process boundary); and the actor `ask` between processes;
 * the cost of the structured message log: the same `ask` with logging on and off;
 * the cost of authentication (runtime.security): the same `ask` round trip and 16 MB
   throughput with no authentication, the run's shared secret (the default) and CURVE.
@@ -17,9 +20,9 @@ Measures, each between two OS processes on loopback tcp:
 Prints a table and, last, one JSON line with the ratios (actor / raw for
 throughput, shm / memcpy and shm / socket for shared memory, actor / raw for latency,
 logging on / off - 1 for the log cost, secret / none and curve / none for
-authentication).
+authentication) and the p50 of each round-trip stage in microseconds.
 
-    python benchmarks/transport.py [--quick] [--repeats N] [--auth-only | --shm-only]
+    python benchmarks/transport.py [--quick] [--repeats N] [--auth-only | --shm-only | --rtt-only]
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocols.messages import message  # noqa: E402
+from protocols.envelope import Envelope, decode_envelope, encode_envelope, new_id  # noqa: E402
+from protocols.messages import from_payload, kind_of, message, to_payload  # noqa: E402
 from runtime import transport  # noqa: E402
-from runtime.actor import Actor, handler  # noqa: E402
+from runtime.actor import Actor, handler, start_actor  # noqa: E402
 from runtime.host import run_event_loop  # noqa: E402
 from runtime.run_dir import RunDir  # noqa: E402
 from runtime.settings import RuntimeSettings  # noqa: E402
@@ -276,6 +280,57 @@ def actor_round_trips(count: int, settings: RuntimeSettings, run_dir: str | None
     return run_event_loop(lambda: with_sink(settings, run_dir, body), settings)
 
 
+def codec_round_trips(count: int, settings: RuntimeSettings) -> list[float]:
+    """Seconds per round trip's worth of codec work, in one process: encode the request's
+    envelope, decode it and its typed message, then the same for the reply, as an ask
+    and its answer do (no socket, no event loop)."""
+    limits = (settings.max_message_bytes, settings.max_header_bytes, settings.max_header_objects)
+
+    def carry(msg: object, expects_reply: bool) -> object:
+        now = time.time()
+        envelope = Envelope(
+            kind=kind_of(msg), message_id=new_id(), sender="driver-0", sent_at=now, payload=to_payload(msg),
+            trace_id=new_id(), deadline=now + 30.0 if expects_reply else None, expects_reply=expects_reply,
+            credits=None if expects_reply else (1, 200),
+        )
+        frames, _ = encode_envelope(envelope)
+        received = decode_envelope([memoryview(frame) for frame in frames], *limits)
+        return from_payload(received.kind, received.payload)
+
+    latencies = []
+    for i in range(count):
+        start = time.perf_counter()
+        request = carry(SmallPing(i), True)
+        carry(SmallPong(request.value), False)  # type: ignore[attr-defined]
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def inproc_round_trips(count: int, settings: RuntimeSettings) -> list[float]:
+    """Actor asks between two actors in this process over ``inproc://``: both sides' Python
+    (envelopes, typed messages, dispatch, credit) and ZeroMQ, without a process boundary."""
+
+    async def run() -> list[float]:
+        sink = Sink("sink-0", settings=settings)
+        driver = Driver("driver-0", settings=settings)
+        serving = [await start_actor(sink, endpoint=f"inproc://bench-sink-{os.getpid()}"), await start_actor(driver)]
+        try:
+            for i in range(200):  # warm up, as between processes
+                await driver.ask(sink.endpoint, SmallPing(i))  # type: ignore[arg-type]
+            latencies = []
+            for i in range(count):
+                start = time.perf_counter()
+                await driver.ask(sink.endpoint, SmallPing(i))  # type: ignore[arg-type]
+                latencies.append(time.perf_counter() - start)
+            return latencies
+        finally:
+            sink.stop()
+            driver.stop()
+            await asyncio.gather(*serving)
+
+    return run_event_loop(run, settings)
+
+
 def memcpy_rate(size_bytes: int, count: int) -> float:
     """Bytes per second of one in-process memcpy between two warm buffers of `size_bytes`."""
     source = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8)
@@ -349,52 +404,21 @@ def authentication_costs(repeats: int, round_trips: int) -> dict[str, float]:
     return ratios
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one repetition and fewer round trips (a smoke run)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
-    parser.add_argument("--auth-only", action="store_true", help="only the authentication rows")
-    parser.add_argument("--shm-only", action="store_true", help="only the shared-memory rows")
-    args = parser.parse_args()
-    root = str(Path(__file__).resolve().parent.parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    repeats = 1 if args.quick else args.repeats
-    round_trips = 500 if args.quick else 3000
+def round_trip_stages(repeats: int, round_trips: int, port: int) -> dict[str, float]:
+    """The small-message round trip, stage by stage (see the module docstring), interleaved."""
     quiet = RuntimeSettings(log_messages=False, shared_memory=False)  # the socket path, against raw pyzmq
     logged = RuntimeSettings(log_messages=True, shared_memory=False)
-    shm_sizes = [(16, 60), (64, 24), (256, 8)]
-    print(f"# transport benchmark  {time.strftime('%Y-%m-%d')}  {platform.node()}  {os.cpu_count()} cpus  "
-          f"python {platform.python_version()}  torch {torch.__version__}  pyzmq {zmq.__version__} "
-          f"(libzmq {zmq.zmq_version()})  repeats {repeats} (medians)")
-
-    if args.auth_only:
-        print(json.dumps(authentication_costs(repeats, round_trips)))
-        return
-    if args.shm_only:
-        print(json.dumps(shared_memory_rates(repeats, shm_sizes)))
-        return
-    ratios: dict[str, float] = {}
-    print(f"\n{'size':>8} {'raw GB/s':>10} {'actor GB/s':>11} {'ratio':>7}")
-    port = 47000
-    for size_mb, count in [(1, 400), (16, 60), (64, 24), (256, 8)]:
-        raw, actor = [], []
-        for _ in range(repeats):  # interleaved, so drift in the machine hits both alike
-            port += 1
-            raw.append(raw_throughput(size_mb * MB, count, port))
-            actor.append(actor_throughput(size_mb * MB, count, quiet))
-        raw_rate, actor_rate = statistics.median(raw), statistics.median(actor)
-        ratios[f"throughput_ratio_{size_mb}mb"] = round(actor_rate / raw_rate, 3)
-        print(f"{size_mb:>6}MB {raw_rate / 1e9:>10.2f} {actor_rate / 1e9:>11.2f} {actor_rate / raw_rate:>7.2f}")
-    ratios.update(shared_memory_rates(repeats, shm_sizes))
-
     runs: dict[str, list[list[float]]] = {
-        "raw REQ/REP": [], "loop transport only": [], "actor ask, log off": [], "actor ask, log on": [],
+        "raw REQ/REP": [], "loop transport only": [], "codec only": [], "actor ask, in-process": [],
+        "actor ask, log off": [], "actor ask, log on": [],
     }
     lines = 0
     for _ in range(repeats):
         port += 2
         runs["raw REQ/REP"].append(raw_round_trips(round_trips, port))
         runs["loop transport only"].append(loop_round_trips(round_trips, port + 1))
+        runs["codec only"].append(codec_round_trips(round_trips, quiet))
+        runs["actor ask, in-process"].append(inproc_round_trips(round_trips, quiet))
         runs["actor ask, log off"].append(actor_round_trips(round_trips, quiet, None))
         with tempfile.TemporaryDirectory() as run_dir:
             runs["actor ask, log on"].append(actor_round_trips(round_trips, logged, run_dir))
@@ -406,15 +430,67 @@ def main() -> None:
     p50 = {label: median_of(label, lambda v: percentile(v, 50)) for label in runs}
     p99 = {label: median_of(label, lambda v: percentile(v, 99)) for label in runs}
     mean = {label: median_of(label, statistics.fmean) for label in runs}
-    print(f"\n{'round trip (small msg)':>24} {'p50 us':>8} {'p99 us':>8} {'mean us':>8}")
+    print(f"\n{'round trip (small msg)':>24} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} {'p50 / raw':>10}")
     for label in runs:
-        print(f"{label:>24} {p50[label] * 1e6:>8.0f} {p99[label] * 1e6:>8.0f} {mean[label] * 1e6:>8.0f}")
+        print(f"{label:>24} {p50[label] * 1e6:>8.0f} {p99[label] * 1e6:>8.0f} {mean[label] * 1e6:>8.0f} "
+              f"{p50[label] / p50['raw REQ/REP']:>10.2f}")
     print(f"(one logged run wrote {lines} JSON lines)")
-    ratios["rtt_p50_ratio"] = round(p50["actor ask, log off"] / p50["raw REQ/REP"], 3)
-    ratios["loop_transport_rtt_p50_ratio"] = round(p50["loop transport only"] / p50["raw REQ/REP"], 3)
-    ratios["rtt_p99_ratio"] = round(p99["actor ask, log off"] / p99["raw REQ/REP"], 3)
-    ratios["logging_cost_p50"] = round(p50["actor ask, log on"] / p50["actor ask, log off"] - 1, 3)
-    ratios["logging_cost_mean"] = round(mean["actor ask, log on"] / mean["actor ask, log off"] - 1, 3)
+    return {
+        "rtt_p50_ratio": round(p50["actor ask, log off"] / p50["raw REQ/REP"], 3),
+        "loop_transport_rtt_p50_ratio": round(p50["loop transport only"] / p50["raw REQ/REP"], 3),
+        "rtt_p99_ratio": round(p99["actor ask, log off"] / p99["raw REQ/REP"], 3),
+        "logging_cost_p50": round(p50["actor ask, log on"] / p50["actor ask, log off"] - 1, 3),
+        "logging_cost_mean": round(mean["actor ask, log on"] / mean["actor ask, log off"] - 1, 3),
+        "raw_rtt_p50_us": round(p50["raw REQ/REP"] * 1e6, 1),
+        "loop_transport_rtt_p50_us": round(p50["loop transport only"] * 1e6, 1),
+        "codec_round_trip_p50_us": round(p50["codec only"] * 1e6, 1),
+        "inproc_ask_p50_us": round(p50["actor ask, in-process"] * 1e6, 1),
+        "ask_rtt_p50_us": round(p50["actor ask, log off"] * 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repetition and fewer round trips (a smoke run)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--auth-only", action="store_true", help="only the authentication rows")
+    only.add_argument("--shm-only", action="store_true", help="only the shared-memory rows")
+    only.add_argument("--rtt-only", action="store_true", help="only the small-message round-trip rows")
+    args = parser.parse_args()
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    repeats = 1 if args.quick else args.repeats
+    round_trips = 500 if args.quick else 3000
+    quiet = RuntimeSettings(log_messages=False, shared_memory=False)  # the socket path, against raw pyzmq
+    shm_sizes = [(16, 60), (64, 24), (256, 8)]
+    print(f"# transport benchmark  {time.strftime('%Y-%m-%d')}  {platform.node()}  {os.cpu_count()} cpus  "
+          f"python {platform.python_version()}  torch {torch.__version__}  pyzmq {zmq.__version__} "
+          f"(libzmq {zmq.zmq_version()})  repeats {repeats} (medians)")
+
+    if args.auth_only:
+        print(json.dumps(authentication_costs(repeats, round_trips)))
+        return
+    if args.shm_only:
+        print(json.dumps(shared_memory_rates(repeats, shm_sizes)))
+        return
+    port = 47000
+    if args.rtt_only:
+        print(json.dumps(round_trip_stages(repeats, round_trips, port)))
+        return
+    ratios: dict[str, float] = {}
+    print(f"\n{'size':>8} {'raw GB/s':>10} {'actor GB/s':>11} {'ratio':>7}")
+    for size_mb, count in [(1, 400), (16, 60), (64, 24), (256, 8)]:
+        raw, actor = [], []
+        for _ in range(repeats):  # interleaved, so drift in the machine hits both alike
+            port += 1
+            raw.append(raw_throughput(size_mb * MB, count, port))
+            actor.append(actor_throughput(size_mb * MB, count, quiet))
+        raw_rate, actor_rate = statistics.median(raw), statistics.median(actor)
+        ratios[f"throughput_ratio_{size_mb}mb"] = round(actor_rate / raw_rate, 3)
+        print(f"{size_mb:>6}MB {raw_rate / 1e9:>10.2f} {actor_rate / 1e9:>11.2f} {actor_rate / raw_rate:>7.2f}")
+    ratios.update(shared_memory_rates(repeats, shm_sizes))
+    ratios.update(round_trip_stages(repeats, round_trips, port))
     ratios.update(authentication_costs(repeats, round_trips))
     print(json.dumps(ratios))
 

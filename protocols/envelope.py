@@ -316,7 +316,11 @@ def decode_envelope(
             "send bulk data as tensors"
         )
 
-    budget = ObjectBudget(max_header_objects)
+    # A header of n bytes decodes, payload included, to at most 2n counted values (every
+    # value takes at least one byte, and a byte counts at most twice: as a container's own
+    # and as the first of its parent's items), so a small header cannot exceed the budget
+    # and is decoded without counting.
+    budget = ObjectBudget(max_header_objects) if 2 * views[0].nbytes > max_header_objects else None
     header = unpack_limited(views[0], budget=budget)
     _check_header(header)
     tensors: list[Any] = []

@@ -269,6 +269,7 @@ def _dataclass_converter(cls: type) -> Callable[[Any, str], Any]:
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = [field for field in dataclasses.fields(cls) if field.init]
     field_converters: dict[str, Callable[[Any, str], Any]] = {}
+    names = frozenset(field.name for field in fields)
     required = {
         field.name for field in fields
         if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
@@ -279,13 +280,18 @@ def _dataclass_converter(cls: type) -> Callable[[Any, str], Any]:
             field_converters.update({field.name: _converter(hints[field.name]) for field in fields})
         if not isinstance(value, dict):
             _fail(path, f"a map of {cls.__qualname__} fields", value)
-        unknown = value.keys() - field_converters.keys()
-        if unknown:
-            raise ProtocolError(f"{path}: unknown fields {sorted(map(str, unknown))[:8]} for {cls.__qualname__}")
-        missing = required - value.keys()
-        if missing:
-            raise ProtocolError(f"{path}: missing fields {sorted(missing)} for {cls.__qualname__}")
-        arguments = {name: field_converters[name](v, f"{path}.{name}") for name, v in value.items()}
+        if value.keys() != names:  # some left out (allowed if they have defaults) or unknown
+            unknown = value.keys() - names
+            if unknown:
+                raise ProtocolError(f"{path}: unknown fields {sorted(map(str, unknown))[:8]} for {cls.__qualname__}")
+            missing = required - value.keys()
+            if missing:
+                raise ProtocolError(f"{path}: missing fields {sorted(missing)} for {cls.__qualname__}")
+        try:
+            # The field paths are only for error texts: a valid message builds none of them.
+            arguments = {name: field_converters[name](v, path) for name, v in value.items()}
+        except ProtocolError:  # converters are pure: convert again, naming the field that is wrong
+            arguments = {name: field_converters[name](v, f"{path}.{name}") for name, v in value.items()}
         try:
             return cls(**arguments)
         except (TypeError, ValueError) as error:  # a __post_init__ check of the message itself

@@ -28,8 +28,13 @@ class Deduplicator:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._done: OrderedDict[str, Any] = OrderedDict()
-        self._running: dict[str, asyncio.Future[Any]] = {}
+        self._running: dict[str, asyncio.Future[Any] | None] = {}
+        """Ids being handled, with the future a repeat waits on (made when a repeat comes)."""
         self.duplicates = 0
+
+    def seen(self, message_id: str) -> bool:
+        """Whether `message_id` was handled already or is being handled."""
+        return message_id in self._done or message_id in self._running
 
     def handled_reply(self, message_id: str) -> Any:
         """The reply remembered for `message_id` (None for a tell), or `UNSET` if not handled."""
@@ -37,10 +42,15 @@ class Deduplicator:
 
     def running(self, message_id: str) -> asyncio.Future[Any] | None:
         """The outcome of the same message still being handled, if it is."""
-        return self._running.get(message_id)
+        if message_id not in self._running:
+            return None
+        waiter = self._running[message_id]
+        if waiter is None:
+            waiter = self._running[message_id] = asyncio.get_running_loop().create_future()
+        return waiter
 
     def start(self, message_id: str) -> None:
-        self._running[message_id] = asyncio.get_running_loop().create_future()
+        self._running[message_id] = None
 
     def succeed(self, message_id: str, reply: Any) -> None:
         self._done[message_id] = reply

@@ -201,6 +201,8 @@ class LoopSocket:
         self._fd = sock.getsockopt(zmq.FD)
         self._waiting_sends: deque[tuple[list[Any], asyncio.Future[None]]] = deque()
         self._scheduled = False
+        self._servicing = False
+        """True while `on_message` runs: the service loop reads the socket's events right after."""
         self._loop.add_reader(self._fd, self._service)
         self._schedule()  # the descriptor is edge-triggered: look once even without an edge
 
@@ -228,8 +230,9 @@ class LoopSocket:
                 if not self.queue_when_full:
                     raise
             else:
-                # A send can consume the descriptor's edge for incoming data: look now.
-                if self.sock.get(_EVENTS) & _POLLIN:
+                # A send can consume the descriptor's edge for incoming data: look now
+                # (not for a send from `on_message`: the service loop looks next).
+                if not self._servicing and self.sock.get(_EVENTS) & _POLLIN:
                     self._schedule()
                 return None
         waiter: asyncio.Future[None] = self._loop.create_future()
@@ -288,7 +291,11 @@ class LoopSocket:
                     events = self.sock.get(_EVENTS)  # sending may have consumed an edge
                 if not events & _POLLIN or self.sock.closed:
                     return
-                self.on_message(self._receive_parts())
+                self._servicing = True
+                try:
+                    self.on_message(self._receive_parts())
+                finally:
+                    self._servicing = False
                 if self.sock.closed:  # on_message may close the socket
                     return
             self._schedule()  # more may be waiting: continue after others had a turn
