@@ -50,6 +50,7 @@ from protocols.weights import PublishReport, PublishWeights  # noqa: E402
 from runtime.actor import Actor, start_actor  # noqa: E402
 from runtime.settings import RuntimeSettings  # noqa: E402
 from runtime.spawn import ActorProcess, spawn_actor  # noqa: E402
+from benchmarks.processes import stop_all  # noqa: E402
 
 MODEL = ROOT / "examples" / "smollm2" / "data" / "model"
 PROMPTS = ROOT / "examples" / "smollm2" / "data" / "arithmetic" / "train.jsonl"
@@ -158,11 +159,7 @@ async def measure(setup: str, lora: dict[str, Any] | None, modes: list[str], ste
             result[f"sample_tokens_per_s_{mode}"] = statistics.median(rates)
         return result
     finally:
-        if task is not None:
-            driver.stop()
-            await task
-        for process in reversed(processes):
-            await process.stop()
+        await stop_all(driver, task, processes)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import weight_sync_real as real
+from benchmarks.processes import stop_all
 from protocols.messages import message
 from protocols.weights import PublishReport, PublishWeights
 from runtime.actor import Actor, handler, start_actor
@@ -188,11 +189,7 @@ async def measure(
                 "raw_s": statistics.median(raw_s), "pause_s": statistics.median(pause_s),
                 "pack_s": statistics.median(pack_s), "channel_best_s": min(channel_s), "raw_best_s": min(raw_s)}
     finally:
-        if task is not None:
-            driver.stop()
-            await task
-        for process in reversed(processes):
-            await process.stop()
+        await stop_all(driver, task, processes)
 
 
 def main() -> None:

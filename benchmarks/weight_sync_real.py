@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from benchmarks.processes import stop_all
 from protocols.messages import message
 from protocols.weights import PublishReport, PublishWeights
 from runtime.actor import Actor, handler, start_actor
@@ -162,11 +163,7 @@ async def measure_setup(setup: str, steps: int, run_dir: str, chunk_mb: float) -
                          **{key: statistics.median(values) for key, values in samples.items()}})
         return rows
     finally:
-        if task is not None:
-            driver.stop()
-            await task
-        for process in reversed(processes):
-            await process.stop()
+        await stop_all(driver, task, processes)
 
 
 def real_model_missing() -> str | None:

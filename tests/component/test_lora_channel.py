@@ -21,7 +21,7 @@ from protocols.weights import PublishReport, PublishWeights
 from roles.lora import LoraSettings, adapter_shapes
 from runtime.settings import RuntimeSettings
 from tests.component.test_registry import Watcher
-from tests.unit.test_generation import tiny_model, tiny_tokenizer
+from tests.unit.test_generation import model_dir, tiny_model  # noqa: F401 - model_dir is a fixture
 from tests.unit.test_token_batches import training_batch
 
 pytestmark = pytest.mark.timeout(300)
@@ -30,14 +30,6 @@ SETTINGS = RuntimeSettings(heartbeat_interval_s=0.3, heartbeat_timeout_s=3.0)
 LORA = {"r": 4, "alpha": 8.0}
 CHANNEL = {"announce_timeout_s": 10, "ready_timeout_s": 30, "transfer_timeout_s": 30, "commit_timeout_s": 30}
 GREEDY = Sampling(n=1, temperature=1.0, top_p=1.0, top_k=1, max_new_tokens=5, stop=(), seed=0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    tiny_model().save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 async def test_generators_merging_or_not_and_a_late_joiner_sample_with_the_trainers_adapter(

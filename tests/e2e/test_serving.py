@@ -19,6 +19,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,12 @@ def arith(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(arith: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+@contextmanager
+def troupe_serve(arguments: list[str], log: Path) -> Iterator[Server]:
+    """`troupe serve ARGUMENTS --port 0` as a real process, once it answers GET /ready;
+    stopped with SIGINT at the end, which must end it cleanly."""
     with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [TROUPE, "serve", str(arith / "model"), "--port", "0", "--threads", "1", "--max-batch", str(MAX_BATCH),
-             "--max-queue", str(MAX_QUEUE), "--max-wait-ms", "20"],
-            stdout=output, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen([TROUPE, "serve", *arguments, "--port", "0"], stdout=output, stderr=subprocess.STDOUT)
     try:
         found = wait_for(lambda: re.search(r"on (http://127\.0\.0\.1:\d+) ", log.read_text()) or process.poll(),
                          60, "the startup line")
@@ -89,6 +87,14 @@ def server(arith: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
             process.kill()
             process.wait()
     assert process.returncode == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(arith: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with troupe_serve([str(arith / "model"), "--threads", "1", "--max-batch", str(MAX_BATCH),
+                       "--max-queue", str(MAX_QUEUE), "--max-wait-ms", "20"],
+                      tmp_path_factory.mktemp("serve") / "serve.log") as served:
+        yield served
 
 
 def greedy_reference(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
