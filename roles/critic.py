@@ -89,7 +89,7 @@ class Critic(Actor):
         config = self.config
         torch.manual_seed(config.seed)
         lm, _ = load_causal_lm(config.model, config.dtype, config.device)
-        limit_cpu_threads(config.device, config.cpu_threads, lm)
+        limit_cpu_threads(config.device, config.cpu_threads, lm, self.compute)
         self.model = ValueModel(lm).to(config.device).train()
         self.optimization = Optimization.build(self.model, config.optim)
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from roles.models import positions_from_mask
+from runtime.cores import rebalance as rebalance_cores
 from roles.sampling import (
     DecodingStep, GenerationOutput, GenerationRequest, SamplingParams, StepCallback, collate, cut_at_stop,
     sample_next_tokens, token_list,
@@ -190,6 +191,7 @@ class HFBackend:
                 ))
             if bool(finished.all()):
                 break
+            rebalance_cores()  # another process started or stopped computing: resize this one's share
             # finished rows keep feeding pad tokens: they only ever attend to themselves
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
             out = self.model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=next_positions,

@@ -89,7 +89,7 @@ class Generator(ReceivesWeights):
         config = self.config
         self.backend, loader, expected = await self.compute.run(_build_backend, config)
         model = getattr(self.backend, "model", None)  # the transformers backend's; vLLM manages its own threads
-        await self.compute.run(limit_cpu_threads, config.device, config.cpu_threads, model)
+        await self.compute.run(limit_cpu_threads, config.device, config.cpu_threads, model, self.compute)
         self.weights = WeightReceiver(
             self, loader, expected, clear_caches=self.backend.clear_caches, config=config.channel, device=config.device,
         )

@@ -25,6 +25,7 @@ from protocols.batch import Batch
 from roles.algorithms.chunked_logprobs import chunked_token_logprobs
 from roles.micro_batches import by_length, per_row, response_attention  # noqa: F401  by_length: re-exported for the trainer's micro-batch order
 from roles.models import autocast_for, positions_from_mask
+from runtime.cores import rebalance as rebalance_cores
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -122,6 +123,7 @@ def batch_logprobs(model: PreTrainedModel, batch: Batch, temperature: float, wit
     right-padded, to the widest row of the whole rollout batch) stay out of the forward
     (`without_unused_padding`), so a micro-batch of short rows costs what its own longest
     row needs; the results are padded back with zeros to the batch's response width."""
+    rebalance_cores()  # a forward (and the backward after it) is where a share is resized
     columns = without_unused_padding(batch)
     logprobs, entropy = response_logprobs(model, columns.prompt_ids, columns.prompt_mask, columns.response_ids,
                                           columns.response_mask, temperature, with_entropy,

@@ -74,6 +74,7 @@ class ModelSettings(ModelPlacement):
     """A local Hugging Face causal LM directory (written by ``save_pretrained``)."""
     cpu_threads: CpuThreads = "auto"
     """torch threads on the CPU: a number, ``auto`` (every core this process may use for
-    a model of 20M parameters or more, else 1), or None (torch's default). Roles that
-    compute at the same time (async mode, the reference beside the critic) share the
-    cores: on a small machine give each a part of them (roles.models.limit_cpu_threads)."""
+    a model of 20M parameters or more, else 1), or None (torch's default). With ``auto``,
+    roles that compute at the same time on a host (async mode, the reference beside the
+    critic) split the cores between them for as long as they overlap
+    (roles.models.limit_cpu_threads); a number is kept whatever else runs."""

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any, get_args
 import torch
 
 from roles.model_settings import AutocastDtype, CpuThreads, Dtype
+from runtime.compute import ComputeWorker
+from runtime.cores import CoreShare
+from runtime.cores import rebalance as rebalance_cores
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded: the controller,
     # evaluator and reward processes use the settings only, and start faster
@@ -75,18 +78,57 @@ def cpu_thread_count(threads: CpuThreads, model: torch.nn.Module | None = None) 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def limit_cpu_threads(device: str, threads: CpuThreads, model: torch.nn.Module | None = None) -> None:
-    """Set torch's intra-op threads for a role on the CPU (`cpu_thread_count`).
+def limit_cpu_threads(device: str, threads: CpuThreads, model: torch.nn.Module | None = None,
+                      compute: ComputeWorker | None = None) -> None:
+    """Set torch's intra-op threads for a role on the CPU (`cpu_thread_count`); call it on
+    the thread that computes (OpenMP's thread count is the calling thread's).
 
     Role processes share the cores. Where several compute at the same time (async mode,
     the reference beside the critic, an evaluation beside training) and their threads
     together outnumber the cores, OpenMP threads spinning at barriers take turns with
-    each other's work and a forward can take several times as long as with one thread:
-    give such roles fewer threads, or set ``OMP_WAIT_POLICY=PASSIVE`` in their env (the
-    topology's ``env``) so idle threads sleep instead of spinning."""
+    each other's work and a forward can take several times as long as with one thread.
+    So ``auto`` with more than one core and the role's `compute` worker shares the cores
+    (runtime.cores): each compute call gets ``cores // busy`` threads, busy counting the
+    host's processes computing at that moment, resized between decoding steps and
+    micro-batches. A fixed number stays fixed."""
     count = cpu_thread_count(threads, model)
-    if count is not None and not device.startswith("cuda"):
-        torch.set_num_threads(count)
+    if count is None or device.startswith("cuda"):
+        return
+    torch.set_num_threads(count)
+    if threads == "auto" and count > 1 and compute is not None:
+        compute.share_cores(CoreShare(count, torch.set_num_threads))
+        if model is not None:
+            rebalance_between_layers(model)
+
+
+SHARE_RECOUNT_S = 0.05
+"""How often a layer hook counts who computes (runtime.cores.CoreShare.rebalance)."""
+
+
+def rebalance_between_layers(model: torch.nn.Module) -> None:
+    """Resize this process's core share as each layer of the model's layer lists starts
+    its forward and its backward: one micro-batch on one thread takes seconds, too long
+    to wait before growing back when the process it shared with stops. A count costs tens
+    of microseconds and is made at most every SHARE_RECOUNT_S."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            for layer in module:
+                layer.register_forward_pre_hook(_rebalance_before_forward)
+                layer.register_forward_hook(_rebalance_before_backward)
+
+
+def _rebalance_before_forward(module: torch.nn.Module, args: Any) -> None:
+    rebalance_cores(SHARE_RECOUNT_S)
+
+
+def _rebalance_before_backward(module: torch.nn.Module, args: Any, output: Any) -> None:
+    hidden = output[0] if isinstance(output, tuple) and output else output
+    if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+        hidden.register_hook(_rebalance_on_gradient)  # the CPU backward runs on the calling (compute) thread
+
+
+def _rebalance_on_gradient(gradient: torch.Tensor) -> None:
+    rebalance_cores(SHARE_RECOUNT_S)
 
 
 AUTOCAST_DTYPES = {name: DTYPES[name] for name in get_args(AutocastDtype)}

@@ -49,7 +49,8 @@ class Reference(Actor):
     async def on_start(self) -> None:
         self.model, _ = await self.compute.run(load_causal_lm, self.config.model, self.config.dtype, self.config.device)
         self.model.requires_grad_(False)
-        await self.compute.run(limit_cpu_threads, self.config.device, self.config.cpu_threads, self.model)
+        await self.compute.run(limit_cpu_threads, self.config.device, self.config.cpu_threads, self.model,
+                               self.compute)
 
     @handler
     async def compute_logprobs(self, request: ComputeLogProbs) -> LogProbs:

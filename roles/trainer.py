@@ -156,7 +156,7 @@ class Trainer(PublishesWeights):
             backend, **self._rendezvous(), rank=self.rank, world_size=config.ranks, timeout=datetime.timedelta(seconds=600),
         )
         self.model, self.tokenizer = load_causal_lm(config.model, config.dtype, config.device)
-        limit_cpu_threads(config.device, config.cpu_threads, self.model)
+        limit_cpu_threads(config.device, config.cpu_threads, self.model, self.compute)
         if config.lora is not None:
             self.model = wrap_model(self.model, config.lora)
         self.model.train()

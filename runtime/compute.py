@@ -5,6 +5,9 @@ event loop would stop heartbeats, control messages and weight-sync phases. Each
 actor owns one `ComputeWorker`: one thread, so compute calls run one at a time in
 submission order (torch already parallelises inside an op), while the loop stays
 free. torch releases the GIL inside its kernels, so the loop keeps running.
+
+With a `runtime.cores.CoreShare` attached (`share_cores`), every call runs marked busy
+on the host and with this process's share of the cores as its thread count.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from runtime.cores import CoreShare
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -26,6 +31,13 @@ class ComputeWorker:
     def __init__(self, name: str = "compute") -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-compute")
         self._closed = False
+        self.cores: CoreShare | None = None
+
+    def share_cores(self, share: CoreShare) -> None:
+        """Run every later call inside `share.computing()` (replacing a share set before)."""
+        if self.cores is not None:
+            self.cores.close()
+        self.cores = share
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` on the worker thread (with the caller's context vars).
@@ -33,11 +45,7 @@ class ComputeWorker:
         If the awaiting task is cancelled, the call still runs to completion on the
         thread (threads cannot be interrupted); its result is discarded.
         """
-        if self._closed:
-            raise RuntimeError("the compute worker is shut down")
-        context = contextvars.copy_context()
-        call = functools.partial(context.run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await self.submit(fn, *args, **kwargs)
 
     def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
         """Queue ``fn(*args, **kwargs)`` now (it runs before any call submitted later) and
@@ -45,10 +53,19 @@ class ComputeWorker:
         if self._closed:
             raise RuntimeError("the compute worker is shut down")
         context = contextvars.copy_context()
-        call = functools.partial(context.run, fn, *args, **kwargs)
+        call = functools.partial(context.run, self._call, fn, *args, **kwargs)
         return asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        share = self.cores
+        if share is None:
+            return fn(*args, **kwargs)
+        with share.computing():
+            return fn(*args, **kwargs)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop accepting work; with `wait`, block until the running call finishes."""
         self._closed = True
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        if wait and self.cores is not None:
+            self.cores.close()
