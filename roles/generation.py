@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from roles.models import positions_from_mask
-from runtime.cores import rebalance as rebalance_cores
 from roles.sampling import (
     DecodingStep, GenerationOutput, GenerationRequest, SamplingParams, StepCallback, collate, cut_at_stop,
     sample_next_tokens, token_list,
 )
+from runtime.cores import rebalance as rebalance_cores
 
 # Re-exported: these names were defined here before the split, and launch/, benchmarks/
 # and users' scripts import them from this module.

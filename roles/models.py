@@ -89,8 +89,9 @@ def limit_cpu_threads(device: str, threads: CpuThreads, model: torch.nn.Module |
     each other's work and a forward can take several times as long as with one thread.
     So ``auto`` with more than one core and the role's `compute` worker shares the cores
     (runtime.cores): each compute call gets ``cores // busy`` threads, busy counting the
-    host's processes computing at that moment, resized between decoding steps and
-    micro-batches. A fixed number stays fixed."""
+    host's processes computing at that moment, resized between decoding steps and as
+    each layer starts its forward and backward (`rebalance_between_layers`). A fixed
+    number stays fixed."""
     count = cpu_thread_count(threads, model)
     if count is None or device.startswith("cuda"):
         return

@@ -2,7 +2,8 @@
 
 On a small machine the generator and the trainer of an asynchronous run compute at
 once. Each sized for every core, their threads outnumber the cores and spin against
-each other's work: SmolLM2's steps took three times as long (docs/benchmarks.md).
+each other's work: SmolLM2's async steps took 30-77 s against 12-14 s in sync mode
+(docs/benchmarks.md).
 Each sized for its own half, a role that computes alone leaves half the machine idle.
 
 A `CoreShare` sizes a process's thread pool by who is computing now. Each process
@@ -94,6 +95,8 @@ class CoreShare:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue  # its process closed its share while we listed
+            except OSError:
+                continue  # not ours to read: it cannot be counted
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
