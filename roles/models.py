@@ -8,6 +8,7 @@ model directory means the same weights, dtype and padding side everywhere.
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -23,6 +24,8 @@ from runtime.cores import rebalance as rebalance_cores
 if TYPE_CHECKING:  # transformers is imported where a model is loaded: the controller,
     # evaluator and reward processes use the settings only, and start faster
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in get_args(Dtype)}
 """The torch dtype of each `roles.model_settings.Dtype` (float32, bfloat16, float16)."""
@@ -97,7 +100,12 @@ def limit_cpu_threads(device: str, threads: CpuThreads, model: torch.nn.Module |
         return
     torch.set_num_threads(count)
     if threads == "auto" and count > 1 and compute is not None:
-        compute.share_cores(CoreShare(count, torch.set_num_threads))
+        try:
+            share = CoreShare(count, torch.set_num_threads)
+        except OSError as error:  # an untrusted or unusable directory: keep every core, as before sharing
+            logger.warning("cpu_threads auto: %s threads without sharing the cores (%s)", count, error)
+            return
+        compute.share_cores(share)
         if model is not None:
             rebalance_between_layers(model)
 

@@ -34,9 +34,9 @@ class ComputeWorker:
         self.cores: CoreShare | None = None
 
     def share_cores(self, share: CoreShare) -> None:
-        """Run every later call inside `share.computing()` (replacing a share set before)."""
+        """Run every later call inside `share.computing()` (once per worker)."""
         if self.cores is not None:
-            self.cores.close()
+            raise RuntimeError("this compute worker already shares the cores")
         self.cores = share
 
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -67,5 +67,5 @@ class ComputeWorker:
         """Stop accepting work; with `wait`, block until the running call finishes."""
         self._closed = True
         self._executor.shutdown(wait=wait, cancel_futures=True)
-        if wait and self.cores is not None:
+        if self.cores is not None:  # a call still running without `wait` ends without its files
             self.cores.close()

@@ -3,23 +3,29 @@
 On a small machine the generator and the trainer of an asynchronous run compute at
 once. Each sized for every core, their threads outnumber the cores and spin against
 each other's work: SmolLM2's async steps took 30-77 s against 12-14 s in sync mode
-(docs/benchmarks.md).
-Each sized for its own half, a role that computes alone leaves half the machine idle.
+(docs/benchmarks.md). Each sized for its own half, a role that computes alone leaves
+half the machine idle.
 
-A `CoreShare` sizes a process's thread pool by who is computing now. Each process
-holds an exclusive `flock` on its own file in a host-wide directory while it computes
-(`computing`); `rebalance` counts the files locked and gives this process
-``max(1, cores // busy)`` threads. The kernel releases a dead process's lock, so a
-crash never leaves a core counted as busy; its empty file is removed by the next count.
-Long computations call `rebalance` between their parts (decoding steps, micro-batches)
-to grow back when the other process finishes, or shrink when one starts.
+A `CoreShare` sizes a process's thread pool by who is computing now. Every share has
+two files of its own, named by a unique id, in a directory private to the user and the
+set of CPUs the process may run on: ``ID.alive``, locked for the share's whole life,
+and ``ID.busy``, locked while it computes (`computing`). `rebalance` counts the busy
+files locked and gives this process ``max(1, cores // busy)`` threads. The kernel
+releases a dead process's locks, so a crash never leaves a core counted as busy; the
+next count finds its ``alive`` file unlocked and removes both files. Long computations
+call `rebalance` between their parts (decoding steps, layers) to grow back when the
+other process finishes, or shrink when one starts.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
+import hashlib
 import os
+import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -28,14 +34,39 @@ from pathlib import Path
 
 _active = threading.local()
 
+_OPEN_PEER = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO or a link planted there cannot block or redirect a count
 
-def default_directory() -> Path:
-    """Where the busy files live: ``$TROUPE_CORES_DIR``, else one directory per user under
-    /dev/shm (host-local and in memory), else the temporary directory."""
+
+class CoreShareError(OSError):
+    """The share's directory cannot be trusted or used (the role keeps a fixed thread count)."""
+
+
+def default_directory(cpus: set[int] | None = None) -> Path:
+    """Where the shares live: ``$TROUPE_CORES_DIR``, else one directory per user and CPU
+    set under /dev/shm (host-local and in memory), else the temporary directory.
+    Processes pinned to different CPUs (taskset, two Slurm jobs on one node) do not
+    take cores from each other, so they count apart."""
     if configured := os.environ.get("TROUPE_CORES_DIR"):
         return Path(configured)
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    mask = hashlib.sha1(",".join(map(str, sorted(cpus))).encode()).hexdigest()[:12]
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return base / f"troupe-cores-{os.getuid()}"
+    return base / f"troupe-cores-{os.getuid()}-{mask}"
+
+
+def private_directory(directory: Path) -> Path:
+    """Create `directory` (mode 0700) or check an existing one: a real directory, owned by
+    this user, that nobody else can write to. Raises CoreShareError otherwise."""
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise CoreShareError(f"{directory} is not a directory of this user's that only it can write to: "
+                             f"no core share (set TROUPE_CORES_DIR to a private directory)")
+    return directory
 
 
 class CoreShare:
@@ -48,12 +79,42 @@ class CoreShare:
         self.cores = cores
         self.threads = 0  # what set_threads was last given (0: not yet)
         self._set_threads = set_threads
-        self.directory = directory or default_directory()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"{os.getpid()}.busy"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.directory = private_directory(directory or default_directory())
+        self.id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._alive_fd = self._busy_fd = -1
+        self._open_files()
         self._busy = False
         self._counted_at = -float("inf")
+        atexit.register(self.close)  # actors shut their compute worker down without waiting
+
+    @property
+    def path(self) -> Path:
+        """The busy file (locked while this process computes)."""
+        return self.directory / f"{self.id}.busy"
+
+    @property
+    def alive_path(self) -> Path:
+        return self.directory / f"{self.id}.alive"
+
+    def _open_files(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        self._alive_fd = os.open(self.alive_path, flags, 0o600)
+        fcntl.flock(self._alive_fd, fcntl.LOCK_EX)  # held for the share's life (a count's probe lasts microseconds)
+        self._busy_fd = os.open(self.path, flags, 0o600)
+
+    def _reopen_if_removed(self) -> None:
+        """Recreate the files if something removed them (a cleaner of /dev/shm): a lock on
+        an unlinked file is one nobody counts."""
+        try:
+            same = all(os.stat(path).st_ino == os.fstat(fd).st_ino
+                       for path, fd in ((self.alive_path, self._alive_fd), (self.path, self._busy_fd)))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self._close_files()
+            for path in (self.alive_path, self.path):
+                path.unlink(missing_ok=True)
+            self._open_files()
 
     @contextlib.contextmanager
     def computing(self) -> Iterator[int]:
@@ -61,7 +122,10 @@ class CoreShare:
         yields the thread count. `rebalance` works on this thread inside the block."""
         if self._busy:
             raise RuntimeError("CoreShare.computing does not nest: one compute call at a time")
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if self._busy_fd < 0:
+            raise RuntimeError("this core share is closed")
+        self._reopen_if_removed()
+        fcntl.flock(self._busy_fd, fcntl.LOCK_EX)  # waits only for another process's count (microseconds)
         self._busy = True
         _active.share = self
         try:
@@ -69,7 +133,8 @@ class CoreShare:
         finally:
             _active.share = None
             self._busy = False
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if self._busy_fd >= 0:  # closed meanwhile (at exit): the lock went with the descriptor
+                fcntl.flock(self._busy_fd, fcntl.LOCK_UN)
 
     def rebalance(self, at_most_every_s: float = 0.0) -> int:
         """Gives this process ``max(1, cores // busy)`` threads, busy counting every process
@@ -86,38 +151,34 @@ class CoreShare:
         return threads
 
     def busy_count(self) -> int:
-        """How many processes hold their busy lock now; removes the files of dead ones."""
+        """How many shares are computing now; removes the files of dead ones."""
         busy = int(self._busy)
         for path in self.directory.glob("*.busy"):
             if path == self.path:
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # its process closed its share while we listed
-            except OSError:
-                continue  # not ours to read: it cannot be counted
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
+            locked = _locked(path, fcntl.LOCK_SH)
+            if locked:
                 busy += 1
-                continue
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                if not _alive(path.stem):
-                    path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
+            elif locked is False and _locked(path.with_suffix(".alive"), fcntl.LOCK_EX) is False:
+                for dead in (path.with_suffix(".alive"), path):  # its process is gone: nothing holds its life lock
+                    dead.unlink(missing_ok=True)
         return busy
 
+    def _close_files(self) -> None:
+        for fd in (self._busy_fd, self._alive_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._alive_fd = self._busy_fd = -1
+
     def close(self) -> None:
-        """Removes this process's file (a process that dies without closing leaves an
-        unlocked file, which the next count removes)."""
-        if self._fd < 0:
+        """Removes this share's files (a process that dies without closing leaves them
+        unlocked, and the next count removes them). Twice is harmless."""
+        if self._alive_fd < 0:
             return
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = -1
+        atexit.unregister(self.close)
+        for path in (self.path, self.alive_path):
+            path.unlink(missing_ok=True)
+        self._close_files()
 
 
 def rebalance(at_most_every_s: float = 0.0) -> int | None:
@@ -127,11 +188,22 @@ def rebalance(at_most_every_s: float = 0.0) -> int | None:
     return share.rebalance(at_most_every_s) if share is not None else None
 
 
-def _alive(pid: str) -> bool:
+def _locked(path: Path, probe: int) -> bool | None:
+    """Whether another holder's lock on `path` conflicts with a `probe` lock (LOCK_SH: is
+    it locked exclusively; LOCK_EX: is it locked at all); None for a file that is gone or
+    not a plain file of ours to read."""
     try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+        fd = os.open(path, _OPEN_PEER)
+    except OSError:
+        return None  # gone while we listed, a link, or not ours
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, probe | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return False
-    except PermissionError:
-        return True  # another user's process, alive
-    return True
+    finally:
+        os.close(fd)

@@ -17,7 +17,7 @@ import torch
 
 from roles.models import AUTO_THREADS_MIN_PARAMETERS, SHARE_RECOUNT_S, limit_cpu_threads, rebalance_between_layers
 from runtime.compute import ComputeWorker
-from runtime.cores import CoreShare, default_directory, rebalance
+from runtime.cores import CoreShare, CoreShareError, default_directory, rebalance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,16 +77,84 @@ def test_threads_follow_who_computes(tmp_path: Path) -> None:
 def test_a_killed_process_frees_its_cores_and_its_file(tmp_path: Path) -> None:
     share = CoreShare(2, lambda threads: None, tmp_path)
     other = BusyProcess(tmp_path)
-    other_file = tmp_path / f"{other.process.pid}.busy"
-    assert other_file.exists()
+    other_files = sorted(tmp_path.glob(f"{other.process.pid}-*"))
+    assert [path.suffix for path in other_files] == [".alive", ".busy"]
     with share.computing() as threads:
         assert threads == 1
         os.kill(other.process.pid, signal.SIGKILL)
         other.process.wait(timeout=30)
         assert rebalance() == 2
-    assert not other_file.exists()  # removed by the count that found it unlocked and its process gone
+    assert not any(path.exists() for path in other_files)  # removed by the count that found its life lock gone
     share.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_idle_live_share_keeps_its_files(tmp_path: Path) -> None:
+    """Another process's share that is not computing is not counted and not removed."""
+    share = CoreShare(2, lambda threads: None, tmp_path)
+    other = BusyProcess(tmp_path)
+    try:
+        other.finish_computing()
+        with share.computing() as threads:
+            assert threads == 2
+        assert len(list(tmp_path.glob(f"{other.process.pid}-*"))) == 2
+    finally:
+        other.close()
+        share.close()
+
+
+def test_two_shares_of_one_process_count_each_other(tmp_path: Path) -> None:
+    first, second = CoreShare(2, lambda threads: None, tmp_path), CoreShare(2, lambda threads: None, tmp_path)
+    with first.computing():
+        with second.computing() as threads:
+            assert threads == 1 and first.busy_count() == 2
+    first.close()
+    second.close()
+
+
+def test_files_removed_by_someone_else_are_made_again(tmp_path: Path) -> None:
+    share = CoreShare(2, lambda threads: None, tmp_path)
+    for path in list(tmp_path.iterdir()):
+        path.unlink()  # as a cleaner of /dev/shm would
+    with share.computing():
+        other = CoreShare(2, lambda threads: None, tmp_path)
+        assert other.busy_count() == 1  # the remade busy file is locked
+        other.close()
+    assert share.path.exists() and share.alive_path.exists()
+    share.close()
+
+
+def test_a_planted_fifo_or_link_cannot_block_or_redirect_a_count(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "1-aaaa.busy")
+    (tmp_path / "2-bbbb.busy").symlink_to("/dev/zero")
+    share = CoreShare(2, lambda threads: None, tmp_path)
+    assert share.busy_count() == 0
+    share.close()
+
+
+def test_a_directory_others_can_write_or_own_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(CoreShareError, match="only it can write"):
+        CoreShare(2, lambda threads: None, shared)
+    (tmp_path / "link").symlink_to(tmp_path)
+    with pytest.raises(CoreShareError):
+        CoreShare(2, lambda threads: None, tmp_path / "link")
+    fresh = CoreShare(2, lambda threads: None, tmp_path / "fresh")
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700
+    fresh.close()
+    # a role whose directory cannot be trusted keeps its threads and does not share
+    monkeypatch.setenv("TROUPE_CORES_DIR", str(shared))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    worker = ComputeWorker("test")
+    before = torch.get_num_threads()
+    try:
+        limit_cpu_threads("cpu", "auto", torch.nn.Linear(1, AUTO_THREADS_MIN_PARAMETERS, bias=False), worker)
+        assert worker.cores is None and torch.get_num_threads() == 2
+    finally:
+        worker.shutdown()
+        torch.set_num_threads(before)
 
 
 def test_rebalance_outside_a_computation_does_nothing(tmp_path: Path) -> None:
@@ -100,6 +168,9 @@ def test_rebalance_outside_a_computation_does_nothing(tmp_path: Path) -> None:
     assert rebalance() is None
     share.close()
     share.close()  # twice is harmless
+    with pytest.raises(RuntimeError, match="closed"):
+        with share.computing():
+            pass
 
 
 def test_a_share_needs_a_core(tmp_path: Path) -> None:
@@ -107,9 +178,10 @@ def test_a_share_needs_a_core(tmp_path: Path) -> None:
         CoreShare(0, lambda threads: None, tmp_path)
 
 
-def test_the_directory_is_per_user_and_can_be_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_directory_is_per_user_and_cpu_set_and_can_be_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TROUPE_CORES_DIR", raising=False)
-    assert default_directory().name == f"troupe-cores-{os.getuid()}"
+    assert default_directory({0, 1}).name.startswith(f"troupe-cores-{os.getuid()}-")
+    assert default_directory({0, 1}) == default_directory({1, 0}) != default_directory({2, 3})
     monkeypatch.setenv("TROUPE_CORES_DIR", str(tmp_path / "cores"))
     assert default_directory() == tmp_path / "cores"
 
@@ -124,6 +196,10 @@ def test_compute_calls_run_with_their_share(tmp_path: Path) -> None:
         try:
             await worker.run(torch.set_num_threads, 1)
             worker.share_cores(CoreShare(2, torch.set_num_threads, tmp_path))
+            second = CoreShare(2, torch.set_num_threads, tmp_path)
+            with pytest.raises(RuntimeError, match="already shares"):
+                worker.share_cores(second)
+            second.close()
             alone = await worker.run(torch.get_num_threads)
             other = BusyProcess(tmp_path)
             try:
