@@ -43,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.rl_runs import REPO, ensure_data, launch, machine, metrics  # noqa: E402
+from runtime.cores import usable_cpus  # noqa: E402
 
 DEFAULT_REAL_MODEL = "examples/smollm2/data/model"
 """Where examples/smollm2/build.py writes SmolLM2-135M-Instruct as a Hugging Face directory."""
@@ -222,7 +223,7 @@ def role_threads(mode: str, threads: str) -> dict[str, int]:
     ``default`` leaves troupe's own default."""
     if threads == "default":
         return {}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(usable_cpus())
     return {"cpu_threads": cores if mode == "sync" else max(1, cores // 2)}
 
 

@@ -9,7 +9,6 @@ model directory means the same weights, dtype and padding side everywhere.
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -18,7 +17,7 @@ import torch
 
 from roles.model_settings import AutocastDtype, CpuThreads, Dtype
 from runtime.compute import ComputeWorker
-from runtime.cores import CoreShare
+from runtime.cores import CoreShare, usable_cpus
 from runtime.cores import rebalance as rebalance_cores
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded: the controller,
@@ -78,7 +77,7 @@ def cpu_thread_count(threads: CpuThreads, model: torch.nn.Module | None = None) 
         return threads
     if model is None or sum(parameter.numel() for parameter in model.parameters()) < AUTO_THREADS_MIN_PARAMETERS:
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(usable_cpus())
 
 
 def limit_cpu_threads(device: str, threads: CpuThreads, model: torch.nn.Module | None = None,

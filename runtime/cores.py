@@ -41,6 +41,13 @@ class CoreShareError(OSError):
     """The share's directory cannot be trusted or used (the role keeps a fixed thread count)."""
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
+
+
 def default_directory(cpus: set[int] | None = None) -> Path:
     """Where the shares live: ``$TROUPE_CORES_DIR``, else one directory per user and CPU
     set under /dev/shm (host-local and in memory), else the temporary directory.
@@ -49,7 +56,7 @@ def default_directory(cpus: set[int] | None = None) -> Path:
     if configured := os.environ.get("TROUPE_CORES_DIR"):
         return Path(configured)
     if cpus is None:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        cpus = usable_cpus()
     mask = hashlib.sha1(",".join(map(str, sorted(cpus))).encode()).hexdigest()[:12]
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     return base / f"troupe-cores-{os.getuid()}-{mask}"

@@ -74,7 +74,7 @@ def test_threads_follow_who_computes(tmp_path: Path) -> None:
     assert sorted(tmp_path.iterdir()) == []
 
 
-def test_a_killed_process_frees_its_cores_and_its_file(tmp_path: Path) -> None:
+def test_a_killed_process_frees_its_cores_and_its_files(tmp_path: Path) -> None:
     share = CoreShare(2, lambda threads: None, tmp_path)
     other = BusyProcess(tmp_path)
     other_files = sorted(tmp_path.glob(f"{other.process.pid}-*"))
@@ -232,6 +232,7 @@ def test_auto_threads_share_the_cores_of_a_large_model_only(monkeypatch: pytest.
         worker = ComputeWorker("test")
         limit_cpu_threads("cuda:0", "auto", large, worker)  # a GPU role's threads are torch's
         assert worker.cores is None
+        worker.shutdown()
     finally:
         torch.set_num_threads(before)
 
